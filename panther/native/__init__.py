@@ -1,0 +1,1 @@
+"""Loading of panther's compiled extension (placeholder until the native issue lands)."""
