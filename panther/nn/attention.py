@@ -1,0 +1,584 @@
+"""Random-feature (Performer-style) multi-head attention.
+
+:class:`RandMultiHeadAttention` is a drop-in replacement for :class:`torch.nn.MultiheadAttention`
+whose cost is linear in the sequence length. The softmax kernel ``exp(q.k / sqrt(d))`` is
+replaced by an inner product of random feature maps ``phi(q).phi(k)`` (FAVOR+, Choromanski et
+al., "Rethinking Attention with Performers", 2021), so attention becomes
+
+    out_t = phi(q_t) (sum_s phi(k_s) v_s^T) / (phi(q_t) . sum_s phi(k_s))
+
+which costs O(n * m * d) for n tokens, m random features and head size d, and never forms the
+n x n attention matrix. Causal attention uses prefix sums of the same quantities
+(:func:`panther.native.ops.causal_linear_attention`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+from panther.native import ops
+
+__all__ = ["RandMultiHeadAttention", "orthogonal_gaussian_projection"]
+
+KernelName = Literal["softmax", "relu"]
+_KERNELS = ("softmax", "relu")
+
+# Added to the ReLU features (before the 1/sqrt(m) scaling) so that the attention denominator
+# stays positive even when every projection of a query or key is negative.
+_RELU_KERNEL_EPS = 1e-3
+
+# Guards 0/0 in the attention normaliser (e.g. a query whose keys are all padding). Tiny on
+# purpose: the denominator is a sum of positive terms, and any larger constant would bias the
+# ratio whenever the stabilised features are small.
+_DEFAULT_EPS = 1e-12
+
+
+def orthogonal_gaussian_projection(
+    num_heads: int,
+    num_features: int,
+    head_dim: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Draw ``(num_heads, num_features, head_dim)`` block-orthogonal Gaussian projections.
+
+    For every head the rows come in blocks of ``head_dim`` mutually orthogonal directions
+    (the Q factor of a QR decomposition of a square Gaussian matrix), and each row is then
+    rescaled to an independent chi(``head_dim``)-distributed norm, so that marginally every
+    row is exactly ``N(0, I)`` while rows within a block are orthogonal. Orthogonality lowers
+    the variance of the random-feature kernel estimate (FAVOR+).
+
+    The draw happens on the CPU in float64 from ``generator`` so the result depends only on
+    the generator's seed, not on the device the layer lives on.
+    """
+    if num_heads <= 0 or num_features <= 0 or head_dim <= 0:
+        raise ValueError(
+            "orthogonal_gaussian_projection needs positive sizes, got "
+            f"num_heads={num_heads}, num_features={num_features}, head_dim={head_dim}"
+        )
+    num_blocks = math.ceil(num_features / head_dim)
+    gauss = torch.randn(
+        num_heads, num_blocks, head_dim, head_dim, generator=generator, dtype=torch.float64
+    )
+    q, r = torch.linalg.qr(gauss)
+    # Fix the sign ambiguity of QR so Q is Haar-distributed rather than biased by LAPACK's
+    # sign convention.
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    q = q * signs.unsqueeze(-2)
+    # Rows of Q^T are orthonormal directions; stack the blocks and keep the first m rows.
+    rows = q.transpose(-1, -2).reshape(num_heads, num_blocks * head_dim, head_dim)
+    rows = rows[:, :num_features]
+    norms = torch.randn(
+        num_heads, num_features, head_dim, generator=generator, dtype=torch.float64
+    ).norm(dim=-1, keepdim=True)
+    return (rows * norms).to(dtype)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # exp() of the softmax features and the long sums in the normaliser lose too much in half
+    # precision; compute those in float32 and cast the result back.
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return dtype
+
+
+class RandMultiHeadAttention(nn.Module):
+    """Multi-head attention with random-feature (Performer / FAVOR+) kernels.
+
+    Replaces :class:`torch.nn.MultiheadAttention` at linear cost in the sequence length.
+    The q/k/v projections are stored packed in ``in_proj_weight`` (``(3E, E)``) and
+    ``in_proj_bias`` exactly like ``nn.MultiheadAttention``, and the output projection is
+    ``out_proj``; only the attention kernel differs.
+
+    Args:
+        embed_dim: model dimension ``E``; must be divisible by ``num_heads``.
+        num_heads: number of attention heads.
+        num_random_features: ``m``, random features per head. Larger ``m`` approximates
+            softmax attention better (error ~ 1/sqrt(m)) at linear extra cost.
+        dropout: dropout probability applied to the attention *output* of each head
+            (before ``out_proj``), since no attention-weight matrix exists to drop from.
+        bias: whether the in/out projections have biases.
+        kernel_fn: ``"softmax"`` for positive orthogonal random features that approximate
+            ``exp(q.k / sqrt(d))`` without bias, or ``"relu"`` for ``ReLU(w.x)`` features
+            (a different, lower-variance kernel; not an approximation of softmax).
+        iscausal: if True, token t attends only to tokens ``<= t`` in every call.
+        batch_first: if True, inputs are ``(N, L, E)``; otherwise ``(L, N, E)`` like
+            ``nn.MultiheadAttention``. Unbatched ``(L, E)`` inputs are accepted either way.
+        device, dtype: where and in what precision parameters and buffers live.
+        seed: seed of the random projections; drawn from torch's global RNG when None and
+            stored in ``self.seed`` so the layer can be rebuilt exactly.
+
+    The random projections are the persistent buffer ``projection`` of shape
+    ``(num_heads, m, head_dim)`` (saved in ``state_dict``). ``eps`` (default 1e-12) is added to
+    the attention normaliser to keep fully-masked queries at zero instead of NaN.
+
+    Numerics: features are stabilised in log space (per-query max for queries, one max over
+    all keys and features per batch row and head for keys), which leaves the attention ratio
+    unchanged. In causal mode a key whose features are ~exp(-87) below the largest key's
+    (float32) underflows to zero weight; this only matters for extreme activations.
+    """
+
+    # PyTorch's fused TransformerEncoderLayer / TransformerEncoder fast path reads
+    # ``in_proj_weight`` directly and computes *exact* softmax attention, bypassing
+    # ``forward``. Those fast-path checks test this flag, so declaring it False makes the
+    # modules call this layer's ``forward`` instead. The projections are still packed.
+    _qkv_same_embed_dim: bool = False
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_random_features: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        kernel_fn: KernelName = "softmax",
+        iscausal: bool = False,
+        batch_first: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("embed_dim", embed_dim),
+            ("num_heads", num_heads),
+            ("num_random_features", num_random_features),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}); "
+                "choose a num_heads that divides embed_dim"
+            )
+        if kernel_fn not in _KERNELS:
+            raise ValueError(f"kernel_fn must be one of {_KERNELS}, got {kernel_fn!r}")
+        if not isinstance(dropout, int | float) or not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+
+        factory = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.kdim = embed_dim
+        self.vdim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.num_random_features = num_random_features
+        self.dropout = float(dropout)
+        self.kernel_fn: KernelName = kernel_fn
+        self.iscausal = bool(iscausal)
+        self.batch_first = bool(batch_first)
+        self.eps = _DEFAULT_EPS
+        # Attributes nn.MultiheadAttention users and PyTorch internals read.
+        self.bias_k = None
+        self.bias_v = None
+        self.add_zero_attn = False
+
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+        self.register_parameter("q_proj_weight", None)
+        self.register_parameter("k_proj_weight", None)
+        self.register_parameter("v_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, **factory)
+
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = int(seed)
+        proj_dtype = dtype if dtype is not None else torch.get_default_dtype()
+        self.register_buffer(
+            "projection",
+            torch.empty(num_heads, num_random_features, self.head_dim, device=device,
+                        dtype=proj_dtype),
+        )
+        self._draw_projection()
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the projections as ``nn.MultiheadAttention`` does.
+
+        Xavier-uniform packed in-projection, zero biases, default ``nn.Linear`` out-projection
+        weight. The random features are not touched; use :meth:`redraw_features` for them.
+        """
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        self.out_proj.reset_parameters()
+        if self.in_proj_bias is not None:
+            nn.init.zeros_(self.in_proj_bias)
+        if self.out_proj.bias is not None:
+            nn.init.zeros_(self.out_proj.bias)
+
+    def _draw_projection(self) -> None:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(self.seed)
+        proj = orthogonal_gaussian_projection(
+            self.num_heads, self.num_random_features, self.head_dim, gen
+        )
+        with torch.no_grad():
+            self.projection.copy_(proj.to(self.projection.dtype))
+
+    def redraw_features(self, seed: int | None = None) -> None:
+        """Draw new random projections (in place) from ``seed``.
+
+        With ``seed=None`` a fresh seed is drawn from torch's global RNG. The new seed is
+        stored in ``self.seed``. Redrawing periodically during training is a known way to
+        keep the approximation from being overfitted to one draw.
+        """
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        self.seed = int(seed)
+        self._draw_projection()
+
+    @classmethod
+    def from_attention(
+        cls,
+        mha: nn.MultiheadAttention,
+        num_random_features: int,
+        kernel_fn: KernelName = "softmax",
+        iscausal: bool = False,
+        seed: int | None = None,
+    ) -> RandMultiHeadAttention:
+        """Build a random-feature layer carrying over an ``nn.MultiheadAttention``'s weights.
+
+        Copies the q/k/v and output projection weights and biases and keeps the original's
+        device, dtype, ``batch_first``, dropout probability and train/eval mode.
+        Only ``kdim == vdim == embed_dim`` without ``add_bias_kv``/``add_zero_attn`` is
+        supported.
+        """
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(
+                f"from_attention expects an nn.MultiheadAttention, got {type(mha).__name__}"
+            )
+        if mha.kdim != mha.embed_dim or mha.vdim != mha.embed_dim:
+            raise ValueError(
+                "RandMultiHeadAttention.from_attention supports only kdim == vdim == embed_dim; "
+                f"got embed_dim={mha.embed_dim}, kdim={mha.kdim}, vdim={mha.vdim}"
+            )
+        if mha.bias_k is not None or mha.bias_v is not None:
+            raise ValueError(
+                "RandMultiHeadAttention.from_attention does not support add_bias_kv=True "
+                "(the learned extra key/value row)"
+            )
+        if mha.add_zero_attn:
+            raise ValueError(
+                "RandMultiHeadAttention.from_attention does not support add_zero_attn=True"
+            )
+        weight = mha.in_proj_weight
+        layer = cls(
+            mha.embed_dim,
+            mha.num_heads,
+            num_random_features,
+            dropout=mha.dropout,
+            bias=mha.in_proj_bias is not None,
+            kernel_fn=kernel_fn,
+            iscausal=iscausal,
+            batch_first=mha.batch_first,
+            device=weight.device,
+            dtype=weight.dtype,
+            seed=seed,
+        )
+        with torch.no_grad():
+            layer.in_proj_weight.copy_(weight)
+            if mha.in_proj_bias is not None:
+                layer.in_proj_bias.copy_(mha.in_proj_bias)
+            layer.out_proj.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None and layer.out_proj.bias is not None:
+                layer.out_proj.bias.copy_(mha.out_proj.bias)
+        layer.train(mha.training)
+        return layer
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+            f"num_random_features={self.num_random_features}, kernel_fn={self.kernel_fn!r}, "
+            f"iscausal={self.iscausal}, dropout={self.dropout}, "
+            f"bias={self.in_proj_bias is not None}, batch_first={self.batch_first}, "
+            f"seed={self.seed}"
+        )
+
+    # ------------------------------------------------------------------ kernels
+
+    def feature_maps(
+        self, q: Tensor, k: Tensor, key_bias: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Random feature maps of per-head queries and keys.
+
+        ``q`` is ``(B, H, L, d)`` and ``k`` is ``(B, H, S, d)`` (already projected and split
+        into heads). Returns non-negative ``(B, H, L, m)`` and ``(B, H, S, m)`` features with
+        ``phi(q).phi(k)`` approximating ``exp(q.k / sqrt(d))`` up to a positive factor per
+        query and per (batch, head), which cancels in the attention ratio.
+
+        ``key_bias`` (``(B, S)``, finite values or ``-inf``) is an additive logit bias per key;
+        ``-inf`` removes the key (its features become zero).
+        """
+        d = q.shape[-1]
+        m = self.projection.shape[1]
+        scale = d**-0.25
+        # Fold the d^(-1/4) input scaling into the (small) projection instead of the inputs.
+        w = self.projection.to(q.dtype) * scale
+        q_proj = torch.einsum("bhld,hmd->bhlm", q, w)
+        k_proj = torch.einsum("bhsd,hmd->bhsm", k, w)
+        if self.kernel_fn == "softmax":
+            half_sq = 0.5 * scale * scale
+            q_log = q_proj - half_sq * (q * q).sum(-1, keepdim=True)
+            k_log = k_proj - half_sq * (k * k).sum(-1, keepdim=True)
+            if key_bias is not None:
+                k_log = k_log + key_bias[:, None, :, None]
+            # Any constant per query, and one constant per (batch, head) for all keys, cancel
+            # in num/den; subtracting maxima keeps exp() from overflowing. The 1/sqrt(m)
+            # normalisation rides along in the exponent to save a pass over the features.
+            log_norm = 0.5 * math.log(m)
+            q_stab = q_log.amax(dim=-1, keepdim=True).detach() + log_norm
+            k_stab = k_log.amax(dim=(-2, -1), keepdim=True).detach()
+            # A batch row whose keys are all masked has max -inf; any finite value works there.
+            k_stab = torch.where(torch.isfinite(k_stab), k_stab, torch.zeros_like(k_stab))
+            q_feat = torch.exp(q_log - q_stab)
+            k_feat = torch.exp(k_log - (k_stab + log_norm))
+        else:
+            q_feat = (F.relu(q_proj) + _RELU_KERNEL_EPS) * m**-0.5
+            k_feat = (F.relu(k_proj) + _RELU_KERNEL_EPS) * m**-0.5
+            if key_bias is not None:
+                top = key_bias.amax(dim=-1, keepdim=True)
+                top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+                k_feat = k_feat * torch.exp(key_bias - top)[:, None, :, None]
+        return q_feat, k_feat
+
+    def _attend(self, q_feat: Tensor, k_feat: Tensor, v: Tensor, causal: bool) -> Tensor:
+        if causal:
+            return ops.causal_linear_attention(q_feat, k_feat, v, self.eps)
+        kv = torch.einsum("bhsm,bhsd->bhmd", k_feat, v)
+        num = torch.einsum("bhlm,bhmd->bhld", q_feat, kv)
+        den = torch.einsum("bhlm,bhm->bhl", q_feat, k_feat.sum(dim=-2))
+        return num / (den.unsqueeze(-1) + self.eps)
+
+    # ------------------------------------------------------------------ masks
+
+    def _resolve_causal(
+        self, mask: Tensor | None, is_causal: bool, tgt_len: int, src_len: int
+    ) -> bool:
+        if self.iscausal or is_causal:
+            # Like nn.MultiheadAttention, is_causal=True asserts that any mask given is the
+            # causal mask, so it is not inspected.
+            return True
+        if mask is None:
+            return False
+        if mask.dim() not in (2, 3) or tuple(mask.shape[-2:]) != (tgt_len, src_len):
+            raise ValueError(
+                f"attn_mask must have shape (L, S) = ({tgt_len}, {src_len}) or "
+                f"(N * num_heads, L, S), got {tuple(mask.shape)}; a per-key (N, S) padding mask "
+                "goes in key_padding_mask="
+            )
+        if mask.dtype == torch.bool:
+            blocked = mask
+        elif mask.is_floating_point():
+            blocked = mask == float("-inf")
+            if bool(((mask != 0) & ~blocked).any()):
+                raise NotImplementedError(
+                    "RandMultiHeadAttention supports only 0/-inf attention masks: arbitrary "
+                    "additive attn_mask biases cannot be applied without the n x n attention "
+                    "matrix"
+                )
+        else:
+            raise TypeError(f"attn_mask must be bool or floating point, got {mask.dtype}")
+        if not bool(blocked.any()):
+            return False
+        causal_pattern = torch.ones(
+            tgt_len, src_len, dtype=torch.bool, device=blocked.device
+        ).triu(diagonal=1)
+        if bool((blocked == causal_pattern).all()):
+            return True
+        raise NotImplementedError(
+            "RandMultiHeadAttention supports only causal attention masks (upper-triangular "
+            "-inf/True, or is_causal=True) and key_padding_mask: an arbitrary attn_mask "
+            "cannot be applied to random-feature attention without the n x n matrix"
+        )
+
+    @staticmethod
+    def _key_bias(
+        key_padding_mask: Tensor | None, batch: int, src_len: int, dtype: torch.dtype
+    ) -> Tensor | None:
+        if key_padding_mask is None:
+            return None
+        if tuple(key_padding_mask.shape) != (batch, src_len):
+            raise ValueError(
+                f"key_padding_mask must have shape (N, S) = ({batch}, {src_len}) (or (S,) for "
+                f"unbatched input), got {tuple(key_padding_mask.shape)}"
+            )
+        if key_padding_mask.dtype == torch.bool:
+            bias = torch.zeros(key_padding_mask.shape, dtype=dtype,
+                               device=key_padding_mask.device)
+            return bias.masked_fill(key_padding_mask, float("-inf"))
+        if key_padding_mask.is_floating_point():
+            # Additive per-key bias exp(q.k + b) = exp(b) exp(q.k) is exact in feature space.
+            return key_padding_mask.to(dtype)
+        raise TypeError(
+            f"key_padding_mask must be bool (True = ignore) or floating point, got "
+            f"{key_padding_mask.dtype}"
+        )
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, None]:
+        """Random-feature attention with ``nn.MultiheadAttention``'s calling convention.
+
+        ``query`` is ``(L, N, E)`` (``(N, L, E)`` if ``batch_first``) or unbatched ``(L, E)``;
+        ``key``/``value`` likewise with source length ``S``. Returns ``(output, None)`` with
+        ``output`` shaped like ``query``; attention weights are never formed.
+
+        ``attention_mask`` is an alias of ``attn_mask``. Supported masks: a causal
+        ``(L, S)``/``(N*H, L, S)`` mask (upper-triangular ``True``/``-inf``) or
+        ``is_causal=True`` switch to causal attention; an all-False/zero mask is a no-op; any
+        other ``attn_mask`` raises ``NotImplementedError``. ``key_padding_mask`` (``(N, S)``,
+        ``True`` = ignore, or a float additive per-key bias) removes keys. A query whose keys
+        are all removed gets a zero output (``nn.MultiheadAttention`` gives NaN).
+        ``need_weights=True`` warns and still returns ``None`` weights;
+        ``average_attn_weights`` is accepted for compatibility and ignored.
+        """
+        if attention_mask is not None and attn_mask is not None and attention_mask is not attn_mask:
+            raise ValueError("pass the attention mask as attn_mask= or attention_mask=, not both")
+        mask = attn_mask if attn_mask is not None else attention_mask
+        if need_weights:
+            warnings.warn(
+                "RandMultiHeadAttention never forms attention weights; need_weights=True "
+                "returns None weights (pass need_weights=False to silence this)",
+                stacklevel=2,
+            )
+        del average_attn_weights
+
+        if query.is_nested:
+            return self._forward_nested(query, key, value, mask, is_causal), None
+
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+            if t.dim() not in (2, 3):
+                raise ValueError(
+                    f"{name} must be (L, N, E), (N, L, E) with batch_first, or unbatched (L, E); "
+                    f"got shape {tuple(t.shape)}"
+                )
+            if t.shape[-1] != self.embed_dim:
+                raise ValueError(
+                    f"{name} has {t.shape[-1]} features on its last dimension, expected "
+                    f"embed_dim={self.embed_dim}"
+                )
+        if not (query.dim() == key.dim() == value.dim()):
+            raise ValueError(
+                "query, key and value must all be batched (3-D) or all unbatched (2-D); got "
+                f"{query.dim()}-D, {key.dim()}-D, {value.dim()}-D"
+            )
+
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+
+        batch, tgt_len, _ = query.shape
+        src_len = key.shape[1]
+        if key.shape[:2] != value.shape[:2]:
+            raise ValueError(
+                f"key and value must share batch and sequence sizes, got {tuple(key.shape)} "
+                f"and {tuple(value.shape)} (in (N, S, E) order)"
+            )
+        if key.shape[0] != batch:
+            raise ValueError(f"query batch size {batch} differs from key batch size {key.shape[0]}")
+
+        causal = self._resolve_causal(mask, is_causal, tgt_len, src_len)
+        if causal and tgt_len != src_len:
+            raise ValueError(
+                f"causal attention needs equal query and key lengths, got L={tgt_len}, S={src_len}"
+            )
+
+        out = self._attention(query, key, value, key_padding_mask, causal)
+        if unbatched:
+            return out.squeeze(0), None
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, None
+
+    def _attention(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+    ) -> Tensor:
+        """Core attention on batch-first ``(N, L, E)`` / ``(N, S, E)`` tensors."""
+        batch, tgt_len, _ = query.shape
+        src_len = key.shape[1]
+        h, d = self.num_heads, self.head_dim
+        if key is query and value is query:
+            # Self-attention: one GEMM with the packed weight beats three thin ones.
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+            b_q = b_k = b_v = None
+            if self.in_proj_bias is not None:
+                b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+            q = F.linear(query, w_q, b_q)
+            k = F.linear(key, w_k, b_k)
+            v = F.linear(value, w_v, b_v)
+        q = q.reshape(batch, tgt_len, h, d).transpose(1, 2)
+        k = k.reshape(batch, src_len, h, d).transpose(1, 2)
+        v = v.reshape(batch, src_len, h, d).transpose(1, 2)
+
+        out_dtype = q.dtype
+        work = _compute_dtype(out_dtype)
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        q_feat, k_feat = self.feature_maps(q, k, key_bias)
+        attn = self._attend(q_feat, k_feat, v, causal).to(out_dtype)  # (B, H, L, d)
+
+        attn = attn.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
+        attn = F.dropout(attn, p=self.dropout, training=self.training)
+        return self.out_proj(attn)
+
+    def _forward_nested(
+        self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, is_causal: bool
+    ) -> Tensor:
+        # nn.TransformerEncoder turns padded batches into nested tensors in eval mode; run on
+        # the padded form with a key padding mask and hand a nested tensor back.
+        if not (key is query and value is query):
+            raise NotImplementedError(
+                "RandMultiHeadAttention supports nested-tensor input only for self-attention "
+                "(query is key is value)"
+            )
+        lengths = [t.shape[0] for t in query.unbind()]
+        padded = query.to_padded_tensor(0.0)  # (N, L_max, E): nested tensors are batch-first
+        batch, max_len, _ = padded.shape
+        positions = torch.arange(max_len, device=padded.device)
+        lengths_t = torch.tensor(lengths, device=padded.device)
+        padding = positions.unsqueeze(0) >= lengths_t.unsqueeze(1)
+        causal = self._resolve_causal(mask, is_causal, max_len, max_len)
+        out = self._attention(padded, padded, padded, padding, causal)
+        return torch.nested.as_nested_tensor([out[i, :n] for i, n in enumerate(lengths)])
