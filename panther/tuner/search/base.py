@@ -14,12 +14,41 @@ and are registered by name through the ``panther_search_algorithms`` hook.
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
 from panther.tuner.config import ParamSpec
 
-__all__ = ["SearchAlgorithm"]
+__all__ = ["SearchAlgorithm", "finite_space_size", "params_key"]
+
+
+def finite_space_size(param_space: dict[str, ParamSpec]) -> int | None:
+    """How many distinct points ``param_space`` has, or ``None`` if a parameter is continuous."""
+    size = 1
+    for spec in param_space.values():
+        values = spec.values()
+        if values is None:
+            return None
+        size *= len(values)
+    return size
+
+
+def params_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A hashable identity of a parameter dict (``repr`` of values, so lists and floats work).
+
+    Integral floats and ints compare equal (``2.0`` and ``2``), matching how
+    samplers sometimes hand back stepped values.
+    """
+
+    def norm(v: Any) -> str:
+        if isinstance(v, float) and math.isfinite(v) and v == int(v):
+            return repr(int(v))
+        if isinstance(v, float):
+            return repr(round(v, 12))
+        return repr(v)
+
+    return tuple(sorted((str(k), norm(v)) for k, v in params.items()))
 
 
 class SearchAlgorithm(ABC):
@@ -56,6 +85,14 @@ class SearchAlgorithm(ABC):
         if self._best_score is None or score > self._best_score:
             self._best_score = float(score)
             self._best_params = dict(params)
+
+    def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
+        """Tell the search that evaluating ``params`` failed (optional for backends).
+
+        The default does nothing, so a failed point may be proposed again; backends
+        with a trial log (Optuna) record it as failed.
+        """
+        return None
 
     def get_best_params(self) -> dict[str, Any] | None:
         """The best feasible parameters seen so far, or ``None``."""

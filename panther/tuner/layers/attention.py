@@ -1,0 +1,184 @@
+"""``nn.MultiheadAttention`` -> ``panther.nn.RandMultiHeadAttention`` (plugin ``"MultiheadAttention"``).
+
+Cost model, per token, for embedding size ``E``, ``H`` heads of size ``d = E/H``,
+``m`` random features and sequence length ``n``:
+
+* exact attention: the four projections (q, k, v, out) ``4*E^2`` plus scores and
+  weighted values ``2*n*E`` -- the part that grows with the sequence;
+* random-feature attention: the same ``4*E^2`` plus the feature maps of queries
+  and keys (``2*m*E``) and the linear-attention products (``phi(k) v^T`` summary and
+  ``phi(q)`` against it, ``2*m*E``): ``4*E^2 + 4*m*E``, independent of ``n``.
+
+So random features save work when ``m < n/2``. The sequence length is not known
+from the module; the layer type assumes :attr:`AttentionLayerType.seq_len`
+(default 512), which a configuration may override with a ``seq_len`` entry.
+Parameters are the learnable ones, identical for both layers (the random
+projection buffer is not counted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from panther.tuner.config import Categorical, ParamSpec
+from panther.tuner.hookspecs import hookimpl
+from panther.tuner.layers.base import Cost, LayerType
+from panther.tuner.layers.linear import check_positive_int
+
+__all__ = ["AttentionLayerType", "KERNEL_FUNCTIONS"]
+
+KERNEL_FUNCTIONS = ("softmax", "relu")
+
+
+class AttentionLayerType(LayerType):
+    """Replace ``nn.MultiheadAttention`` with random-feature attention.
+
+    Tunable parameters: ``num_random_features`` (``m``) and ``kernel_fn``
+    (``"softmax"`` or ``"relu"``). A configuration may also carry ``iscausal``
+    (default ``False``) and ``seq_len`` (used only by :meth:`cost`). Missing
+    tunables default to ``m = 2*head_dim`` and ``"softmax"``.
+
+    Args:
+        seq_len: sequence length assumed by the cost model.
+    """
+
+    name = "MultiheadAttention"
+    module_types = (nn.MultiheadAttention,)
+    param_names = ("num_random_features", "kernel_fn")
+    _extra_keys = frozenset({"seed", "iscausal", "seq_len"})
+
+    def __init__(self, seq_len: int = 512) -> None:
+        check_positive_int(self.name, "seq_len", seq_len)
+        self.seq_len = seq_len
+
+    @property
+    def sketched_type(self) -> type[nn.Module]:  # type: ignore[override]
+        """:class:`panther.nn.RandMultiHeadAttention` (imported lazily)."""
+        from panther.nn import RandMultiHeadAttention
+
+        return RandMultiHeadAttention
+
+    def handles(self, module: nn.Module) -> bool:
+        """Exact ``nn.MultiheadAttention`` with ``kdim == vdim == embed_dim``, no bias_kv/zero_attn."""
+        return (
+            type(module) in self.module_types
+            and module.kdim == module.embed_dim
+            and module.vdim == module.embed_dim
+            and module.bias_k is None
+            and module.bias_v is None
+            and not module.add_zero_attn
+        )
+
+    def _head_dim(self, original: nn.Module) -> int:
+        return original.embed_dim // original.num_heads
+
+    def full_params(self, original: nn.Module, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` completed with the defaults for anything missing."""
+        return {
+            "num_random_features": 2 * self._head_dim(original),
+            "kernel_fn": "softmax",
+            **params,
+        }
+
+    def validate_params(self, original: nn.Module, params: dict[str, Any]) -> None:
+        """Check names, types and ranges; raise ``ValueError``/``TypeError`` naming the problem."""
+        unknown = set(params) - set(self.param_names) - self._extra_keys
+        if unknown:
+            raise ValueError(
+                f"{self.name} layers have no parameter(s) {sorted(unknown)}; "
+                f"tunable parameters are {list(self.param_names)}"
+            )
+        if "num_random_features" in params:
+            check_positive_int(self.name, "num_random_features", params["num_random_features"])
+        if "seq_len" in params:
+            check_positive_int(self.name, "seq_len", params["seq_len"])
+        if "kernel_fn" in params and params["kernel_fn"] not in KERNEL_FUNCTIONS:
+            raise ValueError(
+                f"{self.name} parameter 'kernel_fn' must be one of {list(KERNEL_FUNCTIONS)}, "
+                f"got {params['kernel_fn']!r}"
+            )
+        seed = params.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+
+    def build(
+        self, original: nn.Module, params: dict[str, Any], copy_weights: bool = True
+    ) -> nn.Module:
+        """A ``RandMultiHeadAttention`` keeping device, dtype, mode, dropout and ``batch_first``."""
+        if not self.handles(original):
+            raise ValueError(
+                f"{self.name} layer type cannot replace {original!r}: it needs kdim == vdim == "
+                "embed_dim and no add_bias_kv/add_zero_attn"
+            )
+        self.validate_params(original, params)
+        p = self.full_params(original, params)
+        cls = self.sketched_type
+        weight = original.in_proj_weight
+        if copy_weights:
+            layer = cls.from_attention(
+                original,
+                p["num_random_features"],
+                kernel_fn=p["kernel_fn"],
+                iscausal=bool(p.get("iscausal", False)),
+                seed=p.get("seed"),
+            )
+        else:
+            layer = cls(
+                original.embed_dim,
+                original.num_heads,
+                p["num_random_features"],
+                dropout=original.dropout,
+                bias=original.in_proj_bias is not None,
+                kernel_fn=p["kernel_fn"],
+                iscausal=bool(p.get("iscausal", False)),
+                batch_first=original.batch_first,
+                device=weight.device,
+                dtype=weight.dtype,
+                seed=p.get("seed"),
+            )
+        layer = layer.to(device=weight.device, dtype=weight.dtype)
+        layer.train(original.training)
+        return layer
+
+    def auto_space(self, original: nn.Module) -> dict[str, ParamSpec]:
+        """``m`` = powers of two from ``head_dim/2`` to ``4*head_dim``, both kernel functions."""
+        d = self._head_dim(original)
+        m = 1
+        while m * 2 <= max(1, d // 2):
+            m *= 2
+        features = []
+        while m <= 4 * d:
+            features.append(m)
+            m *= 2
+        return {
+            "num_random_features": Categorical(features),
+            "kernel_fn": Categorical(list(KERNEL_FUNCTIONS)),
+        }
+
+    def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
+        """Learnable parameters and multiply-adds per token (module docstring)."""
+        E = original.embed_dim
+        n_params = sum(p.numel() for p in original.parameters())
+        projections = 4 * E * E
+        if params is None:
+            return Cost(params=n_params, macs=projections + 2 * self.seq_len * E)
+        p = self.full_params(original, params)
+        return Cost(params=n_params, macs=projections + 4 * p["num_random_features"] * E)
+
+    def size_key(self, module: nn.Module) -> tuple[Any, ...]:
+        """Type, embedding size, heads, ``batch_first`` and bias."""
+        return (
+            self.name,
+            module.embed_dim,
+            module.num_heads,
+            module.batch_first,
+            module.in_proj_bias is not None,
+        )
+
+
+@hookimpl
+def panther_layer_types() -> list[LayerType]:
+    """Register the ``MultiheadAttention`` layer type."""
+    return [AttentionLayerType()]

@@ -1,0 +1,124 @@
+"""``nn.Conv2d`` -> ``panther.nn.SKConv2d`` (built-in layer-type plugin ``"Conv2d"``).
+
+Cost model (per output position): a dense convolution does ``out*in*kh*kw``
+multiply-adds. ``SKConv2d`` convolves to ``2*L*k`` sketched channels
+(``2*L*k*in*kh*kw``) and mixes them back with a 1x1 map (``2*L*k*out``):
+``2*L*k*(in*kh*kw + out)`` in all, i.e. the linear-layer model with
+``fan_in = in*kh*kw``. Parameters are the learnable ones: ``out*in*kh*kw``
+versus ``2*L*k*in*kh*kw``, plus the bias (the random mixing buffer is not counted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from panther.tuner.hookspecs import hookimpl
+from panther.tuner.layers.base import Cost, LayerType
+from panther.tuner.layers.linear import LowRankLayerType
+
+__all__ = ["Conv2dLayerType"]
+
+
+class Conv2dLayerType(LowRankLayerType):
+    """Sketch ``nn.Conv2d`` layers (``groups=1``, zero padding) with :class:`panther.nn.SKConv2d`.
+
+    Tunable parameters: ``num_terms``, ``low_rank`` and ``init`` (``"svd"`` or
+    ``"random"``); missing ones default as for ``Linear``.
+    """
+
+    name = "Conv2d"
+    module_types = (nn.Conv2d,)
+
+    @property
+    def sketched_type(self) -> type[nn.Module]:  # type: ignore[override]
+        """:class:`panther.nn.SKConv2d` (imported lazily)."""
+        from panther.nn import SKConv2d
+
+        return SKConv2d
+
+    def factory_signature_source(self) -> Any:
+        """``SKConv2d.from_conv2d``."""
+        return self.sketched_type.from_conv2d
+
+    def handles(self, module: nn.Module) -> bool:
+        """Exact ``nn.Conv2d`` with ``groups=1`` and ``padding_mode="zeros"``."""
+        return (
+            type(module) in self.module_types
+            and module.groups == 1
+            and module.padding_mode == "zeros"
+        )
+
+    def _fans(self, original: nn.Module) -> tuple[int, int]:
+        kh, kw = original.kernel_size
+        return original.in_channels * kh * kw, original.out_channels
+
+    def build(
+        self, original: nn.Module, params: dict[str, Any], copy_weights: bool = True
+    ) -> nn.Module:
+        """An ``SKConv2d`` with ``original``'s geometry (kernel copied when ``copy_weights``)."""
+        if not self.handles(original):
+            raise ValueError(
+                f"Conv2d layer type cannot sketch {original!r}: it needs groups=1 and "
+                "padding_mode='zeros'"
+            )
+        self.validate_params(original, params)
+        p = self.full_params(original, params)
+        cls = self.sketched_type
+        extra = {"init": p["init"]} if "init" in self.param_names else {}
+        weight = original.weight
+        if copy_weights:
+            layer = cls.from_conv2d(
+                original, p["num_terms"], p["low_rank"], seed=p.get("seed"), **extra
+            )
+        else:
+            layer = cls(
+                original.in_channels,
+                original.out_channels,
+                kernel_size=tuple(original.kernel_size),
+                stride=tuple(original.stride),
+                padding=original.padding
+                if isinstance(original.padding, str)
+                else tuple(original.padding),
+                bias=original.bias is not None,
+                num_terms=p["num_terms"],
+                low_rank=p["low_rank"],
+                dtype=weight.dtype,
+                device=weight.device,
+                seed=p.get("seed"),
+                dilation=tuple(original.dilation),
+                **extra,
+            )
+        layer = layer.to(device=weight.device, dtype=weight.dtype)
+        layer.train(original.training)
+        return layer
+
+    def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
+        """Learnable parameters and multiply-adds per output position (module docstring)."""
+        fan_in, out = self._fans(original)
+        bias = out if original.bias is not None else 0
+        if params is None:
+            return Cost(params=fan_in * out + bias, macs=fan_in * out)
+        p = self.full_params(original, params)
+        m = 2 * p["num_terms"] * p["low_rank"]
+        return Cost(params=m * fan_in + bias, macs=m * (fan_in + out))
+
+    def size_key(self, module: nn.Module) -> tuple[Any, ...]:
+        """Type, channels, kernel, stride, padding, dilation and bias."""
+        return (
+            self.name,
+            module.in_channels,
+            module.out_channels,
+            tuple(module.kernel_size),
+            tuple(module.stride),
+            module.padding if isinstance(module.padding, str) else tuple(module.padding),
+            tuple(module.dilation),
+            module.bias is not None,
+        )
+
+
+@hookimpl
+def panther_layer_types() -> list[LayerType]:
+    """Register the ``Conv2d`` layer type."""
+    return [Conv2dLayerType()]

@@ -1,0 +1,623 @@
+"""Optuna-backed search (built-in plugin ``"optuna"``) and the named Optuna samplers.
+
+:class:`OptunaSearch` drives an Optuna study through its ask/tell interface, so
+every Optuna sampler works, studies can live in a persistent storage and be
+resumed, and ``optuna.visualization`` works on :attr:`OptunaSearch.study`.
+
+Samplers are chosen by instance or by a name registered through the
+``panther_optuna_samplers`` hook; this module registers ``"tpe"``, ``"cmaes"``,
+``"random"``, ``"grid"``, ``"qmc"``, ``"nsga2"``, ``"gp"`` and ``"bruteforce"``.
+A sampler factory is called as ``factory(seed=seed, **kw)`` where ``kw`` holds
+only the keywords the factory declares by name among:
+
+* ``constraints_func`` -- (Optuna < 5 only) reads the constraint the tuner
+  reported for a trial (``<= 0`` is feasible), for samplers that model
+  constraints (TPE, NSGA-II, GP). Optuna >= 5 takes constraints per trial
+  (``Trial.set_constraint``), which :meth:`OptunaSearch.update` does directly;
+* ``search_space`` -- ``{name: [values]}`` for samplers that enumerate (grid).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from panther.tuner.config import Categorical, Float, Int, ParamSpec, normalize_param_space
+from panther.tuner.hookspecs import hookimpl
+from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params_key
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["OptunaSearch", "SAMPLER_NAMES"]
+
+SAMPLER_NAMES = ("tpe", "cmaes", "random", "grid", "qmc", "nsga2", "gp", "bruteforce")
+
+# User attributes panther stores on each trial, so a resumed study can be read back.
+SCORE_ATTR = "panther_score"
+CONSTRAINT_ATTR = "panther_constraint"
+ERROR_ATTR = "panther_error"
+EXTRA_ATTR = "panther_attrs"
+
+_OPTUNA_PRIMITIVES = (type(None), bool, int, float, str)
+_DIRECTIONS = ("maximize", "minimize")
+
+
+def _optuna() -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _per_trial_constraints() -> bool:
+    """Whether this Optuna records constraints per trial (``Trial.set_constraint``, Optuna >= 5)."""
+    return hasattr(_optuna().trial.Trial, "set_constraint")
+
+
+CONSTRAINT_KEY = "accuracy"
+
+
+def _read_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
+    """Optuna ``constraints_func``: the constraint the tuner reported (0 = feasible if none)."""
+    return (float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0)),)
+
+
+class _Codec:
+    """Maps one panther parameter space onto an Optuna distribution and back."""
+
+    def __init__(self, name: str, spec: ParamSpec) -> None:
+        optuna = _optuna()
+        dists = optuna.distributions
+        self.name = name
+        self.spec = spec
+        self.grid: list[Any] | None = spec.values()
+        self._decode_map: dict[Any, Any] | None = None
+        if isinstance(spec, Categorical):
+            choices = list(spec.choices)
+            if all(isinstance(c, _OPTUNA_PRIMITIVES) for c in choices):
+                self.encoded = choices
+            else:
+                # Optuna stores only None/bool/int/float/str; other choices go by their repr.
+                self.encoded = [repr(c) for c in choices]
+                self._decode_map = dict(zip(self.encoded, choices))
+            self.distribution = dists.CategoricalDistribution(self.encoded)
+        elif isinstance(spec, Int):
+            high = spec.low + (spec.high - spec.low) // spec.step * spec.step
+            self.distribution = dists.IntDistribution(spec.low, high, log=spec.log, step=spec.step)
+            self.encoded = self.grid
+        elif isinstance(spec, Float):
+            if spec.step is not None:
+                high = self.grid[-1]  # type: ignore[index]
+                self.distribution = dists.FloatDistribution(spec.low, high, step=spec.step)
+            else:
+                self.distribution = dists.FloatDistribution(spec.low, spec.high, log=spec.log)
+            self.encoded = self.grid
+        else:
+            raise TypeError(
+                f"OptunaSearch supports Categorical, Int and Float spaces; parameter {name!r} "
+                f"is a {type(spec).__name__}"
+            )
+
+    def decode(self, value: Any) -> Any:
+        if self._decode_map is not None:
+            return self._decode_map[value]
+        if isinstance(self.spec, Float) and self.grid is not None:
+            # Snap to the exact grid value so repeated suggestions compare equal.
+            return min(self.grid, key=lambda g: abs(g - value))
+        if isinstance(self.spec, Int):
+            return int(value)
+        return value
+
+    def encode(self, value: Any) -> Any:
+        if self._decode_map is not None:
+            return repr(value)
+        return value
+
+
+class OptunaSearch(SearchAlgorithm):
+    """Search with an Optuna study (TPE by default), driven through ask/tell.
+
+    Args:
+        n_trials: completed trials to reach; trials already completed in a resumed
+            study count towards it.
+        sampler: an ``optuna.samplers.BaseSampler`` instance, or a registered name
+            (``"tpe"``, ``"cmaes"``, ``"random"``, ``"grid"``, ``"qmc"``, ``"nsga2"``,
+            ``"gp"``, ``"bruteforce"`` or one added by a plugin). Default: seeded TPE.
+        direction: direction of the single objective. The tuner reports
+            higher-is-better scores, so keep ``"maximize"`` there; best-score
+            tracking follows this direction.
+        study_name: the study's name (also the prefix of per-group studies, see :meth:`spawn`).
+        storage: an Optuna storage URL (``"sqlite:///tuning.db"``) or object; ``None`` keeps
+            the study in memory.
+        load_if_exists: resume a study of the same name found in ``storage``. Trials
+            left RUNNING by a process that died are marked FAIL and do not count.
+            A study is assumed to be driven by one process at a time.
+        seed: seed of a sampler chosen by name (and of the default TPE).
+        directions: e.g. ``["maximize", "maximize"]`` for a multi-objective study;
+            then :meth:`update` needs ``values`` and :meth:`pareto_front` gives the front.
+
+    Finishing: :meth:`get_next_params` returns ``None`` once ``n_trials`` trials have
+    completed (failures reported in this session count too, so a broken evaluator
+    cannot loop forever), or once every point of a finite space has been told.
+    Samplers may propose a point again; telling its score again is fine.
+    """
+
+    def __init__(
+        self,
+        n_trials: int = 100,
+        sampler: optuna.samplers.BaseSampler | str | None = None,
+        direction: str = "maximize",
+        study_name: str | None = None,
+        storage: str | Any | None = None,
+        load_if_exists: bool = False,
+        seed: int | None = None,
+        directions: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
+        if direction not in _DIRECTIONS:
+            raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+        if directions is not None:
+            directions = list(directions)
+            if not directions or any(d not in _DIRECTIONS for d in directions):
+                raise ValueError(
+                    f"directions must be a non-empty list of 'maximize'/'minimize', got {directions!r}"
+                )
+            if len(directions) == 1:  # one objective given as a list: a plain single-objective study
+                direction, directions = directions[0], None
+        if sampler is not None and not isinstance(sampler, str):
+            optuna = _optuna()
+            if not isinstance(sampler, optuna.samplers.BaseSampler):
+                raise TypeError(
+                    "sampler must be an optuna sampler instance or a registered name such as "
+                    f"'tpe'; got {type(sampler).__name__}"
+                )
+        self.n_trials = n_trials
+        self.sampler = sampler
+        self.direction = direction
+        self.directions = directions
+        self.study_name = study_name
+        self.storage = storage
+        self.load_if_exists = bool(load_if_exists)
+        self.seed = seed
+        self._children: dict[str, OptunaSearch] = {}
+        self._last_child: OptunaSearch | None = None
+        self._storage_obj: Any = None
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._study: optuna.Study | None = None
+        self._codecs: dict[str, _Codec] = {}
+        self._pending: list[tuple[Any, dict[str, Any]]] = []
+        self._completed = 0
+        self._failed = 0
+        self._seen: set[Any] = set()
+        self._space_size: int | None = None
+        #: Trials found COMPLETE in storage when the study was resumed: dicts with
+        #: ``number``, ``params``, ``score``, ``constraint``, ``values`` and ``attrs``.
+        self.resumed_trials: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the study has several objectives (``directions`` was given)."""
+        return self.directions is not None and len(self.directions) > 1
+
+    def _resolved_storage(self) -> Any:
+        if isinstance(self.storage, str):
+            if self._storage_obj is None:
+                self._storage_obj = _optuna().storages.RDBStorage(self.storage)
+            return self._storage_obj
+        return self.storage
+
+    def _build_sampler(self) -> Any:
+        from panther.tuner import plugins
+
+        sampler = self.sampler
+        if sampler is None:
+            sampler = "tpe"
+        if not isinstance(sampler, str):
+            return sampler
+        factory = plugins._lookup("optuna_samplers", sampler).obj
+        try:
+            accepted = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            accepted = {}
+        kwargs: dict[str, Any] = {}
+        if "constraints_func" in accepted and not _per_trial_constraints():
+            kwargs["constraints_func"] = _read_constraint
+        if "search_space" in accepted:
+            space = {}
+            for name, codec in self._codecs.items():
+                if codec.grid is None:
+                    raise ValueError(
+                        f"the {sampler!r} sampler enumerates the space, but parameter {name!r} "
+                        f"is a continuous {codec.spec!r}; give it a step or choose another sampler"
+                    )
+                space[name] = list(codec.encoded)
+            kwargs["search_space"] = space
+        return plugins.make_sampler(sampler, seed=self.seed, **kwargs)
+
+    def initialize(self, param_space: dict[str, Any]) -> None:
+        """Create (or load, when resuming) the study for ``param_space``."""
+        optuna = _optuna()
+        self.param_space = {}
+        self.history = []
+        self._best_params = None
+        self._best_score = None
+        self._init_state()
+        space = normalize_param_space(param_space)
+        self.param_space = space
+        self._codecs = {name: _Codec(name, spec) for name, spec in space.items()}
+        self._space_size = finite_space_size(space)
+        kwargs: dict[str, Any] = (
+            {"directions": self.directions} if self.directions else {"direction": self.direction}
+        )
+        try:
+            with warnings.catch_warnings():
+                # Experimental-feature warnings (brute force, GP) are noise here.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                sampler = self._build_sampler()
+                self._study = optuna.create_study(
+                    storage=self._resolved_storage(),
+                    sampler=sampler,
+                    study_name=self.study_name,
+                    load_if_exists=self.load_if_exists,
+                    **kwargs,
+                )
+        except optuna.exceptions.DuplicatedStudyError as exc:
+            raise ValueError(
+                f"a study named {self.study_name!r} already exists in {self.storage!r}; pass "
+                "load_if_exists=True to resume it, or choose another study_name"
+            ) from exc
+        if self.load_if_exists:
+            self._resume()
+
+    def _resume(self) -> None:
+        optuna = _optuna()
+        state = optuna.trial.TrialState
+        study = self._study
+        for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+            # Left RUNNING by a process that was killed: it never produced a score.
+            self._tell(trial.number, state=state.FAIL)
+        for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE,)):
+            try:
+                params = {
+                    name: self._codecs[name].decode(trial.params[name]) for name in self._codecs
+                }
+            except KeyError as exc:
+                raise ValueError(
+                    f"study {study.study_name!r} holds trials over different parameters "
+                    f"({sorted(trial.params)}) than the space {sorted(self._codecs)}; use "
+                    "another study_name for a different space"
+                ) from exc
+            score = trial.user_attrs.get(SCORE_ATTR)
+            if score is None:
+                score = trial.value if not self.multi_objective else trial.values[0]
+            constraint = trial.user_attrs.get(CONSTRAINT_ATTR)
+            self._record(params, float(score), constraint)
+            self._seen.add(params_key(params))
+            self._completed += 1
+            self.resumed_trials.append(
+                {
+                    "number": trial.number,
+                    "params": params,
+                    "score": float(score),
+                    "constraint": constraint,
+                    "values": tuple(trial.values),
+                    "attrs": dict(trial.user_attrs.get(EXTRA_ATTR, {})),
+                }
+            )
+
+    # ------------------------------------------------------------------ ask / tell
+
+    def get_next_params(self) -> dict[str, Any] | None:
+        """Ask the study for a trial; ``None`` when the search is finished."""
+        if self._study is None:
+            raise RuntimeError("call initialize(param_space) before get_next_params()")
+        if self.is_finished():
+            return None
+        optuna = _optuna()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            trial = self._study.ask({n: c.distribution for n, c in self._codecs.items()})
+        params = {name: codec.decode(trial.params[name]) for name, codec in self._codecs.items()}
+        self._pending.append((trial, params))
+        return params
+
+    def _pop_pending(self, params: dict[str, Any]) -> Any | None:
+        key = params_key(params)
+        for i, (trial, p) in enumerate(self._pending):
+            if params_key(p) == key:
+                del self._pending[i]
+                return trial
+        return None
+
+    def _tell(self, trial: Any, **kwargs: Any) -> None:
+        try:
+            self._study.tell(trial, **kwargs)
+        except RuntimeError as exc:
+            # Grid/brute-force samplers call study.stop() when exhausted, which
+            # Optuna only allows inside optimize(); the trial is already recorded.
+            if "Study.stop" not in str(exc):
+                raise
+
+    def update(
+        self,
+        params: dict[str, Any],
+        score: float,
+        constraint: float | None = None,
+        values: Sequence[float] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """Tell the study the result of ``params``.
+
+        Args:
+            params: as returned by :meth:`get_next_params` (or any point of the space:
+                unasked points are added to the study as completed trials).
+            score: the finite score (higher is better with ``direction="maximize"``).
+                A non-finite score is recorded as a failed trial.
+            constraint: accuracy shortfall, ``<= 0`` when feasible; constraint-aware
+                samplers (TPE, NSGA-II, GP chosen by name) learn from it.
+            values: the objective values of a multi-objective study.
+            attrs: JSON-serialisable extras stored on the trial (read back in
+                :attr:`resumed_trials` after a resume).
+        """
+        if self._study is None:
+            raise RuntimeError("call initialize(param_space) before update()")
+        optuna = _optuna()
+        if self.multi_objective:
+            if values is None or len(values) != len(self.directions):
+                raise ValueError(
+                    f"this study has {len(self.directions)} objectives {self.directions}; "
+                    f"pass values=(...) with one number each, got {values!r}"
+                )
+            told: list[float] = [float(v) for v in values]
+        else:
+            told = [float(score)]
+        trial = self._pop_pending(params)
+        if not all(math.isfinite(v) for v in told) or not math.isfinite(float(score)):
+            self._record_failure(trial, params, f"non-finite score {score!r} / values {values!r}")
+            return
+        user_attrs: dict[str, Any] = {SCORE_ATTR: float(score)}
+        if constraint is not None:
+            user_attrs[CONSTRAINT_ATTR] = float(constraint)
+        if attrs:
+            user_attrs[EXTRA_ATTR] = dict(attrs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if trial is not None:
+                for k, v in user_attrs.items():
+                    trial.set_user_attr(k, v)
+                if constraint is not None and _per_trial_constraints():
+                    trial.set_constraint(CONSTRAINT_KEY, float(constraint))
+                self._tell(trial, values=told)
+            else:
+                self._add_completed(params, told, user_attrs, constraint)
+        self._record(params, float(score), constraint)
+        self._seen.add(params_key(params))
+        self._completed += 1
+
+    def _add_completed(
+        self,
+        params: dict[str, Any],
+        told: list[float],
+        user_attrs: dict[str, Any],
+        constraint: float | None,
+    ) -> None:
+        optuna = _optuna()
+        system_attrs = {}
+        if constraint is not None:
+            # add_trial skips the sampler's after_trial; store the constraint the way
+            # this Optuna reads it (per-key attribute in >= 5, a tuple before).
+            if _per_trial_constraints():
+                system_attrs[f"constraints:{CONSTRAINT_KEY}"] = float(constraint)
+            else:
+                system_attrs["constraints"] = (float(constraint),)
+        for name, codec in self._codecs.items():
+            if name not in params or not codec.spec.contains(params[name]):
+                raise ValueError(
+                    f"cannot record params {params!r}: {name!r} is missing or outside {codec.spec!r}"
+                )
+        self._study.add_trial(
+            optuna.trial.create_trial(
+                params={n: c.encode(params[n]) for n, c in self._codecs.items()},
+                distributions={n: c.distribution for n, c in self._codecs.items()},
+                values=told,
+                user_attrs=user_attrs,
+                system_attrs=system_attrs,
+            )
+        )
+
+    def _record(self, params: dict[str, Any], score: float, constraint: float | None) -> None:
+        # Like the base class, but a minimising study keeps the lowest score.
+        self.history.append((dict(params), score))
+        if constraint is not None and constraint > 0:
+            return
+        if self._best_score is None or (
+            score < self._best_score if self.direction == "minimize" else score > self._best_score
+        ):
+            self._best_score = score
+            self._best_params = dict(params)
+
+    def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
+        """Record that evaluating ``params`` failed: its trial is marked FAIL.
+
+        Failures count towards ``n_trials`` within this session.
+        """
+        if self._study is None:
+            raise RuntimeError("call initialize(param_space) before report_failure()")
+        self._record_failure(self._pop_pending(params), params, error)
+
+    def _record_failure(self, trial: Any, params: dict[str, Any], error: str | None) -> None:
+        state = _optuna().trial.TrialState
+        if trial is not None:
+            if error:
+                trial.set_user_attr(ERROR_ATTR, str(error)[:1000])
+            self._tell(trial, state=state.FAIL)
+        self._failed += 1
+
+    def is_finished(self) -> bool:
+        """Whether ``n_trials`` trials are done or a finite space has been fully told."""
+        if self._study is None:
+            return False
+        if self._completed + self._failed >= self.n_trials:
+            return True
+        return self._space_size is not None and len(self._seen) >= self._space_size
+
+    def pareto_front(self) -> list[tuple[dict[str, Any], tuple[float, ...]]]:
+        """The non-dominated trials as ``(params, values)`` (the best trial when single-objective)."""
+        study = self.study
+        if study is None:
+            return []
+        search = self._last_child or self
+        codecs = search._codecs
+        front = []
+        for trial in study.best_trials:
+            params = {n: c.decode(trial.params[n]) for n, c in codecs.items() if n in trial.params}
+            front.append((params, tuple(trial.values)))
+        return front
+
+    # ------------------------------------------------------------------ studies
+
+    @property
+    def study(self) -> optuna.Study | None:
+        """The Optuna study: the most recently spawned group's, or this search's own."""
+        if self._last_child is not None:
+            return self._last_child.study
+        return self._study
+
+    @property
+    def studies(self) -> dict[str, optuna.Study]:
+        """``{group key: study}`` of every group search made by :meth:`spawn`."""
+        return {k: c.study for k, c in self._children.items() if c.study is not None}
+
+    def child_study_name(self, key: str) -> str:
+        """The study name used for group ``key``: ``f"{study_name}/{key}"`` (default prefix ``"panther"``)."""
+        return f"{self.study_name or 'panther'}/{key}"
+
+    def spawn(self, key: str) -> OptunaSearch:
+        """A fresh search for the layer group ``key`` with its own study in the same storage.
+
+        Each group gets the study :meth:`child_study_name` so groups never pool their
+        trials and a persistent storage never hits a duplicate-study error; with
+        ``load_if_exists=True`` each group resumes its own study.
+        """
+        sampler = self.sampler
+        if sampler is not None and not isinstance(sampler, str):
+            sampler = copy.deepcopy(sampler)  # every group starts from the same sampler state
+        child = OptunaSearch(
+            n_trials=self.n_trials,
+            sampler=sampler,
+            direction=self.direction,
+            study_name=self.child_study_name(str(key)),
+            storage=self.storage,
+            load_if_exists=self.load_if_exists,
+            seed=self.seed,
+            directions=self.directions,
+        )
+        child._storage_obj = self._resolved_storage() if isinstance(self.storage, str) else None
+        self._children[str(key)] = child
+        self._last_child = child
+        return child
+
+    def reset(self) -> None:
+        """Forget results, the study object and spawned groups (stored studies stay in storage)."""
+        super().reset()
+        self._children = {}
+        self._last_child = None
+        self._init_state()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OptunaSearch:
+        # Studies and storage engines are not copyable; a copy is a fresh, unstarted search.
+        sampler = (
+            self.sampler
+            if isinstance(self.sampler, str) or self.sampler is None
+            else copy.deepcopy(self.sampler, memo)
+        )
+        return OptunaSearch(
+            n_trials=self.n_trials,
+            sampler=sampler,
+            direction=self.direction,
+            study_name=self.study_name,
+            storage=self.storage,
+            load_if_exists=self.load_if_exists,
+            seed=self.seed,
+            directions=self.directions,
+        )
+
+
+# ---------------------------------------------------------------------- samplers
+
+
+def _tpe(
+    seed: int | None = None, constraints_func: Callable[..., Any] | None = None, **kw: Any
+) -> Any:
+    return _optuna().samplers.TPESampler(seed=seed, constraints_func=constraints_func, **kw)
+
+
+def _cmaes(seed: int | None = None, **kw: Any) -> Any:
+    return _optuna().samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **kw)
+
+
+def _random(seed: int | None = None, **kw: Any) -> Any:
+    return _optuna().samplers.RandomSampler(seed=seed, **kw)
+
+
+def _grid(
+    seed: int | None = None, search_space: dict[str, list[Any]] | None = None, **kw: Any
+) -> Any:
+    if search_space is None:
+        raise ValueError(
+            "the grid sampler needs search_space={name: [values]}; OptunaSearch builds it "
+            "from the parameter space"
+        )
+    return _optuna().samplers.GridSampler(search_space, seed=seed, **kw)
+
+
+def _qmc(seed: int | None = None, **kw: Any) -> Any:
+    return _optuna().samplers.QMCSampler(seed=seed, warn_independent_sampling=False, **kw)
+
+
+def _nsga2(
+    seed: int | None = None, constraints_func: Callable[..., Any] | None = None, **kw: Any
+) -> Any:
+    return _optuna().samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func, **kw)
+
+
+def _gp(
+    seed: int | None = None, constraints_func: Callable[..., Any] | None = None, **kw: Any
+) -> Any:
+    return _optuna().samplers.GPSampler(seed=seed, constraints_func=constraints_func, **kw)
+
+
+def _bruteforce(seed: int | None = None, **kw: Any) -> Any:
+    return _optuna().samplers.BruteForceSampler(seed=seed, **kw)
+
+
+@hookimpl
+def panther_search_algorithms() -> dict[str, type[SearchAlgorithm]]:
+    """Register :class:`OptunaSearch` as ``"optuna"``."""
+    return {"optuna": OptunaSearch}
+
+
+@hookimpl
+def panther_optuna_samplers() -> dict[str, Callable[..., Any]]:
+    """Register Optuna's samplers by name."""
+    return {
+        "tpe": _tpe,
+        "cmaes": _cmaes,
+        "random": _random,
+        "grid": _grid,
+        "qmc": _qmc,
+        "nsga2": _nsga2,
+        "gp": _gp,
+        "bruteforce": _bruteforce,
+    }

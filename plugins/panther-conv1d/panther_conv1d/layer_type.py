@@ -1,0 +1,101 @@
+"""The ``Conv1d`` layer type: how panther's tuner sketches ``nn.Conv1d`` layers.
+
+Cost model (per output position): dense ``out*in*k`` multiply-adds; sketched
+``2*L*r*(in*k + out)`` (the inner ``SKLinear`` on ``in*k``-long patches).
+Parameters: ``out*in*k`` versus ``L*r*(in*k + out)`` learnable, plus the bias.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from panther.tuner.layers.base import Cost
+from panther.tuner.layers.linear import LowRankLayerType
+from panther_conv1d.layer import SKConv1d
+
+__all__ = ["Conv1dLayerType"]
+
+
+class Conv1dLayerType(LowRankLayerType):
+    """Sketch ``nn.Conv1d`` (``groups=1``, zero padding) with :class:`SKConv1d`.
+
+    Tunable parameters ``num_terms``, ``low_rank``, ``init``; "auto" ranks are the
+    powers of two from 4 that save work for ``fan_in = in_channels*kernel_size``.
+    """
+
+    name = "Conv1d"
+    module_types = (nn.Conv1d,)
+    sketched_type = SKConv1d
+
+    def factory_signature_source(self) -> Any:
+        """``SKConv1d.from_conv1d``."""
+        return SKConv1d.from_conv1d
+
+    def handles(self, module: nn.Module) -> bool:
+        """Exact ``nn.Conv1d`` with ``groups=1`` and zero padding."""
+        return type(module) is nn.Conv1d and module.groups == 1 and module.padding_mode == "zeros"
+
+    def _fans(self, original: nn.Module) -> tuple[int, int]:
+        return original.in_channels * original.kernel_size[0], original.out_channels
+
+    def build(
+        self, original: nn.Module, params: dict[str, Any], copy_weights: bool = True
+    ) -> nn.Module:
+        """An :class:`SKConv1d` for ``original`` (kernel copied when ``copy_weights``)."""
+        if not self.handles(original):
+            raise ValueError(
+                f"Conv1d layer type cannot sketch {original!r}: needs groups=1, zero padding"
+            )
+        self.validate_params(original, params)
+        p = self.full_params(original, params)
+        weight = original.weight
+        if copy_weights:
+            layer = SKConv1d.from_conv1d(
+                original, p["num_terms"], p["low_rank"], seed=p.get("seed"), init=p["init"]
+            )
+        else:
+            layer = SKConv1d(
+                original.in_channels,
+                original.out_channels,
+                original.kernel_size[0],
+                stride=original.stride[0],
+                padding=original.padding
+                if isinstance(original.padding, str)
+                else original.padding[0],
+                dilation=original.dilation[0],
+                bias=original.bias is not None,
+                num_terms=p["num_terms"],
+                low_rank=p["low_rank"],
+                dtype=weight.dtype,
+                device=weight.device,
+                seed=p.get("seed"),
+                init=p["init"],
+            )
+        layer = layer.to(device=weight.device, dtype=weight.dtype)
+        layer.train(original.training)
+        return layer
+
+    def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
+        """Learnable parameters and multiply-adds per output position (module docstring)."""
+        fan_in, out = self._fans(original)
+        bias = out if original.bias is not None else 0
+        if params is None:
+            return Cost(params=fan_in * out + bias, macs=fan_in * out)
+        p = self.full_params(original, params)
+        lk = p["num_terms"] * p["low_rank"]
+        return Cost(params=lk * (fan_in + out) + bias, macs=2 * lk * (fan_in + out))
+
+    def size_key(self, module: nn.Module) -> tuple[Any, ...]:
+        """Type, channels, kernel, stride, padding, dilation and bias."""
+        return (
+            self.name,
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size[0],
+            module.stride[0],
+            module.padding if isinstance(module.padding, str) else module.padding[0],
+            module.dilation[0],
+            module.bias is not None,
+        )
