@@ -1,5 +1,70 @@
-"""panther's autotuner (public API is assembled here)."""
+"""panther's autotuner: pick sketching parameters per layer under an accuracy constraint.
+
+Public API::
+
+    from panther.tuner import (
+        SKAutoTuner, LayerConfig, TuningConfigs, Categorical, Int, Float,
+        OptunaSearch, SkoptSearch, GridSearch, RandomSearch, ModelVisualizer,
+        load_tuning_results, register_plugin, list_plugins, hookimpl,
+    )
+
+Names other than the configuration classes are imported lazily on first access,
+so ``import panther.tuner`` stays cheap and a missing optional backend only
+fails when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from panther.tuner.config import Categorical, Float, Int, LayerConfig, TuningConfigs
+from panther.tuner.hookspecs import hookimpl, hookspec
 
-__all__ = ["Categorical", "Float", "Int", "LayerConfig", "TuningConfigs"]
+# name -> (module, attribute)
+_LAZY: dict[str, tuple[str, str]] = {
+    "SKAutoTuner": ("panther.tuner.tuner", "SKAutoTuner"),
+    "TuningWarning": ("panther.tuner.tuner", "TuningWarning"),
+    "TuningResults": ("panther.tuner.results", "TuningResults"),
+    "LayerChoice": ("panther.tuner.results", "LayerChoice"),
+    "load_tuning_results": ("panther.tuner.results", "load_tuning_results"),
+    "OptunaSearch": ("panther.tuner.search.optuna", "OptunaSearch"),
+    "SkoptSearch": ("panther.tuner.search.skopt", "SkoptSearch"),
+    "GridSearch": ("panther.tuner.search.grid", "GridSearch"),
+    "RandomSearch": ("panther.tuner.search.random", "RandomSearch"),
+    "SearchAlgorithm": ("panther.tuner.search.base", "SearchAlgorithm"),
+    "LayerType": ("panther.tuner.layers.base", "LayerType"),
+    "Cost": ("panther.tuner.layers.base", "Cost"),
+    "ModelVisualizer": ("panther.tuner.visualizer", "ModelVisualizer"),
+    "select_layers": ("panther.tuner.selection", "select_layers"),
+    "register_plugin": ("panther.tuner.plugins", "register_plugin"),
+    "unregister_plugin": ("panther.tuner.plugins", "unregister_plugin"),
+    "list_plugins": ("panther.tuner.plugins", "list_plugins"),
+    "get_plugin_manager": ("panther.tuner.plugins", "get_plugin_manager"),
+    "get_evaluator": ("panther.tuner.plugins", "get_evaluator"),
+}
+
+__all__ = [
+    "Categorical",
+    "Float",
+    "Int",
+    "LayerConfig",
+    "TuningConfigs",
+    "hookimpl",
+    "hookspec",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'panther.tuner' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,364 @@
+"""Tuning results: trial records, the chosen configuration, and a safe on-disk manifest.
+
+A :class:`TuningResults` holds everything a tuning run produced:
+
+* ``trials``: one record (a plain dict) per trial, the rows of
+  :meth:`TuningResults.to_dataframe`;
+* ``groups``: per layer group, its layers, their layer types and the search winner;
+* ``selection``: per layer, the configuration :meth:`TuningResults.apply` builds
+  (layer type name, params, sketch seed, ``copy_weights``), i.e. the verified
+  combination chosen after tuning;
+* ``info``: the baseline and final verified accuracy/speed and run metadata.
+
+Saved results are a JSON manifest whatever the file suffix (``.pkl`` included).
+Loading never unpickles or executes anything from the file: it only parses JSON
+and checks its structure. A loaded result rebuilds the tuned model exactly on a
+fresh instance of the same architecture with the same original weights, since
+each sketched layer is rebuilt from its recorded layer type, params and seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TRIAL_STATUSES",
+    "LayerChoice",
+    "TuningResults",
+    "load_tuning_results",
+    "get_submodule",
+    "set_submodule",
+]
+
+FORMAT_NAME = "panther-tuning-results"
+FORMAT_VERSION = 1
+
+#: Every status a trial record can have.
+TRIAL_STATUSES = ("ok", "rejected", "failed", "skipped", "cached")
+
+# Columns every DataFrame has, in this order; parameter columns come after layer_name.
+_LEADING_COLUMNS = ("layer_name",)
+_TRAILING_COLUMNS = (
+    "score",
+    "accuracy",
+    "speed",
+    "trial_number",
+    "status",
+    "error",
+    "wall_time_s",
+    "speed_median",
+)
+
+
+def get_submodule(model: nn.Module, path: str) -> nn.Module:
+    """The submodule of ``model`` at the dotted ``path`` (``""`` is the model itself)."""
+    if path == "":
+        return model
+    try:
+        return model.get_submodule(path)
+    except AttributeError as exc:
+        raise ValueError(f"the model has no submodule named {path!r}") from exc
+
+
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` by ``module`` (on its parent, by attribute)."""
+    if path == "":
+        raise ValueError("cannot replace the root module; select a submodule by name")
+    parent_path, _, attr = path.rpartition(".")
+    parent = get_submodule(model, parent_path)
+    # setattr on the parent handles Sequential/ModuleList/ModuleDict children too,
+    # since they register numbered or keyed children under string names.
+    if attr not in parent._modules:
+        raise ValueError(f"the model has no submodule named {path!r}")
+    parent._modules[attr] = module
+
+
+@dataclass
+class LayerChoice:
+    """How to rebuild one tuned layer: what :meth:`TuningResults.apply` needs.
+
+    Attributes:
+        layer_name: dotted module path in the model.
+        layer_type: name of the registered layer type that builds it.
+        module_class: class name of the original module (checked when applying).
+        params: the layer type's parameters (without ``seed``).
+        seed: the seed of the layer's random sketches, or ``None``.
+        copy_weights: whether the sketch was initialised from the original weights.
+    """
+
+    layer_name: str
+    layer_type: str
+    module_class: str
+    params: dict[str, Any]
+    seed: int | None = None
+    copy_weights: bool = True
+
+    def build_params(self) -> dict[str, Any]:
+        """The params passed to ``LayerType.build`` (with the seed when known)."""
+        out = dict(self.params)
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "layer_name": self.layer_name,
+            "layer_type": self.layer_type,
+            "module_class": self.module_class,
+            "params": dict(self.params),
+            "seed": self.seed,
+            "copy_weights": self.copy_weights,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerChoice:
+        """Inverse of :meth:`to_dict`, checking field types."""
+        _require(isinstance(data, Mapping), "a layer choice must be an object")
+        for key in ("layer_name", "layer_type", "module_class"):
+            _require(isinstance(data.get(key), str), f"layer choice field {key!r} must be a string")
+        params = data.get("params")
+        _require(isinstance(params, Mapping), "layer choice 'params' must be an object")
+        seed = data.get("seed")
+        _require(seed is None or (isinstance(seed, int) and not isinstance(seed, bool)),
+                 "layer choice 'seed' must be an integer or null")
+        return cls(
+            layer_name=data["layer_name"],
+            layer_type=data["layer_type"],
+            module_class=data["module_class"],
+            params={str(k): _check_scalar(v) for k, v in params.items()},
+            seed=seed,
+            copy_weights=bool(data.get("copy_weights", True)),
+        )
+
+
+@dataclass
+class TuningResults:
+    """Everything a tuning run produced; see the module docstring."""
+
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    selection: dict[str, LayerChoice] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ---- views -------------------------------------------------------------------------
+    def param_names(self) -> list[str]:
+        """All parameter names that appear in any trial, in first-seen order."""
+        names: list[str] = []
+        for row in self.trials:
+            for name in row.get("params", {}):
+                if name not in names:
+                    names.append(name)
+        return names
+
+    def to_dataframe(self) -> Any:
+        """One row per trial: ``layer_name``, one column per param, ``score``, ``accuracy``,
+        ``speed``, ``trial_number``, ``status``, ``error``, ``wall_time_s``, ``speed_median``."""
+        import pandas as pd
+
+        names = self.param_names()
+        columns = [*_LEADING_COLUMNS, *names, *_TRAILING_COLUMNS]
+        rows = []
+        for row in self.trials:
+            flat = {"layer_name": row["layer_name"]}
+            params = row.get("params", {})
+            for name in names:
+                flat[name] = params.get(name)
+            for col in _TRAILING_COLUMNS:
+                value = row.get(col)
+                if col in ("accuracy", "speed", "wall_time_s", "speed_median") and value is None:
+                    value = math.nan
+                flat[col] = value
+            rows.append(flat)
+        df = pd.DataFrame(rows, columns=columns)
+        if len(df):
+            df["score"] = df["score"].astype(float)
+        return df
+
+    def best_params(self) -> dict[str, dict[str, Any]]:
+        """Per layer, the search winner: ``{"params": dict | None, "score": float}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for summary in self.groups.values():
+            best = summary.get("best_params")
+            score = summary.get("best_score")
+            for layer in summary["layers"]:
+                out[layer] = {
+                    "params": None if best is None else dict(best),
+                    "score": -math.inf if score is None else float(score),
+                }
+        return out
+
+    # ---- applying ----------------------------------------------------------------------
+    def apply(self, model: nn.Module, inplace: bool = False) -> nn.Module:
+        """Build :attr:`selection` into ``model`` (a deep copy unless ``inplace``) and return it.
+
+        Each layer is rebuilt by its recorded layer type with its recorded params and
+        seed, so applying to a fresh instance of the architecture with the same
+        original weights reproduces the tuned model's outputs exactly.
+        """
+        from panther.tuner import plugins
+
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
+        target = model if inplace else copy.deepcopy(model)
+        # Check everything first so a bad manifest leaves the model untouched.
+        planned = []
+        for name, choice in self.selection.items():
+            original = get_submodule(target, name)
+            if type(original).__name__ != choice.module_class:
+                raise ValueError(
+                    f"layer {name!r} is a {type(original).__name__} in this model but the results "
+                    f"were tuned on a {choice.module_class}; apply them to the same architecture"
+                )
+            layer_type = plugins.get_layer_type(choice.layer_type)
+            planned.append((name, original, layer_type, choice))
+        for name, original, layer_type, choice in planned:
+            built = layer_type.build(original, choice.build_params(), copy_weights=choice.copy_weights)
+            built.train(original.training)
+            set_submodule(target, name, built)
+        return target
+
+    # ---- persistence -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (non-finite floats are encoded so the file is strict JSON)."""
+        return _encode(
+            {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "info": self.info,
+                "groups": self.groups,
+                "selection": {k: v.to_dict() for k, v in self.selection.items()},
+                "trials": self.trials,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TuningResults:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` on anything malformed."""
+        _require(isinstance(data, Mapping), "the manifest must be a JSON object")
+        _require(data.get("format") == FORMAT_NAME,
+                 f"not a panther tuning-results manifest (format is {data.get('format')!r})")
+        version = data.get("version")
+        _require(isinstance(version, int) and version <= FORMAT_VERSION,
+                 f"unsupported manifest version {version!r} (this panther reads <= {FORMAT_VERSION})")
+        data = _decode(data)
+        trials = data.get("trials", [])
+        groups = data.get("groups", {})
+        selection = data.get("selection", {})
+        info = data.get("info", {})
+        _require(isinstance(trials, list) and all(isinstance(t, dict) for t in trials),
+                 "'trials' must be a list of objects")
+        _require(isinstance(groups, dict), "'groups' must be an object")
+        for key, summary in groups.items():
+            _require(isinstance(summary, dict) and isinstance(summary.get("layers"), list),
+                     f"group {key!r} must be an object with a 'layers' list")
+        _require(isinstance(selection, dict), "'selection' must be an object")
+        _require(isinstance(info, dict), "'info' must be an object")
+        for row in trials:
+            _require(isinstance(row.get("layer_name"), str), "each trial needs a 'layer_name'")
+            _require(isinstance(row.get("params", {}), dict), "trial 'params' must be an object")
+        return cls(
+            trials=trials,
+            groups=groups,
+            selection={k: LayerChoice.from_dict(v) for k, v in selection.items()},
+            info=info,
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON manifest to ``path`` (any suffix; the content is always JSON)."""
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default)
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        # Atomic replace: a crash while saving never leaves a truncated manifest behind.
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TuningResults:
+        """Read a manifest written by :meth:`save`. Never unpickles or runs code."""
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        if raw[:1] == b"\x80":
+            raise ValueError(
+                f"{os.fspath(path)!r} looks like a pickle file; panther never loads pickles "
+                "(they can run code). Re-save the results with SKAutoTuner.save_tuning_results()."
+            )
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(
+                f"{os.fspath(path)!r} is not a panther tuning-results manifest (JSON): {exc}"
+            ) from exc
+        return cls.from_dict(data)
+
+
+def load_tuning_results(path: str | os.PathLike[str]) -> TuningResults:
+    """Load results saved by ``SKAutoTuner.save_tuning_results`` (safe: JSON only).
+
+    Apply them to a fresh model with ``load_tuning_results(path).apply(model)``.
+    """
+    return TuningResults.load(path)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"invalid tuning-results manifest: {message}")
+
+
+def _check_scalar(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_check_scalar(v) for v in value]
+    raise ValueError(f"invalid tuning-results manifest: unsupported parameter value {value!r}")
+
+
+_FLOAT_TAG = "__float__"
+
+
+def _encode(value: Any) -> Any:
+    """Make ``value`` strict-JSON-ready: non-finite floats become tagged objects."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {_FLOAT_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return _encode(value.item())
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        try:
+            return _encode(value.item())
+        except (TypeError, ValueError):
+            pass
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_FLOAT_TAG}:
+            tag = value[_FLOAT_TAG]
+            _require(tag in ("nan", "inf", "-inf"), f"bad float tag {tag!r}")
+            return float(tag)
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    # Anything not representable (user objects in params) is stored as its repr:
+    # the manifest stays loadable, and loading never reconstructs objects.
+    return repr(value)
