@@ -127,6 +127,22 @@ def test_orthogonal_blocks_and_chi_norms():
     assert w.norm(dim=-1).std() > 0.05
 
 
+def test_projection_draw_is_single_threaded_and_restores_the_thread_pool():
+    from panther.nn.attention import orthogonal_gaussian_projection
+
+    before = torch.get_num_threads()
+    draws = [
+        orthogonal_gaussian_projection(3, 40, 16, torch.Generator().manual_seed(5))
+        for _ in range(2)
+    ]
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    # The limited QR is the same factorisation: rows within a block stay orthogonal.
+    block = draws[0][1, :16]
+    gram = (block / block.norm(dim=-1, keepdim=True)) @ (block / block.norm(dim=-1, keepdim=True)).T
+    torch.testing.assert_close(gram, torch.eye(16, dtype=F64))
+
+
 def test_reset_parameters_keeps_features():
     layer = RandMultiHeadAttention(8, 2, 16, seed=1)
     proj = layer.projection.clone()
@@ -187,6 +203,10 @@ def test_forward_input_validation():
         layer(x, x, x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="equal query and key lengths"):
         layer(x, torch.randn(4, 2, 8), torch.randn(4, 2, 8), is_causal=True)
+    with pytest.raises(TypeError, match="query must be a Tensor, got list"):
+        layer(x.tolist(), x, x)
+    with pytest.raises(TypeError, match="value must be a Tensor, got NoneType"):
+        layer(x, x, None)
 
 
 # ---------------------------------------------------------------- accuracy

@@ -380,6 +380,15 @@ def test_flops_of_builtin_sketched_layer_uses_its_config_cost():
     assert ev.flops()(sketch_model) < ev.flops()(dense_model)
 
 
+def test_flops_counts_conv_output_positions_batched_and_unbatched():
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+    per_position = plugins.layer_type_for(conv).cost(conv).macs
+    assert per_position == 3 * 9 * 5
+    # 6x7 output positions per image; an unbatched (C, H, W) input is one image.
+    assert ev.flops(torch.randn(2, 3, 6, 7))(conv) == 2 * 6 * 7 * per_position
+    assert ev.flops(torch.randn(3, 6, 7))(conv) == 6 * 7 * per_position
+
+
 # --- registration ---------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from panther.tuner.layers import (
     AttentionLayerType,
     Conv2dLayerType,
     Cost,
+    LayerType,
     LinearLayerType,
     low_rank_space,
     saves_work,
@@ -204,6 +205,16 @@ def test_attention_auto_space_cost_and_validation():
         ATTN.build(mha, {"kernel_fn": "cosine"})
     with pytest.raises(ValueError, match="no parameter"):
         ATTN.validate_params(mha, {"low_rank": 8})
+    # The assumed length is the layer type's (a per-config entry could not change the
+    # dense cost it is compared with), so a seq_len entry is rejected, not ignored.
+    with pytest.raises(ValueError, match=r"no parameter\(s\) \['seq_len'\]"):
+        ATTN.validate_params(mha, {"seq_len": 128})
+    with pytest.raises(TypeError, match="'iscausal' must be True or False"):
+        ATTN.validate_params(mha, {"iscausal": "yes"})
+    assert ATTN.build(mha, {"num_random_features": 8, "iscausal": True}).iscausal
+    for lt, module in ((ATTN, mha), (LINEAR, nn.Linear(4, 4)), (CONV, nn.Conv2d(2, 2, 1))):
+        with pytest.raises(ValueError, match=f"{lt.name} 'seed' must be a non-negative int"):
+            lt.validate_params(module, {"seed": -1})
     assert not ATTN.handles(nn.MultiheadAttention(32, 4, kdim=16, vdim=16))
     assert not ATTN.handles(nn.MultiheadAttention(32, 4, add_bias_kv=True))
 
@@ -215,6 +226,25 @@ def test_size_keys_group_equal_layers():
     assert CONV.size_key(nn.Conv2d(3, 8, 3)) != CONV.size_key(nn.Conv2d(3, 8, 3, stride=2))
     a, b = nn.MultiheadAttention(16, 2), nn.MultiheadAttention(16, 2, batch_first=True)
     assert ATTN.size_key(a) != ATTN.size_key(b)
+
+
+def test_default_size_key_uses_constructor_attributes_not_mode():
+    class Plain(LayerType):
+        name, module_types, sketched_type, param_names = "Plain", (nn.Linear,), nn.Linear, ()
+
+        def build(self, original, params, copy_weights=True):
+            return original
+
+        def auto_space(self, original):
+            return {}
+
+        def cost(self, original, params=None):
+            return Cost(0, 0)
+
+    plain = Plain()
+    assert plain.size_key(nn.Linear(8, 4).train()) == plain.size_key(nn.Linear(8, 4).eval())
+    assert plain.size_key(nn.Linear(8, 4)) != plain.size_key(nn.Linear(8, 5))
+    assert ("in_features", 8) in plain.size_key(nn.Linear(8, 4))
 
 
 def test_registry_maps_modules_to_types():
@@ -252,3 +282,25 @@ def test_conv1d_plugin_layer_type():
     y = torch.randn(2, 64, 30)
     assert built(y).shape == big(y).shape
     assert not conv1d.handles(nn.Conv1d(4, 4, 3, groups=2))
+
+
+def test_attention_seq_len_is_changed_by_registering_a_layer_type_by_hand():
+    from panther.tuner import plugins
+    from panther.tuner.hookspecs import hookimpl
+
+    class ShortSequences:
+        @staticmethod
+        @hookimpl
+        def panther_layer_types():
+            return [AttentionLayerType(seq_len=16)]
+
+    mha = nn.MultiheadAttention(32, 4)
+    name = plugins.register_plugin(ShortSequences(), name="short-attention")
+    try:
+        with pytest.warns(plugins.PluginWarning, match="overrides"):
+            chosen = layer_type_for(mha)
+        assert chosen.seq_len == 16
+        assert chosen.cost(mha, {"num_random_features": 8}).macs >= chosen.cost(mha).macs
+    finally:
+        plugins.unregister_plugin(name)
+    assert layer_type_for(mha).seq_len == 512

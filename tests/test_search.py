@@ -364,13 +364,16 @@ RESUME_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, sys.argv[3])
+    import optuna
     from panther.tuner.config import Categorical, Int
     from panther.tuner.search import OptunaSearch
 
     storage, kill_after = sys.argv[1], int(sys.argv[2])
     space = {"a": Categorical(list(range(8))), "b": Int(0, 40, step=5)}
-    search = OptunaSearch(n_trials=12, seed=0, study_name="resume", storage=storage,
-                          load_if_exists=True)
+    # A sampler instance (not the name "tpe") keeps the plugin host, and with it the
+    # torch import of the built-in layer types, out of this short-lived process.
+    search = OptunaSearch(n_trials=12, sampler=optuna.samplers.TPESampler(seed=0),
+                          study_name="resume", storage=storage, load_if_exists=True)
     search.initialize(space)
     print("resumed", len(search.resumed_trials), flush=True)
     told = 0
@@ -412,3 +415,21 @@ def test_optuna_resume_after_sigkill(tmp_path):
     assert not any(t.state == state.RUNNING for t in study.trials)
     after = {t.number: t.params for t in complete}
     assert all(after[n] == p for n, p in before.items())  # nothing lost or rewritten
+
+
+def test_skopt_non_finite_scores_stay_finite_for_the_surrogate_and_never_win():
+    space = {"a": Categorical([0, 1, 2, 3])}
+    search = SkoptSearch(n_trials=4, seed=0, n_initial_points=4, estimator="RF")
+    search.initialize(space)
+    search.update({"a": 0}, 2.0)
+    search.update({"a": 1}, 5.0)
+    search.update({"a": 2}, -math.inf)
+    search.update({"a": 3}, math.nan)
+    losses = search._optimizer.yi
+    assert all(math.isfinite(y) for y in losses)
+    # Worse (a larger loss) than every real result, by their spread, not by 1e30.
+    assert losses[2] == pytest.approx(-2.0 + 3.0) and losses[3] > losses[2]
+    assert search.best_params == {"a": 1} and search.best_score == 5.0
+    assert search.is_finished()
+    with pytest.raises(ValueError, match="acq_func must be one of"):
+        SkoptSearch(acq_func="EIps")

@@ -338,11 +338,11 @@ def test_operators_dispatch_through_native_ops(monkeypatch):
 @pytest.mark.parametrize("name", list(OPERATORS))
 def test_jl_norm_preservation_over_seeds(name):
     op = OPERATORS[name]
-    n, m, trials = 512, 256, 200
+    n, m, trials = 512, 256, 100
     x = torch.randn(n, generator=torch.Generator().manual_seed(2024), dtype=torch.float64)
     sq = x.pow(2).sum()
     ratios = torch.stack([op(x, m, seed=seed).pow(2).sum() / sq for seed in range(trials)])
-    # Unbiased: the mean of ||Sx||^2/||x||^2 over seeds is close to 1 (std of the mean ~0.6%).
+    # Unbiased: the mean of ||Sx||^2/||x||^2 over seeds is close to 1 (std of the mean ~0.9%).
     assert abs(ratios.mean().item() - 1) < 0.03, ratios.mean()
     # Each draw is accurate too: relative std ~ sqrt(2/m) ~ 0.09, so 0.45 is a ~5 sigma band.
     assert (ratios - 1).abs().max().item() < 0.45, (ratios.min(), ratios.max())

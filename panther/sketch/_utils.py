@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -108,3 +109,49 @@ def normalize_dim(dim: object, ndim: int) -> int:
 def next_power_of_two(n: int) -> int:
     """Smallest power of two that is >= ``n`` (``n >= 1``)."""
     return 1 << (n - 1).bit_length()
+
+
+def resolve_draw(
+    m: object,
+    n: object,
+    seed: int | None,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> tuple[int, int, torch.dtype, torch.device, torch.Generator | None]:
+    """Check and resolve the arguments every sketch factory takes.
+
+    Returns ``(m, n, dtype, device, generator)`` with the sizes as ints, the defaults
+    filled in and ``seed`` turned into a generator (see :func:`resolve_generator`).
+    """
+    m = check_positive_int(m, "m")
+    n = check_positive_int(n, "n")
+    return m, n, resolve_float_dtype(dtype), resolve_device(device), resolve_generator(seed, generator)
+
+
+def check_sketch_input(x: object, dim: object, n: int, what: str) -> tuple[Tensor, int]:
+    """Validate ``x`` for a drawn ``(m, n)`` sketch applied along ``dim``.
+
+    Returns ``x`` and ``dim`` as a non-negative axis; raises if ``x.shape[dim] != n``.
+    """
+    x = check_input(x)
+    dim = normalize_dim(dim, x.dim())
+    if x.shape[dim] != n:
+        raise ValueError(
+            f"x has size {x.shape[dim]} along dim {dim} but this {what} expects n={n}; "
+            "draw a sketch for that size or pick the right dim"
+        )
+    return x, dim
+
+
+def apply_along(fn: Callable[[Tensor], Tensor], x: Tensor, dim: int) -> Tensor:
+    """``fn`` acts on the last dimension; apply it along ``dim`` (non-negative) instead."""
+    last = x.dim() - 1
+    if dim == last:
+        return fn(x)
+    return fn(x.movedim(dim, last)).movedim(last, dim)
+
+
+def value_dtype(x: Tensor) -> torch.dtype:
+    """The real dtype for a sketch's values applied to ``x`` (complex inputs get real values)."""
+    return x.real.dtype if x.is_complex() else x.dtype

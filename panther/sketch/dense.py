@@ -7,13 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from panther.sketch._utils import (
-    check_positive_int,
-    draw_device,
-    resolve_device,
-    resolve_float_dtype,
-    resolve_generator,
-)
+from panther.sketch._utils import draw_device, resolve_draw
 
 __all__ = ["gaussian_sketch", "sign_sketch"]
 
@@ -44,11 +38,7 @@ def gaussian_sketch(
     generator is given) and then converted, so one seed yields the same sketch for
     every ``device`` and ``dtype``, up to rounding.
     """
-    m = check_positive_int(m, "m")
-    n = check_positive_int(n, "n")
-    dtype = resolve_float_dtype(dtype)
-    device = resolve_device(device)
-    gen = resolve_generator(seed, generator)
+    m, n, dtype, device, gen = resolve_draw(m, n, seed, generator, device, dtype)
     raw = torch.randn((m, n), generator=gen, dtype=torch.float64, device=draw_device(gen))
     raw = raw * (1.0 / math.sqrt(m))
     return raw.to(device=device, dtype=dtype)
@@ -68,11 +58,7 @@ def sign_sketch(
     Same norm-preserving scaling (``E ||S x||^2 = ||x||^2``) and the same ``seed``/``generator``/
     ``device``/``dtype`` semantics as :func:`gaussian_sketch`.
     """
-    m = check_positive_int(m, "m")
-    n = check_positive_int(n, "n")
-    dtype = resolve_float_dtype(dtype)
-    device = resolve_device(device)
-    gen = resolve_generator(seed, generator)
+    m, n, dtype, device, gen = resolve_draw(m, n, seed, generator, device, dtype)
     bits = torch.randint(0, 2, (m, n), generator=gen, dtype=torch.int64, device=draw_device(gen))
     signs = (bits * 2 - 1).to(torch.float64) * (1.0 / math.sqrt(m))
     return signs.to(device=device, dtype=dtype)

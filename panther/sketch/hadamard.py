@@ -11,14 +11,15 @@ from torch import Tensor
 
 from panther.native import ops
 from panther.sketch._utils import (
+    apply_along,
     check_input,
     check_positive_int,
+    check_sketch_input,
     draw_device,
     next_power_of_two,
     normalize_dim,
-    resolve_device,
-    resolve_float_dtype,
-    resolve_generator,
+    resolve_draw,
+    value_dtype,
 )
 
 __all__ = ["fwht", "SRHTSketch", "make_srht", "srht"]
@@ -40,10 +41,7 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
             f"fwht needs a power-of-two length along dim {dim}, got {n}; "
             f"zero-pad to {next_power_of_two(max(n, 1))} first"
         )
-    last = x.dim() - 1
-    if dim == last:
-        return ops.fwht(x)
-    return ops.fwht(x.movedim(dim, last)).movedim(last, dim)
+    return apply_along(ops.fwht, x, dim)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -111,23 +109,17 @@ class SRHTSketch:
         Equivalent to ``(x.movedim(dim, -1) @ S.T).movedim(-1, dim)`` but costs
         O(p log p) per fibre. The result has ``x``'s dtype and device; gradients flow to ``x``.
         """
-        x = check_input(x)
-        dim = normalize_dim(dim, x.dim())
-        if x.shape[dim] != self.n:
-            raise ValueError(
-                f"x has size {x.shape[dim]} along dim {dim} but this SRHT expects n={self.n}; "
-                "draw a sketch for that size or pick the right dim"
-            )
-        last = x.dim() - 1
-        y = x.movedim(dim, last) if dim != last else x
+        x, dim = check_sketch_input(x, dim, self.n, "SRHT")
+        return apply_along(self._apply_last, x, dim)
+
+    def _apply_last(self, y: Tensor) -> Tensor:
         y = y * self.signs.to(device=y.device, dtype=y.dtype)
         pad = self.padded_n - self.n
         if pad:
             y = F.pad(y, (0, pad))
         y = ops.fwht(y)
-        y = y.index_select(last, self.indices.to(y.device))
-        y = y * math.sqrt(self.padded_n / self.m)
-        return y.movedim(last, dim) if dim != last else y
+        y = y.index_select(-1, self.indices.to(y.device))
+        return y * math.sqrt(self.padded_n / self.m)
 
     def to_dense(
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
@@ -157,17 +149,13 @@ def make_srht(
     ``dtype`` (default ``torch.get_default_dtype()``; :meth:`SRHTSketch.apply` casts them to
     the input's dtype).
     """
-    m = check_positive_int(m, "m")
-    n = check_positive_int(n, "n")
+    m, n, dtype, device, gen = resolve_draw(m, n, seed, generator, device, dtype)
     p = next_power_of_two(n)
     if m > p:
         raise ValueError(
             f"SRHT cannot keep m={m} coordinates of a length-{n} input padded to {p}; "
             f"use m <= {p}, or a gaussian_sketch/sjlt for m > {p}"
         )
-    dtype = resolve_float_dtype(dtype)
-    device = resolve_device(device)
-    gen = resolve_generator(seed, generator)
     where = draw_device(gen)
     bits = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int64, device=where)
     signs = (bits * 2 - 1).to(torch.float64)
@@ -192,6 +180,7 @@ def srht(
     """
     x = check_input(x)
     d = normalize_dim(dim, x.dim())
-    dtype = x.real.dtype if x.is_complex() else x.dtype
-    sketch = make_srht(m, x.shape[d], seed=seed, generator=generator, device=x.device, dtype=dtype)
+    sketch = make_srht(
+        m, x.shape[d], seed=seed, generator=generator, device=x.device, dtype=value_dtype(x)
+    )
     return sketch.apply(x, dim=d)

@@ -10,13 +10,14 @@ from torch import Tensor
 
 from panther.native import ops
 from panther.sketch._utils import (
+    apply_along,
     check_input,
     check_positive_int,
+    check_sketch_input,
     draw_device,
     normalize_dim,
-    resolve_device,
-    resolve_float_dtype,
-    resolve_generator,
+    resolve_draw,
+    value_dtype,
 )
 
 __all__ = ["SparseSketch", "make_count_sketch", "make_sjlt", "count_sketch", "sjlt"]
@@ -90,19 +91,13 @@ class SparseSketch:
         Equivalent to ``(x.movedim(dim, -1) @ S.T).movedim(-1, dim)``. The result has ``x``'s
         dtype and device; gradients flow to ``x``.
         """
-        x = check_input(x)
-        dim = normalize_dim(dim, x.dim())
-        if x.shape[dim] != self.n:
-            raise ValueError(
-                f"x has size {x.shape[dim]} along dim {dim} but this sketch expects n={self.n}; "
-                "draw a sketch for that size or pick the right dim"
-            )
-        last = x.dim() - 1
-        y = x.movedim(dim, last) if dim != last else x
+        x, dim = check_sketch_input(x, dim, self.n, "sketch")
+        return apply_along(self._apply_last, x, dim)
+
+    def _apply_last(self, y: Tensor) -> Tensor:
         rows = self.rows.to(y.device)
         values = self.values.to(device=y.device, dtype=y.dtype)
-        out = ops.sparse_sketch_apply(y, rows, values, self.m)
-        return out.movedim(last, dim) if dim != last else out
+        return ops.sparse_sketch_apply(y, rows, values, self.m)
 
     def to_dense(
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
@@ -138,11 +133,7 @@ def make_count_sketch(
     or the global RNG) and moved to ``device``; ``values`` get ``dtype`` (default
     ``torch.get_default_dtype()``; :meth:`SparseSketch.apply` casts them to the input's dtype).
     """
-    m = check_positive_int(m, "m")
-    n = check_positive_int(n, "n")
-    dtype = resolve_float_dtype(dtype)
-    device = resolve_device(device)
-    gen = resolve_generator(seed, generator)
+    m, n, dtype, device, gen = resolve_draw(m, n, seed, generator, device, dtype)
     rows = torch.randint(0, m, (n, 1), generator=gen, dtype=torch.int64, device=draw_device(gen))
     values = _random_signs((n, 1), gen)
     return SparseSketch(rows.to(device), values.to(device=device, dtype=dtype), m, n)
@@ -166,15 +157,11 @@ def make_sjlt(
     independent, so ``E ||S x||^2 = ||x||^2`` for any block sizes. Requires ``s <= m``;
     ``s = 1`` is a count sketch. Seed/device/dtype behave as in :func:`make_count_sketch`.
     """
-    m = check_positive_int(m, "m")
-    n = check_positive_int(n, "n")
+    m, n, dtype, device, gen = resolve_draw(m, n, seed, generator, device, dtype)
     s = check_positive_int(s, "s")
     if s > m:
         raise ValueError(f"SJLT needs s <= m (s distinct rows per column), got s={s}, m={m}; "
                          f"lower s or raise m")
-    dtype = resolve_float_dtype(dtype)
-    device = resolve_device(device)
-    gen = resolve_generator(seed, generator)
     where = draw_device(gen)
     bounds = [(t * m) // s for t in range(s + 1)]  # every block has >= 1 row because s <= m
     blocks = [
@@ -204,7 +191,7 @@ def count_sketch(
     x = check_input(x)
     d = normalize_dim(dim, x.dim())
     sketch = make_count_sketch(
-        m, x.shape[d], seed=seed, generator=generator, device=x.device, dtype=_value_dtype(x)
+        m, x.shape[d], seed=seed, generator=generator, device=x.device, dtype=value_dtype(x)
     )
     return sketch.apply(x, dim=d)
 
@@ -226,11 +213,6 @@ def sjlt(
     x = check_input(x)
     d = normalize_dim(dim, x.dim())
     sketch = make_sjlt(
-        m, x.shape[d], s, seed=seed, generator=generator, device=x.device, dtype=_value_dtype(x)
+        m, x.shape[d], s, seed=seed, generator=generator, device=x.device, dtype=value_dtype(x)
     )
     return sketch.apply(x, dim=d)
-
-
-def _value_dtype(x: Tensor) -> torch.dtype:
-    # Complex inputs get real values; apply() casts them to x's dtype.
-    return x.real.dtype if x.is_complex() else x.dtype

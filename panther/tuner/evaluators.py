@@ -658,13 +658,14 @@ def _positions(module: nn.Module, output: Any) -> int:
     """How many rows/positions a layer processed, from its output.
 
     Cost models give work per row (linear, attention: the last dim is the feature
-    dim) or per output position (convolutions: channels are dim 1).
+    dim) or per output position (convolutions: ``out_channels`` values each,
+    batched or not, so dividing by the channel count needs no layout guess).
     """
     out = _first_tensor(output)
     if out is None or out.dim() == 0:
         return 1
-    channel_dim = 1 if hasattr(module, "out_channels") and out.dim() >= 3 else -1
-    width = out.shape[channel_dim]
+    channels = getattr(module, "out_channels", None)
+    width = channels if isinstance(channels, int) and channels > 0 else out.shape[-1]
     return out.numel() // width if width else 0
 
 
@@ -683,7 +684,10 @@ def flops(
     (activations, norms, ...) are not counted, so this measures the part of the
     model that sketching changes; nested layers inside a costed layer are not
     counted twice. The unit is multiply-adds (MACs), as the cost models report
-    them; floating-point operations are about twice that.
+    them; floating-point operations are about twice that. Exact attention is
+    costed at the sequence length its layer type assumes
+    (``AttentionLayerType.seq_len``, 512 by default), not at the length of
+    ``example_input``: the cost model has no input to read it from.
 
     Args:
         example_input: with an input, the model is run once (eval mode, no grad)

@@ -100,7 +100,7 @@ _RANK_LABEL = {
     _RANK_MANUAL: "registered by hand",
 }
 
-# The registry kinds: kind -> (hook name, what a contribution must look like).
+# The registry kinds: kind -> the hook that contributes them.
 _KINDS: dict[str, str] = {
     "search_algorithms": "panther_search_algorithms",
     "optuna_samplers": "panther_optuna_samplers",
@@ -256,15 +256,20 @@ def _invalidate() -> None:
     _cache_key = None
 
 
-def _register_builtins(pm: pluggy.PluginManager) -> None:
-    import panther
+_PANTHER_DIST = "panther-rnla"
 
-    version = getattr(panther, "__version__", None)
-    dist = "panther-rnla"
+
+def _panther_distribution() -> tuple[str, str | None]:
+    """panther's own distribution name and version (installed metadata, else ``__version__``)."""
     try:
-        version = importlib_metadata.version(dist)
+        return _PANTHER_DIST, importlib_metadata.version(_PANTHER_DIST)
     except importlib_metadata.PackageNotFoundError:
-        pass
+        # Running from a source tree that is not pip-installed.
+        return _PANTHER_DIST, getattr(importlib.import_module("panther"), "__version__", None)
+
+
+def _register_builtins(pm: pluggy.PluginManager) -> None:
+    dist, version = _panther_distribution()
     for module_name in BUILTIN_PLUGINS:
         try:
             module = importlib.import_module(module_name)
@@ -344,7 +349,7 @@ def _distribution_of(module: ModuleType | None) -> tuple[str | None, str | None]
         return None, None
     top = module.__name__.split(".")[0]
     if top == "panther":
-        return "panther-rnla", getattr(importlib.import_module("panther"), "__version__", None)
+        return _panther_distribution()
     try:
         dists = importlib_metadata.packages_distributions().get(top, [])
     except Exception:  # broken metadata on sys.path must not break registration
@@ -383,8 +388,9 @@ def _impls(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
             f"unknown panther hook {hook_name!r}; hooks are "
             f"{sorted(n for n in dir(hookspecs) if n.startswith('panther_'))}"
         )
-    # get_hookimpls lists impls in call order reversed (last registered last);
-    # plain calls in registration order keep built-ins first.
+    # get_hookimpls() lists implementations in registration order (pluggy *calls*
+    # them in reverse), so iterating it keeps the built-ins first. Wrappers only
+    # wrap calls and contribute nothing of their own.
     return [i for i in caller.get_hookimpls() if not (i.wrapper or i.hookwrapper)]
 
 

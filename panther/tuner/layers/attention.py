@@ -11,9 +11,10 @@ Cost model, per token, for embedding size ``E``, ``H`` heads of size ``d = E/H``
 
 So random features save work when ``m < n/2``. The sequence length is not known
 from the module; the layer type assumes :attr:`AttentionLayerType.seq_len`
-(default 512), which a configuration may override with a ``seq_len`` entry.
-Parameters are the learnable ones, identical for both layers (the random
-projection buffer is not counted).
+(default 512). For another length, register ``AttentionLayerType(seq_len=n)``
+by hand (``panther.tuner.plugins.register_plugin``): a hand-registered layer
+type takes precedence over the built-in one. Parameters are the learnable ones,
+identical for both layers (the random projection buffer is not counted).
 """
 
 from __future__ import annotations
@@ -37,17 +38,18 @@ class AttentionLayerType(LayerType):
 
     Tunable parameters: ``num_random_features`` (``m``) and ``kernel_fn``
     (``"softmax"`` or ``"relu"``). A configuration may also carry ``iscausal``
-    (default ``False``) and ``seq_len`` (used only by :meth:`cost`). Missing
-    tunables default to ``m = 2*head_dim`` and ``"softmax"``.
+    (default ``False``) and ``seed``. Missing tunables default to
+    ``m = 2*head_dim`` and ``"softmax"``.
 
     Args:
-        seq_len: sequence length assumed by the cost model.
+        seq_len: sequence length the cost model assumes for the exact attention
+            it is compared with (see the module docstring).
     """
 
     name = "MultiheadAttention"
     module_types = (nn.MultiheadAttention,)
     param_names = ("num_random_features", "kernel_fn")
-    _extra_keys = frozenset({"seed", "iscausal", "seq_len"})
+    extra_param_keys = frozenset({"seed", "iscausal"})
 
     def __init__(self, seq_len: int = 512) -> None:
         check_positive_int(self.name, "seq_len", seq_len)
@@ -84,24 +86,18 @@ class AttentionLayerType(LayerType):
 
     def validate_params(self, original: nn.Module, params: dict[str, Any]) -> None:
         """Check names, types and ranges; raise ``ValueError``/``TypeError`` naming the problem."""
-        unknown = set(params) - set(self.param_names) - self._extra_keys
-        if unknown:
-            raise ValueError(
-                f"{self.name} layers have no parameter(s) {sorted(unknown)}; "
-                f"tunable parameters are {list(self.param_names)}"
-            )
+        super().validate_params(original, params)
         if "num_random_features" in params:
             check_positive_int(self.name, "num_random_features", params["num_random_features"])
-        if "seq_len" in params:
-            check_positive_int(self.name, "seq_len", params["seq_len"])
+        if "iscausal" in params and not isinstance(params["iscausal"], bool):
+            raise TypeError(
+                f"{self.name} parameter 'iscausal' must be True or False, got {params['iscausal']!r}"
+            )
         if "kernel_fn" in params and params["kernel_fn"] not in KERNEL_FUNCTIONS:
             raise ValueError(
                 f"{self.name} parameter 'kernel_fn' must be one of {list(KERNEL_FUNCTIONS)}, "
                 f"got {params['kernel_fn']!r}"
             )
-        seed = params.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
 
     def build(
         self, original: nn.Module, params: dict[str, Any], copy_weights: bool = True
@@ -121,7 +117,7 @@ class AttentionLayerType(LayerType):
                 original,
                 p["num_random_features"],
                 kernel_fn=p["kernel_fn"],
-                iscausal=bool(p.get("iscausal", False)),
+                iscausal=p.get("iscausal", False),
                 seed=p.get("seed"),
             )
         else:
@@ -132,7 +128,7 @@ class AttentionLayerType(LayerType):
                 dropout=original.dropout,
                 bias=original.in_proj_bias is not None,
                 kernel_fn=p["kernel_fn"],
-                iscausal=bool(p.get("iscausal", False)),
+                iscausal=p.get("iscausal", False),
                 batch_first=original.batch_first,
                 device=weight.device,
                 dtype=weight.dtype,

@@ -36,12 +36,15 @@ class LayerType(ABC):
         module_types: the torch module classes this type replaces (exact types).
         sketched_type: the class :meth:`build` returns.
         param_names: the tunable parameter names, in a stable order.
+        extra_param_keys: keys a configuration may carry besides the tunables
+            (``seed`` by default: the seed of the layer's random sketches).
     """
 
     name: str
     module_types: tuple[type[nn.Module], ...]
     sketched_type: type[nn.Module]
     param_names: tuple[str, ...]
+    extra_param_keys: frozenset[str] = frozenset({"seed"})
 
     def handles(self, module: nn.Module) -> bool:
         """Whether this type can replace ``module`` (exact type match by default)."""
@@ -66,17 +69,40 @@ class LayerType(ABC):
         """The cost of ``original`` (``params=None``) or of its sketch with ``params``."""
 
     def validate_params(self, original: nn.Module, params: dict[str, Any]) -> None:
-        """Raise ``ValueError`` naming the problem if ``params`` cannot build a layer."""
-        unknown = set(params) - set(self.param_names) - {"seed"}
+        """Raise ``ValueError`` naming the problem if ``params`` cannot build a layer.
+
+        The base checks the parameter names and the ``seed``; subclasses add
+        their own value checks and call this first.
+        """
+        unknown = set(params) - set(self.param_names) - set(self.extra_param_keys)
         if unknown:
             raise ValueError(
                 f"{self.name} layers have no parameter(s) {sorted(unknown)}; "
                 f"tunable parameters are {list(self.param_names)}"
             )
+        seed = params.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(
+                f"{self.name} 'seed' must be a non-negative int or None (None draws a fresh "
+                f"one), got {seed!r}"
+            )
 
     def size_key(self, module: nn.Module) -> tuple[Any, ...]:
-        """Layers of one type with equal size keys share an "auto" group."""
-        return tuple(sorted((k, v) for k, v in vars(module).items() if isinstance(v, (int, bool, tuple, str))))
+        """Layers of one type with equal size keys share an "auto" group.
+
+        The default uses the module's plain int/bool/tuple/str attributes (its
+        constructor arguments, for torch layers), leaving out private ones and the
+        train/eval flag so that mode never splits a group.
+        """
+        return tuple(
+            sorted(
+                (k, v)
+                for k, v in vars(module).items()
+                if isinstance(v, (int, bool, tuple, str))
+                and not k.startswith("_")
+                and k != "training"
+            )
+        )
 
     def sketch_seed(self, sketched: nn.Module) -> int | None:
         """The seed of ``sketched``'s random sketches, recorded in saved results."""

@@ -121,9 +121,6 @@ class LowRankLayerType(LayerType):
             raise ValueError(
                 f"{self.name} parameter 'init' must be 'random' or 'svd', got {params['init']!r}"
             )
-        seed = params.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
 
     def auto_space(self, original: nn.Module) -> dict[str, ParamSpec]:
         """Ranks that save work (powers of two from 4) for ``num_terms`` in {1, 2, 3}, both inits.

@@ -13,6 +13,8 @@ from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params
 __all__ = ["SkoptSearch"]
 
 _ESTIMATORS = ("GP", "RF", "ET", "GBRT")
+# "EIps"/"PIps" are left out: they need (value, time) results, which the tuner does not report.
+_ACQ_FUNCS = ("gp_hedge", "EI", "PI", "LCB")
 
 
 def _single_threaded_blas() -> Any:
@@ -29,9 +31,6 @@ def _single_threaded_blas() -> Any:
 
         return contextlib.nullcontext()
     return threadpool_limits(limits=1)
-
-
-_ACQ_FUNCS = ("gp_hedge", "EI", "PI", "LCB", "EIps", "PIps")
 
 
 class _Dim:
@@ -99,7 +98,7 @@ class SkoptSearch(SearchAlgorithm):
         seed: random state; the same seed gives the same sequence.
         n_initial_points: random points before the surrogate is used (clamped to the
             size of a finite space).
-        acq_func: acquisition function (``"gp_hedge"``, ``"EI"``, ``"PI"``, ``"LCB"``, ...).
+        acq_func: acquisition function: ``"gp_hedge"``, ``"EI"``, ``"PI"`` or ``"LCB"``.
 
     The search finishes after ``n_trials`` results or once every point of a finite
     space has been told. The optimizer may propose a point again; telling it again
@@ -185,18 +184,35 @@ class SkoptSearch(SearchAlgorithm):
         return self._decode(x)
 
     def update(self, params: dict[str, Any], score: float, constraint: float | None = None) -> None:
-        """Tell the optimizer ``-score`` for ``params`` (a non-finite score counts as very bad)."""
-        super().update(params, score, constraint)
+        """Tell the optimizer ``-score`` for ``params``.
+
+        A non-finite score is recorded as worse than every result so far (by the
+        spread of the results seen, or 1.0), never as a huge constant that would
+        flatten the surrogate; it never becomes the best.
+        """
+        score = float(score)
+        finite = math.isfinite(score)
+        if finite:
+            super().update(params, score, constraint)
+        else:
+            self.history.append((dict(params), score))
         self._told += 1
         self._seen.add(params_key(params))
         if self._optimizer is None:
             return
         x = [d.encode(params[d.name]) for d in self._dims if not d.constant]
-        # skopt's surrogates cannot take inf/nan; the tuner sends finite scores anyway.
-        y = -float(score) if math.isfinite(float(score)) else 1e30
+        y = -score if finite else self._worse_than_seen()
         with warnings.catch_warnings(), _single_threaded_blas():
             warnings.simplefilter("ignore", UserWarning)
             self._optimizer.tell(x, y)
+
+    def _worse_than_seen(self) -> float:
+        # skopt's surrogates cannot take inf/nan: a finite loss one spread above the worst.
+        losses = [y for y in self._optimizer.yi if math.isfinite(y)]
+        if not losses:
+            return 1.0
+        spread = max(losses) - min(losses)
+        return max(losses) + (spread if spread > 0 else 1.0)
 
     def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
         """Count a failed evaluation towards ``n_trials`` and never propose it as new again."""

@@ -168,17 +168,20 @@ class HalvingSearch(SearchAlgorithm):
 
     def _random_unseen(self, taken: set[Any], product_size: int) -> dict[str, Any] | None:
         names = list(self._candidates)
+        excluded = self._seen | taken
         if product_size <= _ENUMERATION_LIMIT:
             left = [
-                dict(zip(names, combo))
-                for combo in itertools.product(*self._candidates.values())
-                if params_key(dict(zip(names, combo))) not in self._seen | taken
+                params
+                for params in (
+                    dict(zip(names, combo))
+                    for combo in itertools.product(*self._candidates.values())
+                )
+                if params_key(params) not in excluded
             ]
             return self._rng.choice(left) if left else None
         for _ in range(_MAX_TRIES):
             params = {n: self._rng.choice(v) for n, v in self._candidates.items()}
-            key = params_key(params)
-            if key not in self._seen and key not in taken:
+            if params_key(params) not in excluded:
                 return params
         return None
 
