@@ -1,0 +1,138 @@
+"""Fake (meta) kernels and autograd formulas for the ``panther::`` ops defined in C++.
+
+The C++ library defines the schemas and the CPU/CUDA kernels; these Python registrations make the
+ops work with ``torch.compile`` (shape propagation on fake tensors) and with autograd (each
+forward's backward is its own compiled op). :func:`register` runs once, right after the library
+is loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_REGISTERED = False
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty((0,))
+
+
+# --- sketched linear ---------------------------------------------------------------------------
+
+
+def _sketched_linear_fake(x, S1, U2, U1, S2, bias, num_terms):
+    return x.new_empty((x.shape[0], U1.shape[1])), x.new_empty((x.shape[0], 2 * S1.shape[1]))
+
+
+def _sketched_linear_backward_fake(grad, x, t, S1, U2, U1, S2, num_terms, output_mask):
+    shapes = [x.shape, S1.shape, U2.shape, U1.shape, S2.shape, (U1.shape[1],)]
+    return tuple(x.new_empty(s) if need else _empty(x) for s, need in zip(shapes, output_mask))
+
+
+def _sketched_linear_setup(ctx, inputs, output):
+    x, S1, U2, U1, S2, bias, num_terms = inputs
+    ctx.save_for_backward(x, output[1], S1, U2, U1, S2)
+    ctx.num_terms = num_terms
+    ctx.has_bias = bias is not None
+
+
+def _sketched_linear_backward(ctx, grad_y, grad_t):
+    # grad_t is always zero/None: t is an internal output the Python wrapper never exposes.
+    x, t, S1, U2, U1, S2 = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:6])
+    needs[5] = needs[5] and ctx.has_bias
+    grads = torch.ops.panther.sketched_linear_backward(
+        grad_y, x, t, S1, U2, U1, S2, ctx.num_terms, needs)
+    out = [g if need else None for g, need in zip(grads, needs)]
+    return (*out, None)
+
+
+# --- FWHT ----------------------------------------------------------------------------------
+
+
+def _fwht_fake(x):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _fwht_setup(ctx, inputs, output):
+    pass
+
+
+def _fwht_backward(ctx, grad):
+    # The orthonormal Hadamard matrix is symmetric and its own inverse: the adjoint is the op.
+    return torch.ops.panther.fwht(grad)
+
+
+# --- sparse sketch apply ---------------------------------------------------------------------
+
+
+def _sparse_fake(x, rows, values, m):
+    return x.new_empty((x.shape[0], m))
+
+
+def _sparse_backward_fake(grad, x, rows, values, output_mask):
+    gx = x.new_empty(x.shape) if output_mask[0] else _empty(x)
+    gv = values.new_empty(values.shape) if output_mask[1] else _empty(x)
+    return gx, gv
+
+
+def _sparse_setup(ctx, inputs, output):
+    x, rows, values, m = inputs
+    ctx.save_for_backward(x, rows, values)
+
+
+def _sparse_backward(ctx, grad):
+    x, rows, values = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2]]
+    gx, gv = torch.ops.panther.sparse_sketch_apply_backward(grad, x, rows, values, mask)
+    return (gx if mask[0] else None, None, gv if mask[1] else None, None)
+
+
+# --- causal linear attention -------------------------------------------------------------------
+
+
+def _causal_fake(q, k, v, eps):
+    return v.new_empty(v.shape), v.new_empty(v.shape[:3])
+
+
+def _causal_backward_fake(grad, q, k, v, out, den, output_mask):
+    shapes = [q.shape, k.shape, v.shape]
+    return tuple(q.new_empty(s) if need else _empty(q) for s, need in zip(shapes, output_mask))
+
+
+def _causal_setup(ctx, inputs, output):
+    q, k, v, eps = inputs
+    out, den = output
+    ctx.save_for_backward(q, k, v, out, den)
+
+
+def _causal_backward(ctx, grad_out, grad_den):
+    # grad_den is always zero/None: den is internal to the Python wrapper.
+    q, k, v, out, den = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:3])
+    grads = torch.ops.panther.causal_linear_attention_backward(grad_out, q, k, v, out, den, mask)
+    return (*[g if need else None for g, need in zip(grads, mask)], None)
+
+
+def register() -> None:
+    """Attach the fake kernels and autograd formulas (idempotent; needs the library loaded)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    lib = torch.library
+    lib.register_fake("panther::sketched_linear", _sketched_linear_fake)
+    lib.register_fake("panther::sketched_linear_backward", _sketched_linear_backward_fake)
+    lib.register_autograd("panther::sketched_linear", _sketched_linear_backward,
+                          setup_context=_sketched_linear_setup)
+    lib.register_fake("panther::fwht", _fwht_fake)
+    lib.register_autograd("panther::fwht", _fwht_backward, setup_context=_fwht_setup)
+    lib.register_fake("panther::sparse_sketch_apply", _sparse_fake)
+    lib.register_fake("panther::sparse_sketch_apply_backward", _sparse_backward_fake)
+    lib.register_autograd("panther::sparse_sketch_apply", _sparse_backward,
+                          setup_context=_sparse_setup)
+    lib.register_fake("panther::causal_linear_attention", _causal_fake)
+    lib.register_fake("panther::causal_linear_attention_backward", _causal_backward_fake)
+    lib.register_autograd("panther::causal_linear_attention", _causal_backward,
+                          setup_context=_causal_setup)
+    _REGISTERED = True

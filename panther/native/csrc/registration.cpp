@@ -1,0 +1,29 @@
+// Schemas of panther's compiled operators. Kernels are registered per device in the other sources.
+//
+// All ops are functional (no aliasing, no mutation of inputs), so the schemas carry no alias
+// annotations; Python registers fake (meta) kernels and autograd formulas on top of these.
+#include <torch/library.h>
+
+TORCH_LIBRARY(panther, m) {
+  // Sketched linear map on a 2-D input. Returns (y, t) where t = x @ [S1 | U2] is kept for backward.
+  m.def(
+      "sketched_linear(Tensor x, Tensor S1, Tensor U2, Tensor U1, Tensor S2, Tensor? bias, "
+      "int num_terms) -> (Tensor, Tensor)");
+  m.def(
+      "sketched_linear_backward(Tensor grad, Tensor x, Tensor t, Tensor S1, Tensor U2, Tensor U1, "
+      "Tensor S2, int num_terms, bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
+  // Orthonormal Walsh-Hadamard transform of the last dimension (a power of two).
+  m.def("fwht(Tensor x) -> Tensor");
+  // out[b, rows[j, t]] += values[j, t] * x[b, j] for a 2-D x; rows is int64 (n, s).
+  m.def("sparse_sketch_apply(Tensor x, Tensor rows, Tensor values, int m) -> Tensor");
+  m.def(
+      "sparse_sketch_apply_backward(Tensor grad, Tensor x, Tensor rows, Tensor values, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
+  // Causal random-feature attention on (B, H, n, m/d) inputs. Returns (out, den) where den is
+  // the (B, H, n) normaliser including eps, kept for backward.
+  m.def("causal_linear_attention(Tensor q, Tensor k, Tensor v, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "causal_linear_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, "
+      "Tensor den, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
