@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "ParamSpec",
@@ -163,7 +163,7 @@ class Float(ParamSpec):
         return grid is None or any(abs(value - g) < 1e-9 for g in grid)
 
 
-ParamLike = Union[ParamSpec, Sequence[Any]]
+ParamLike = ParamSpec | Sequence[Any]
 
 
 def as_param_spec(name: str, spec: ParamLike) -> ParamSpec:
