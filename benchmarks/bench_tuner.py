@@ -17,7 +17,9 @@ several seeds, at an accuracy threshold of 0.99:
 * ``panther``: all features: graded penalties + constraints, dedupe, cost-model skip,
   verified combination with knapsack back-off.
 
-Reported per variant (mean over seeds): trials requested and run, distinct evaluations
+Reported per variant (mean over seeds): trials requested (evaluations: ``n_trials`` per layer)
+and run (every proposal, including the skipped and cached ones that cost no evaluation), those
+skipped by the cost model or answered from the cache, distinct evaluations
 (calls of the accuracy function during the searches), tuner overhead per trial (wall time
 minus the evaluation functions: layer builds and bookkeeping), the accuracy of the model
 ``apply_best_params()`` returns (measured afterwards), how often it meets the threshold,
@@ -116,6 +118,7 @@ def run(variant: str, seed: int, n_trials: int) -> dict:
         "seed": seed,
         "trials_requested": n_trials * 4,
         "trials_run": len(rows),
+        "free_proposals": sum(r["status"] in ("skipped", "cached") for r in rows),
         "distinct_evaluations": search_calls - baseline_calls - len(tuner.report.get("verification", [])),
         "overhead_ms_per_trial": 1e3 * statistics.mean(overhead) if overhead else 0.0,
         "final_accuracy": acc,
@@ -144,6 +147,7 @@ def main() -> None:
             "variant": variant,
             "trials requested": mine[0]["trials_requested"],
             "trials run": statistics.mean(r["trials_run"] for r in mine),
+            "skipped+cached": statistics.mean(r["free_proposals"] for r in mine),
             "distinct evals": statistics.mean(r["distinct_evaluations"] for r in mine),
             "overhead ms/trial": statistics.mean(r["overhead_ms_per_trial"] for r in mine),
             "final acc": statistics.mean(r["final_accuracy"] for r in mine),
@@ -153,9 +157,9 @@ def main() -> None:
         })
     print_table(summary, title=f"SKAutoTuner, threshold {THRESHOLD}, {args.trials} trials/layer, "
                                f"{args.seeds} seed(s) (means)")
-    path = write_json("bench_tuner_quick" if args.quick else "bench_tuner", {"threshold": THRESHOLD, "trials_per_layer": args.trials,
-                                      "seeds": args.seeds, "summary": summary, "runs": runs,
-                                      "environment": env})
+    path = write_json("bench_tuner_quick" if args.quick else "bench_tuner",
+                      {"threshold": THRESHOLD, "trials_per_layer": args.trials, "seeds": args.seeds,
+                       "summary": summary, "runs": runs, "environment": env})
     print(f"\nwrote {path}")
 
 

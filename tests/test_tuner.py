@@ -332,6 +332,26 @@ def test_keyboard_interrupt_restores_model_keeps_results_and_propagates():
     assert set(sketches(tuned)) == {"blocks.0"}
 
 
+def test_keyboard_interrupt_during_verification_keeps_every_trial():
+    model = ToyNet()
+    before = copy.deepcopy(model.state_dict())
+
+    def acc(m):
+        if len(sketches(m)) == 3:  # the combined model: only the verification step builds it
+            raise KeyboardInterrupt
+        return toy_accuracy(m)
+
+    tuner = make_tuner(model=model, accuracy_eval_func=acc, accuracy_threshold=0.9,
+                       optmization_eval_func=toy_speed)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.tune()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not sketches(model)
+    assert len(tuner.get_results_dataframe()) == 3 * 8  # every search finished and is kept
+    assert tuner.report["interrupted"] and not tuner.report["verified"]
+    assert set(tuner.selected_params) == {"blocks.0", "blocks.1", "blocks.2"}  # unverified winners
+
+
 def test_train_mode_and_dtype_preserved():
     model = ToyNet().double()
     model.train()
@@ -398,11 +418,13 @@ def test_costlier_configs_are_skipped_unless_opted_out():
 class RecordingSearch(SearchAlgorithm):
     """Proposes a fixed list of points and records what it is told."""
 
-    def __init__(self, points):
+    def __init__(self, points, n_trials=None):
         super().__init__()
         self.points = list(points)
         self.told: list[tuple[dict, float, float | None]] = []
         self._i = 0
+        if n_trials is not None:
+            self.n_trials = n_trials
 
     def initialize(self, param_space):
         self.param_space = param_space
@@ -422,8 +444,55 @@ class RecordingSearch(SearchAlgorithm):
         return self._i >= len(self.points)
 
     def spawn(self, key):
-        self.child = RecordingSearch(self.points)
+        self.child = RecordingSearch(self.points, getattr(self, "n_trials", None))
         return self.child
+
+
+FREE = ("skipped", "cached")
+
+
+def test_skipped_and_cached_proposals_are_told_but_do_not_use_the_budget():
+    points = [{"rank": 8, "terms": 2}, {"rank": 4, "terms": 1}, {"rank": 4, "terms": 1},
+              {"rank": 8, "terms": 1}, {"rank": 2, "terms": 1}, {"rank": 1, "terms": 1}]
+    search = RecordingSearch(points, n_trials=2)
+    cfg = LayerConfig("blocks.0", {"rank": [1, 2, 4, 8], "terms": [1, 2]})
+    tuner = make_tuner(configs=TuningConfigs([cfg]), search_algorithm=search, verify=False)
+    tuner.tune()
+    df = tuner.get_results_dataframe()
+    # Two evaluations were asked for; the costlier and the repeated proposals came free.
+    assert df["status"].tolist() == ["skipped", "ok", "cached", "skipped", "ok"]
+    assert [p for p, _, _ in search.child.told] == points[:5]  # the backend heard every one
+    assert search.child.n_trials == 20  # its own limit became the proposal cap
+    assert tuner.results.groups["blocks.0"]["n_evaluated"] == 2
+
+
+def test_proposal_cap_ends_a_search_that_only_proposes_skipped_points():
+    points = [{"rank": r, "terms": 2} for r in range(8, 200)]  # all costlier than the dense layer
+    search = RecordingSearch(points, n_trials=3)
+    cfg = LayerConfig("blocks.0", {"rank": Int(1, 200), "terms": [1, 2]})
+    tuner = make_tuner(configs=TuningConfigs([cfg]), search_algorithm=search, verify=False)
+    with pytest.warns(TuningWarning, match="0 of 3 evaluations.*skipped.*Narrow"):
+        tuner.tune()
+    df = tuner.get_results_dataframe()
+    assert len(df) == 30 and (df["status"] == "skipped").all()
+
+
+def test_optuna_n_trials_counts_evaluations_on_a_mostly_costlier_space():
+    # Like the tutorial's wide Int(32, 256, step=32) on a 256-wide layer: only 13 of the
+    # 128 points are cheaper than the dense layer (rank * terms < 8).
+    cfg = LayerConfig("blocks.0", {"rank": Int(1, 32), "terms": Categorical([1, 2, 3, 4])})
+    search = OptunaSearch(n_trials=8, seed=0)
+    tuner = make_tuner(configs=TuningConfigs([cfg]), search_algorithm=search, verify=False,
+                       accuracy_eval_func=lambda m: 1 - sum(0.01 / s.rank for s in sketches(m).values()))
+    tuner.tune()
+    df = tuner.get_results_dataframe()
+    assert (~df["status"].isin(FREE)).sum() == 8
+    assert (df["status"] == "skipped").sum() > 0
+    import optuna
+
+    study = search.studies["blocks.0"]
+    told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(told) == len(df)  # skipped proposals were told, so TPE learns to avoid them
 
 
 def test_backend_gets_finite_graded_penalties_and_constraints():
@@ -647,16 +716,19 @@ def test_resume_after_interrupt_with_sqlite(tmp_path):
         search = OptunaSearch(n_trials=6, study_name="resume", storage=storage, load_if_exists=True, seed=0)
         return SKAutoTuner(ToyNet(), cfg, acc, search_algorithm=search, verify=False, skip_costlier=False)
 
+    def evaluated(df):  # cached repeats are free: n_trials counts evaluations
+        return df[~df["status"].isin(["skipped", "cached"])]
+
     first = make(acc_interrupting)
     with pytest.raises(KeyboardInterrupt):
         first.tune()
     before = first.get_results_dataframe()
-    assert (before["layer_name"] == "blocks.0").sum() == 6
-    assert (before["layer_name"] == "blocks.1").sum() >= 2
+    assert (evaluated(before)["layer_name"] == "blocks.0").sum() == 6
+    assert (evaluated(before)["layer_name"] == "blocks.1").sum() == 2
     second = make(lambda m: toy_accuracy(m, loss))
     second.tune()
     df = second.get_results_dataframe()
-    assert df.groupby("layer_name").size().to_dict() == {"blocks.0": 6, "blocks.1": 6}
+    assert evaluated(df).groupby("layer_name").size().to_dict() == {"blocks.0": 6, "blocks.1": 6}
     # The trials recorded before the kill are part of the resumed results, with their accuracy.
     b0 = df[df["layer_name"] == "blocks.0"].reset_index(drop=True)
     first_b0 = before[before["layer_name"] == "blocks.0"].reset_index(drop=True)
@@ -664,9 +736,11 @@ def test_resume_after_interrupt_with_sqlite(tmp_path):
     assert b0["rank"].tolist() == first_b0["rank"].tolist()
     import optuna
 
-    for study in second.search_algorithm.studies.values():
+    for key, study in second.search_algorithm.studies.items():
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        assert len(done) == 6
+        assert len(done) == (df["layer_name"] == key).sum()  # every proposal is told
+        statuses = [t.user_attrs["panther_attrs"]["panther_row"]["status"] for t in done]
+        assert sum(s not in ("skipped", "cached") for s in statuses) == 6
     assert set(second.search_algorithm.studies) == {"blocks.0", "blocks.1"}
     assert second.get_best_params()["blocks.0"]["params"] is not None
 
@@ -693,7 +767,7 @@ def test_knapsack_respects_budget(option_lists, budget):
             for i, lst in enumerate(option_lists)}
     choice = _knapsack(groups, opts, budget)
     used = sum(o.drop for o in choice.values() if o is not None)
-    assert used <= budget * (1 + 1e-6) + budget / 400 * len(groups)
+    assert used <= budget * (1 + 1e-6)  # weights round drops up, so the budget is never exceeded
     # Greedy sanity: the single best affordable option is never beaten by the empty choice.
     affordable = [o.gain for lst in opts.values() for o in lst if o.drop <= budget]
     total = sum(o.gain for o in choice.values() if o is not None)
@@ -704,7 +778,9 @@ def test_knapsack_respects_budget(option_lists, budget):
 def test_random_search_backend_and_search_algorithm_by_name():
     tuner = make_tuner(search_algorithm=RandomSearch(n_trials=5, seed=0), verify=False)
     tuner.tune()
-    assert len(tuner.get_results_dataframe()) == 15
+    df = tuner.get_results_dataframe()
+    # 5 evaluations per layer; the 3 costlier points of each 8-point space are skipped for free.
+    assert (df["status"] != "skipped").sum() == 15 and len(df) == 24
     by_name = make_tuner(search_algorithm="grid", verify=False)
     assert isinstance(by_name.search_algorithm, GridSearch)
 
@@ -736,27 +812,73 @@ def test_top_candidates_are_remeasured_and_median_decides():
     assert df.set_index("rank")["speed_median"].to_dict() == {2: 1.0, 4: 10.0}
 
 
-def test_speed_precheck_skips_layers_that_are_not_faster(monkeypatch):
-    import time as _time
+class FakeClock:
+    """A clock that only moves when a fake layer 'runs', scaled by the machine's load."""
 
-    def dense_forward(self, x):
-        _time.sleep(0.001)
-        return x @ self.weight
+    def __init__(self, load=lambda t: 1.0):
+        self.now = 0.0
+        self.load = load
+        self.calls: list[str] = []
 
-    def sketch_forward(self, x):
-        if self.rank == 8:
-            _time.sleep(0.004)
-        return x @ self.weight
+    def __call__(self) -> float:
+        return self.now
 
-    monkeypatch.setattr(Toy, "forward", dense_forward)
-    monkeypatch.setattr(ToySketch, "forward", sketch_forward)
-    cfg = LayerConfig("blocks.0", {"rank": [2, 8], "terms": [1]})
-    tuner = make_tuner(configs=TuningConfigs([cfg]), speed_precheck=True, skip_costlier=False,
-                       verify=False, accuracy_eval_func=lambda m: (m(torch.randn(2, N)), toy_accuracy(m))[1])
+    def run(self, label: str, cost: float) -> None:
+        self.calls.append(label)
+        self.now += cost * self.load(self.now)
+
+
+def _fake_layer(clock, label, cost):
+    class Timed(nn.Module):
+        def forward(self, x):
+            clock.run(label, cost)
+            return x
+
+    return Timed()
+
+
+def test_time_pair_alternates_and_keeps_each_minimum():
+    from panther.tuner.tuner import _time_pair
+
+    # The machine turns 10x slower early in the run and stays so. Had the dense layer been
+    # timed before (quiet) and the sketch now (busy), the sketch would look 5x slower; timed
+    # in the same rounds, each keeps its quiet-round minimum.
+    clock = FakeClock(load=lambda t: 10.0 if 5.0 <= t < 200.0 else 1.0)
+    dense, sketched = _fake_layer(clock, "d", 1.0), _fake_layer(clock, "s", 0.5)
+    d, s = _time_pair(dense, sketched, (torch.zeros(1),), {}, rounds=6, iters=2, timer=clock)
+    assert s < d
+    assert d == pytest.approx(1.0) and s == pytest.approx(0.5)  # the quiet rounds win
+    timed = clock.calls[2:]  # after one warm-up call each
+    rounds = [timed[i:i + 4] for i in range(0, len(timed), 4)]
+    # Alternating rounds, and the order within a round flips every round.
+    assert rounds[0] == ["d", "d", "s", "s"] and rounds[1] == ["s", "s", "d", "d"]
+    assert timed.count("d") == timed.count("s") == 12
+
+
+@pytest.mark.parametrize("sketch_cost, skipped", [(0.25, False), (4.0, True)])
+def test_speed_precheck_skips_layers_that_are_not_faster(monkeypatch, sketch_cost, skipped):
+    import panther.tuner.tuner as tuner_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(tuner_module, "_clock", clock)
+    monkeypatch.setattr(Toy, "forward", lambda self, x: (clock.run("d", 1.0), x @ self.weight)[1])
+    monkeypatch.setattr(ToySketch, "forward",
+                        lambda self, x: (clock.run("s", sketch_cost), x @ self.weight)[1])
+    calls = {"n": 0}
+
+    def acc(m):
+        calls["n"] += 1
+        m(torch.randn(2, N))  # the baseline run captures the layer's inputs
+        return toy_accuracy(m)
+
+    cfg = LayerConfig("blocks.0", {"rank": [2], "terms": [1]})
+    tuner = make_tuner(configs=TuningConfigs([cfg]), speed_precheck=True, verify=False,
+                       accuracy_eval_func=acc)
     tuner.tune()
-    df = tuner.get_results_dataframe().set_index("rank")
-    assert df.loc[8, "status"] == "skipped" and "speed pre-check" in df.loc[8, "error"]
-    assert df.loc[2, "status"] == "ok"
+    row = tuner.get_results_dataframe().iloc[0]
+    assert (row["status"] == "skipped") is skipped
+    assert ("speed pre-check" in row["error"]) is skipped
+    assert calls["n"] == (1 if skipped else 2)  # a skipped layer never reaches the model's evaluation
 
 
 def test_invalid_value_in_space_is_reported_at_construction():

@@ -323,9 +323,9 @@ search = OptunaSearch(n_trials=5, study_name="kill", storage=sys.argv[1], load_i
 cfg = LayerConfig({"type": "Linear", "indices": [0, 1]}, {"num_terms": [1, 2], "low_rank": [2, 4, 6, 8]})
 tuner = SKAutoTuner(model, TuningConfigs([cfg]), accuracy, search_algorithm=search, skip_costlier=False)
 tuner.tune()
-df = tuner.get_results_dataframe()
-print("ROWS", df.groupby("layer_name").size().to_dict())
-print("RESUMED", int(sum(bool(t.get("resumed")) for t in tuner.results.trials)))
+evaluated = [t for t in tuner.results.trials if t["status"] not in ("skipped", "cached")]
+print("EVALUATED", {k: sum(t["layer_name"] == k for t in evaluated) for k in ("0", "2")})
+print("RESUMED", sum(bool(t.get("resumed")) for t in evaluated))
 '''
 
 
@@ -349,12 +349,14 @@ def test_resume_after_real_kill(tmp_path):
     second = subprocess.run([sys.executable, str(script), storage, "-1"], env=env, capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "ROWS {'0': 5, '2': 5}" in second.stdout
+    # n_trials counts evaluations (cached repeats of a proposal are free).
+    assert "EVALUATED {'0': 5, '2': 5}" in second.stdout
     resumed = int(second.stdout.split("RESUMED")[1].split()[0])
     assert resumed == 5 + 1  # all of layer "0" and the one trial layer "2" finished before the kill
     for key in ("0", "2"):
         study = optuna.load_study(study_name=f"kill/{key}", storage=storage)
-        states = [t.state for t in study.trials]
-        assert states.count(optuna.trial.TrialState.COMPLETE) == 5
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        statuses = [t.user_attrs["panther_attrs"]["panther_row"]["status"] for t in done]
+        assert sum(s not in ("skipped", "cached") for s in statuses) == 5
     assert optuna.trial.TrialState.FAIL in [
         t.state for t in optuna.load_study(study_name="kill/2", storage=storage).trials]

@@ -35,7 +35,9 @@ __all__ = [
     "LayerChoice",
     "TuningResults",
     "load_tuning_results",
+    "build_layer",
     "get_submodule",
+    "module_device_dtype",
     "set_submodule",
 ]
 
@@ -66,7 +68,7 @@ def get_submodule(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)
     except AttributeError as exc:
-        raise ValueError(f"the model has no submodule named {path!r}") from exc
+        raise ValueError(_no_submodule(model, path)) from exc
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -75,11 +77,46 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
         raise ValueError("cannot replace the root module; select a submodule by name")
     parent_path, _, attr = path.rpartition(".")
     parent = get_submodule(model, parent_path)
-    # setattr on the parent handles Sequential/ModuleList/ModuleDict children too,
-    # since they register numbered or keyed children under string names.
+    # Writing the parent's child table handles Sequential/ModuleList/ModuleDict children
+    # too (they register numbered or keyed children under string names), and never turns
+    # a child into a plain attribute the way a failed setattr could.
     if attr not in parent._modules:
-        raise ValueError(f"the model has no submodule named {path!r}")
+        raise ValueError(_no_submodule(model, path))
     parent._modules[attr] = module
+
+
+def module_device_dtype(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and floating dtype of ``module``'s first floating tensor (``None`` if unknown)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return (tensors[0].device if tensors else None), None
+
+
+def build_layer(layer_type: Any, original: nn.Module, params: dict[str, Any],
+                copy_weights: bool = True) -> nn.Module:
+    """``layer_type.build(original, params)``, placed like ``original``.
+
+    The result is moved to the original's device and floating dtype and put in its
+    train/eval mode, so a third-party layer type that forgets to cannot change them.
+    """
+    module = layer_type.build(original, params, copy_weights=copy_weights)
+    device, dtype = module_device_dtype(original)
+    if device is not None:
+        module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
+    module.train(original.training)
+    return module
+
+
+def _no_submodule(model: nn.Module, path: str) -> str:
+    import difflib
+
+    names = [n for n, _ in model.named_modules() if n]
+    close = difflib.get_close_matches(path, names, n=3)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return (f"the model ({type(model).__name__}) has no submodule named {path!r}{hint}. Layer "
+            "names are those of model.named_modules(); results apply only to the same architecture")
 
 
 @dataclass
@@ -210,8 +247,9 @@ class TuningResults:
         if not isinstance(model, nn.Module):
             raise TypeError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
         target = model if inplace else copy.deepcopy(model)
-        # Check everything first so a bad manifest leaves the model untouched.
-        planned = []
+        # Build everything before swapping anything in, so a bad manifest (or a failing
+        # build) leaves an in-place model untouched.
+        built = {}
         for name, choice in self.selection.items():
             original = get_submodule(target, name)
             if type(original).__name__ != choice.module_class:
@@ -220,11 +258,9 @@ class TuningResults:
                     f"were tuned on a {choice.module_class}; apply them to the same architecture"
                 )
             layer_type = plugins.get_layer_type(choice.layer_type)
-            planned.append((name, original, layer_type, choice))
-        for name, original, layer_type, choice in planned:
-            built = layer_type.build(original, choice.build_params(), copy_weights=choice.copy_weights)
-            built.train(original.training)
-            set_submodule(target, name, built)
+            built[name] = build_layer(layer_type, original, choice.build_params(), choice.copy_weights)
+        for name, module in built.items():
+            set_submodule(target, name, module)
         return target
 
     # ---- persistence -------------------------------------------------------------------

@@ -17,6 +17,8 @@ How a run goes
    optimisation function is given), then runs one search per group
    (``search_algorithm.spawn(group_key)``). A trial builds the sketched layer(s),
    swaps them into the model, evaluates, and always puts the original modules back.
+   Proposals the cost model skips and repeats answered from the cache are told to the
+   backend but do not use up the evaluation budget (``n_trials`` / ``max_trials``).
 3. After the searches the winners are combined, the combined model is evaluated
    and, if it misses the accuracy threshold, per-group choices are re-allocated
    globally under the accuracy budget and re-verified (see :meth:`SKAutoTuner.tune`).
@@ -54,10 +56,13 @@ from panther.tuner.config import LayerConfig, ParamSpec, TuningConfigs
 from panther.tuner.results import (
     LayerChoice,
     TuningResults,
+    build_layer,
     get_submodule,
     load_tuning_results,
+    module_device_dtype,
     set_submodule,
 )
+from panther.tuner.search.base import finite_space_size
 from panther.tuner.search.base import params_key as _params_key
 
 __all__ = ["SKAutoTuner", "DEFAULT_N_TRIALS", "TuningWarning"]
@@ -66,6 +71,11 @@ __all__ = ["SKAutoTuner", "DEFAULT_N_TRIALS", "TuningWarning"]
 DEFAULT_N_TRIALS = 30
 
 _SEED_MAX = 2**31 - 1
+#: Statuses of proposals that did not run the evaluation functions (free for the budget).
+_FREE_STATUSES = ("skipped", "cached")
+# At most this many proposals per evaluation of the budget: skipped and cached proposals
+# don't count toward ``n_trials``, and this cap keeps a search that keeps proposing them finite.
+_PROPOSALS_PER_EVALUATION = 10
 # Penalty grades (relative accuracy shortfall equivalents) for trials with no accuracy.
 _FAILED_GRADE = 2.0
 _SKIPPED_GRADE = 1.0
@@ -88,16 +98,6 @@ class _Group:
     layer_types: dict[str, Any]
     space: dict[str, ParamSpec]
     copy_weights: bool
-    config_index: int
-
-    def space_size(self) -> int | None:
-        size = 1
-        for spec in self.space.values():
-            values = spec.values()
-            if values is None:
-                return None
-            size *= len(values)
-        return size
 
 
 @dataclass
@@ -120,7 +120,6 @@ class _PenaltyScale:
 
     low: float | None = None
     high: float | None = None
-    history: list[float] = field(default_factory=list)
 
     def observe(self, value: float) -> None:
         self.low = value if self.low is None else min(self.low, value)
@@ -177,15 +176,6 @@ def _sync(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
-def _module_device_dtype(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        return tensor.device, None
-    return None, None
-
-
 class SKAutoTuner:
     """Tune the sketching parameters of a model's layers under an accuracy constraint.
 
@@ -199,6 +189,9 @@ class SKAutoTuner:
             instance, or the name of a registered one (``"optuna"``, ``"grid"``, ...).
             ``None`` means Optuna (TPE, seeded with ``seed``) with ``DEFAULT_N_TRIALS``
             (30) trials per group (in ``multi_objective`` mode: two maximised objectives).
+            A backend's integer ``n_trials`` is read as the number of *evaluations* per
+            group (see ``max_trials`` for what is free); the tuner enforces it and raises
+            the spawned search's own ``n_trials`` to the proposal cap.
             Each group runs on ``search_algorithm.spawn(group_key)``; the object you
             pass stays available as ``tuner.search_algorithm`` (for Optuna,
             ``.study``/``.studies`` hold the per-group studies).
@@ -218,7 +211,11 @@ class SKAutoTuner:
         multi_objective: search accuracy and speed together (needs an optimisation
             function and a backend that accepts two objectives, e.g. Optuna with
             ``directions``); see :meth:`pareto_front`.
-        max_trials: at most this many trials per group (on top of the backend's own limit).
+        max_trials: at most this many evaluations per group (on top of the backend's own
+            ``n_trials``). Proposals that are skipped by the cost model / pre-check or
+            answered from the cache are free: they are told to the backend (so it learns)
+            but do not use up the budget; at most ``10 x budget`` proposals are made, and a
+            finite space ends the search once every point has been handled.
         time_budget_s: wall-clock budget for the whole ``tune()``; when spent, the run
             stops and keeps everything found so far.
         progress: show a tqdm progress bar (default: when ``verbose``).
@@ -350,7 +347,6 @@ class SKAutoTuner:
         self._tuned = False
         self._bar: Any = None
         self._captured_inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-        self._dense_times: dict[str, float] = {}
         self._threshold: float | None = accuracy_threshold
         self._baseline: dict[str, float | None] = {"accuracy": None, "speed": None}
 
@@ -409,7 +405,7 @@ class SKAutoTuner:
                     )
                 resolved[name] = layer_type
             if config.params == "auto":
-                groups.extend(self._auto_groups(index, config, names, resolved))
+                groups.extend(self._auto_groups(config, names, resolved))
             else:
                 space = dict(config.params)
                 if not config.separate:
@@ -419,23 +415,26 @@ class SKAutoTuner:
                 if config.separate:
                     for name in names:
                         groups.append(_Group(name, [name], {name: resolved[name]}, space,
-                                             config.copy_weights, index))
+                                             config.copy_weights))
                 else:
                     groups.append(_Group(_group_key(names), list(names), dict(resolved), space,
-                                         config.copy_weights, index))
+                                         config.copy_weights))
         keys = [g.key for g in groups]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"two layer groups got the same name: {keys}")
+            raise ValueError(
+                f"two layer groups got the same name: {keys} (a joint group is named by joining its "
+                "layers with '+', which a layer's own name can clash with); tune the clashing "
+                "layers in one LayerConfig, or give them all separate=True")
         return groups
 
-    def _auto_groups(self, index: int, config: LayerConfig, names: list[str],
+    def _auto_groups(self, config: LayerConfig, names: list[str],
                      resolved: dict[str, Any]) -> list[_Group]:
         groups = []
         if config.separate:
             for name in names:
                 space = resolved[name].auto_space(get_submodule(self.model, name))
                 groups.append(_Group(name, [name], {name: resolved[name]}, dict(space),
-                                     config.copy_weights, index))
+                                     config.copy_weights))
             return groups
         # Joint "auto": one group per (layer type, size) so every member shares one space.
         buckets: dict[tuple[str, Any], list[str]] = {}
@@ -446,7 +445,7 @@ class SKAutoTuner:
             first = get_submodule(self.model, members[0])
             space = resolved[members[0]].auto_space(first)
             groups.append(_Group(_group_key(members), members, {n: resolved[n] for n in members},
-                                 dict(space), config.copy_weights, index))
+                                 dict(space), config.copy_weights))
         return groups
 
     def _validate_space(self, index: int, name: str, layer_type: Any, space: dict[str, ParamSpec]) -> None:
@@ -541,22 +540,17 @@ class SKAutoTuner:
         self._baseline = {"accuracy": None, "speed": None}
         self._threshold = self.accuracy_threshold
         self._captured_inputs = {}
-        self._dense_times = {}
-        self._current = None
+        self._current: _GroupState | None = None
+        self._base_samples: list[float] = []
         self._start = time.perf_counter()
         self._stop_reason: str | None = None
-        # Trials expected: the backend's per-group budget (when it has one) times the groups.
-        per_group = getattr(self.search_algorithm, "n_trials", None)
-        if not isinstance(per_group, int):
-            per_group = self.max_trials
-        elif self.max_trials is not None:
-            per_group = min(per_group, self.max_trials)
-        total = (per_group or 0) * len(self.groups)
         self._bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total or None, desc="tuning", unit="trial", leave=True)
+            # Evaluations expected: the per-group budget (when there is one) times the groups.
+            total = (self._evaluation_budget(self.search_algorithm) or 0) * len(self.groups)
+            self._bar = tqdm(total=total or None, desc="tuning", unit="eval", leave=True)
         try:
             self._measure_baseline()
             for group in self.groups:
@@ -599,10 +593,23 @@ class SKAutoTuner:
         return self._results.to_dataframe()
 
     def apply_best_params(self, inplace: bool = False) -> nn.Module:
-        """Return the model with the verified tuned configuration in place.
+        """Return the model with the chosen configuration (:attr:`selected_params`) in place.
 
-        By default a deep copy is tuned and returned and ``self.model`` stays the
-        original (so both can be compared); ``inplace=True`` modifies ``self.model``.
+        What is applied:
+
+        * after :meth:`tune` with ``verify=True``: the combination verified on the whole
+          model (at or above the accuracy threshold). It can differ from :meth:`tune`'s
+          per-group winners: groups not faster than the original, or dropped/re-chosen by
+          the back-off, keep another option or their original layer. When nothing
+          qualifies this is the original model (a :class:`TuningWarning` was issued);
+        * with ``verify=False``: every group's search winner, unverified;
+        * after an interrupted :meth:`tune`: the winners found so far, unverified (warns);
+        * after :meth:`load_tuning_results`: the loaded selection.
+
+        Each layer is rebuilt from its recorded params and sketch seed, so the result
+        is the exact model that was evaluated. By default a deep copy is tuned and
+        returned and ``self.model`` stays the original (so both can be compared);
+        ``inplace=True`` modifies ``self.model``.
         """
         self._require_results()
         if self._results.info.get("interrupted"):
@@ -765,7 +772,9 @@ class SKAutoTuner:
                     h.remove()
                 self._restore_modes()
         except _BadValue as exc:
-            raise ValueError(f"evaluating the original model failed: {exc}") from exc
+            raise ValueError(
+                f"evaluating the original model failed: {exc}; accuracy_eval_func must return a "
+                "finite number for the untouched model (try it on tuner.model first)") from exc
         self._baseline["accuracy"] = acc
         if self.optimization_eval_func is not None and (self.verify or self.multi_objective):
             try:
@@ -795,49 +804,76 @@ class SKAutoTuner:
         return hook
 
     # ------------------------------------------------------------------ internals: one group
+    def _evaluation_budget(self, search: Any) -> int | None:
+        """Evaluations per group: the backend's ``n_trials`` (when it has one), capped by ``max_trials``."""
+        limits = [self.max_trials, getattr(search, "n_trials", None)]
+        limits = [v for v in limits if isinstance(v, int) and not isinstance(v, bool)]
+        return min(limits) if limits else None
+
     def _tune_group(self, group: _Group) -> None:
         search = self.search_algorithm.spawn(group.key)
+        budget = self._evaluation_budget(search)
+        cap = None if budget is None else _PROPOSALS_PER_EVALUATION * budget
+        if cap is not None and isinstance(getattr(search, "n_trials", None), int):
+            # The backend counts every result it is told, skipped and cached proposals
+            # included; the tuner enforces the evaluation budget itself, so the backend's
+            # own limit becomes the proposal cap (keeps the loop finite either way).
+            try:
+                search.n_trials = max(search.n_trials, cap)
+            except AttributeError:
+                pass  # a read-only limit: skips then count against it, nothing worse
         search.initialize(dict(group.space))
         state = _GroupState(group=group, search=search)
         self._current = state
         self._restore_previous(state)
-        size = group.space_size()
-        limit = self.max_trials
+        size = finite_space_size(group.space)
         while True:
             if not self._time_left():
                 self._stop_reason = "time_budget_s"
                 warnings.warn(f"time_budget_s={self.time_budget_s} s spent; stopping with the results "
                               "found so far", TuningWarning, stacklevel=3)
                 break
-            if limit is not None and state.count >= limit:
+            if budget is not None and state.evaluated >= budget:
+                break
+            if cap is not None and state.count >= cap:
+                self._stop_at_cap(state, budget)
                 break
             if self.dedupe and size is not None and len(state.seen) >= size:
-                break  # every configuration of a finite space has been evaluated
+                break  # every configuration of a finite space has been handled
             if search.is_finished():
                 break
             params = search.get_next_params()
             if params is None:
                 break
-            params = dict(params)
-            self._run_trial(state, params)
+            self._run_trial(state, dict(params))
         self._finish_group(state)
+
+    def _stop_at_cap(self, state: _GroupState, budget: int) -> None:
+        """Say why a group ended with fewer evaluations than its budget."""
+        rows = [r for r in self._results.trials if r["layer_name"] == state.group.key]
+        skipped = sum(r["status"] == "skipped" for r in rows)
+        what = (f"[{state.group.key}] stopped after {state.count} proposals with "
+                f"{state.evaluated} of {budget} evaluations")
+        if skipped * 2 >= len(rows):
+            warnings.warn(f"{what}: most proposals were skipped without evaluation (the "
+                          "'error' column says why, usually no cheaper than the original layer). "
+                          "Narrow the parameter space to cheaper values (e.g. lower ranks) or pass "
+                          "skip_costlier=False", TuningWarning, stacklevel=4)
+        else:
+            # Mostly repeats of evaluated points: the search has converged, nothing is wrong.
+            self._log(f"{what}: the search keeps re-proposing evaluated configurations (converged)")
 
     def _restore_previous(self, state: _GroupState) -> None:
         """Rebuild rows of trials a persistent backend ran before (resume after a kill).
 
-        Reads the backend's ``resumed_trials`` (dicts with ``params``, ``score`` and
-        ``attrs``, as :class:`OptunaSearch` provides) or a ``previous_trials()``
-        method returning ``(params, score, attrs)`` tuples.
+        Reads the backend's ``resumed_trials``: dicts with ``params``, ``score`` and
+        ``attrs`` (what :meth:`_tell` stored), as :class:`OptunaSearch` provides.
+        Resumed evaluations count toward the group's budget.
         """
-        entries: list[tuple[dict[str, Any], Any, dict[str, Any]]] = []
         resumed = getattr(state.search, "resumed_trials", None)
-        previous = getattr(state.search, "previous_trials", None)
-        if isinstance(resumed, list) and resumed:
-            entries = [(t.get("params", {}), t.get("score"), t.get("attrs") or {}) for t in resumed]
-        elif callable(previous):
-            entries = [tuple(t) for t in (previous() or ())]  # type: ignore[misc]
-        for params, value, attrs in entries:
-            stored = (attrs or {}).get("panther_row")
+        for entry in resumed if isinstance(resumed, list) else ():
+            params, value = entry.get("params", {}), entry.get("score")
+            stored = (entry.get("attrs") or {}).get("panther_row")
             if isinstance(stored, dict):
                 row = {k: _decode_float(v) if k in ("score", "accuracy", "speed", "told") else v
                        for k, v in stored.items()}
@@ -852,6 +888,7 @@ class SKAutoTuner:
             row.setdefault("error", "")
             self._results.trials.append(row)
             state.count += 1
+            state.evaluated += row["status"] not in _FREE_STATUSES
             key = _params_key(params)
             if row["status"] != "cached":
                 state.seen.setdefault(key, row)
@@ -888,8 +925,10 @@ class SKAutoTuner:
         state.count += 1
         self._results.trials.append(row)
         self._tell(state.search, params, told, constraint, row)
-        if self._bar is not None:
-            self._bar.update(1)
+        if row["status"] not in _FREE_STATUSES:
+            state.evaluated += 1
+            if self._bar is not None:
+                self._bar.update(1)
         self._log(self._describe_row(row))
         plugins.emit("panther_trial_finished", layer_name=state.group.key, trial=self._public_row(row))
 
@@ -1022,11 +1061,7 @@ class SKAutoTuner:
             build_params = dict(params)
             if seeds.get(name) is not None:
                 build_params["seed"] = seeds[name]
-            module = layer_type.build(original, build_params, copy_weights=group.copy_weights)
-            device, dtype = _module_device_dtype(original)
-            if device is not None:
-                module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
-            module.train(original.training)
+            module = build_layer(layer_type, original, build_params, group.copy_weights)
             built[name] = module
             recorded = layer_type.sketch_seed(module)
             actual[name] = recorded if recorded is not None else seeds.get(name)
@@ -1075,9 +1110,12 @@ class SKAutoTuner:
         row["eval_time_s"] = time.perf_counter() - t0
         return row
 
-    def _cost_skip(self, group: _Group, params: dict[str, Any]) -> str | None:
-        if not self.skip_costlier:
-            return None
+    def _group_macs(self, group: _Group, params: dict[str, Any]) -> tuple[int, int]:
+        """(dense, sketched) MACs of the group's layers by their layer types' cost models.
+
+        Raises ``NotImplementedError`` when a layer type has no cost model and
+        ``ValueError`` (naming the layer) when ``params`` do not fit one.
+        """
         tunable = {k: v for k, v in params.items() if k != "seed"}
         dense = sketched = 0
         for name in group.layers:
@@ -1086,16 +1124,29 @@ class SKAutoTuner:
             try:
                 dense += layer_type.cost(module).macs
                 sketched += layer_type.cost(module, tunable).macs
-            except NotImplementedError:
-                return None
             except (ValueError, TypeError) as exc:
-                return f"invalid for layer {name!r}: {exc}"
+                raise ValueError(f"invalid for layer {name!r}: {exc}") from exc
+        return dense, sketched
+
+    def _cost_skip(self, group: _Group, params: dict[str, Any]) -> str | None:
+        if not self.skip_costlier:
+            return None
+        try:
+            dense, sketched = self._group_macs(group, params)
+        except NotImplementedError:
+            return None
+        except ValueError as exc:
+            return str(exc)
         if sketched >= dense:
             return f"cost model: {sketched} MACs >= {dense} MACs of the original (no saving)"
         return None
 
     def _precheck_skip(self, group: _Group, params: dict[str, Any]) -> str | None:
-        """Time the sketched layer(s) alone against the dense one(s) on captured inputs."""
+        """Time the sketched layer(s) alone against the dense one(s) on captured inputs.
+
+        Both are timed now, in alternating rounds, so a machine that is busy for a
+        while slows both alike instead of only the candidate.
+        """
         if any(name not in self._captured_inputs for name in group.layers):
             return None  # the layer never ran during the baseline evaluation
         try:
@@ -1106,10 +1157,9 @@ class SKAutoTuner:
         try:
             for name in group.layers:
                 args, kwargs = self._captured_inputs[name]
-                if name not in self._dense_times:
-                    self._dense_times[name] = _time_module(get_submodule(self.model, name), args, kwargs)
-                dense_total += self._dense_times[name]
-                sketched_total += _time_module(built[name], args, kwargs)
+                dense, sketched = _time_pair(get_submodule(self.model, name), built[name], args, kwargs)
+                dense_total += dense
+                sketched_total += sketched
         except Exception:
             return None  # the layer cannot run alone on the captured inputs: no verdict
         if sketched_total >= dense_total:
@@ -1160,9 +1210,10 @@ class SKAutoTuner:
                 self._swap_back(originals)
             r["speed_median"] = float(statistics.median(samples))
 
-    def _finish_group(self, state: _GroupState) -> None:
+    def _finish_group(self, state: _GroupState, remeasure: bool = True) -> None:
         group = state.group
-        self._remeasure(group)
+        if remeasure:
+            self._remeasure(group)
         options = self._options(group)
         best = self._pick_winner(options)
         summary = {
@@ -1173,6 +1224,7 @@ class SKAutoTuner:
             "space": {k: repr(v) for k, v in group.space.items()},
             "copy_weights": group.copy_weights,
             "n_trials": state.count,
+            "n_evaluated": state.evaluated,
             "best_params": None if best is None else dict(best.params),
             "best_score": None if best is None else best.score,
             "best_seeds": None if best is None else dict(best.seeds),
@@ -1181,7 +1233,6 @@ class SKAutoTuner:
             "best_speed": None if best is None else best.speed,
         }
         self._results.groups[group.key] = summary
-        state.finished = True
         if best is None:
             self._log(f"[{group.key}] no feasible configuration")
         else:
@@ -1208,20 +1259,15 @@ class SKAutoTuner:
         return max(options, key=lambda o: (o.score, -o.trial_number))
 
     def _summarize_unfinished(self) -> None:
-        state = getattr(self, "_current", None)
-        if state is not None and not state.finished:
-            try:
-                self._finish_group_quiet(state)
-            except Exception:
-                pass
-
-    def _finish_group_quiet(self, state: _GroupState) -> None:
-        saved = self.remeasure_top
-        self.remeasure_top = 0  # no new evaluations while handling Ctrl-C
+        """After Ctrl-C: summarise the group that was being tuned, without new evaluations."""
+        state = self._current
+        if state is None or state.group.key in self._results.groups:
+            return
         try:
-            self._finish_group(state)
-        finally:
-            self.remeasure_top = saved
+            self._finish_group(state, remeasure=False)
+        except Exception as exc:  # the interrupt matters more; its trials are kept regardless
+            warnings.warn(f"could not summarise group {state.group.key!r} after the interrupt: "
+                          f"{type(exc).__name__}: {exc}", TuningWarning, stacklevel=3)
 
     def _winner_selection(self) -> dict[str, LayerChoice]:
         selection: dict[str, LayerChoice] = {}
@@ -1369,15 +1415,10 @@ class SKAutoTuner:
     def _gain(self, group: _Group, option: _Option, base_speed: float | None) -> float:
         if base_speed and option.speed:
             return 1.0 / base_speed - 1.0 / option.speed  # time per unit of work saved
-        dense = sketched = 0
         try:
-            for name in group.layers:
-                module = get_submodule(self.model, name)
-                lt = group.layer_types[name]
-                dense += lt.cost(module).macs
-                sketched += lt.cost(module, option.params).macs
+            dense, sketched = self._group_macs(group, option.params)
         except Exception:
-            return 1.0
+            return 1.0  # no cost model: every option is worth the same
         return float(dense - sketched)
 
     def _evaluate_selection(self, selection: dict[str, LayerChoice], accuracy: bool = True,
@@ -1390,14 +1431,9 @@ class SKAutoTuner:
         built: dict[str, nn.Module] = {}
         try:
             for name, choice in selection.items():
-                original = get_submodule(self.model, name)
-                module = plugins.get_layer_type(choice.layer_type).build(
-                    original, choice.build_params(), copy_weights=choice.copy_weights)
-                device, dtype = _module_device_dtype(original)
-                if device is not None:
-                    module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
-                module.train(original.training)
-                built[name] = module
+                built[name] = build_layer(plugins.get_layer_type(choice.layer_type),
+                                          get_submodule(self.model, name), choice.build_params(),
+                                          choice.copy_weights)
         except Exception as exc:
             return None, None, f"building failed: {type(exc).__name__}: {exc}"
         originals = self._swap_in(built)
@@ -1419,7 +1455,7 @@ class SKAutoTuner:
         The first measurement ran before any trial and pays for one-off start-up costs
         (allocations, lazy initialisation), which would flatter every sketch.
         """
-        self._base_samples: list[float] = []
+        self._base_samples = []
         if self.optimization_eval_func is None or self._baseline["speed"] is None:
             return
         try:
@@ -1443,7 +1479,7 @@ class SKAutoTuner:
         if (self.optimization_eval_func is None or not self.remeasure_runs or base is None
                 or final_speed is None or not self._results.selection):
             return base, final_speed
-        base_samples, final_samples = list(getattr(self, "_base_samples", []) or [base]), [final_speed]
+        base_samples, final_samples = list(self._base_samples or [base]), [final_speed]
         try:
             for _ in range(self.remeasure_runs):
                 try:
@@ -1460,12 +1496,19 @@ class SKAutoTuner:
 
 @dataclass
 class _GroupState:
+    """One group's search in progress.
+
+    ``count`` numbers every proposal (trial rows); ``evaluated`` counts those that
+    ran the evaluation functions, the ones the budget is about (skipped and cached
+    proposals are free).
+    """
+
     group: _Group
     search: Any
     count: int = 0
+    evaluated: int = 0
     seen: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     scale: _PenaltyScale = field(default_factory=_PenaltyScale)
-    finished: bool = False
 
 
 def _knapsack(groups: list[_Group], options: dict[str, list[_Option]], budget: float,
@@ -1518,21 +1561,36 @@ def _knapsack(groups: list[_Group], options: dict[str, list[_Option]], budget: f
     return out
 
 
-def _time_module(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                 repeats: int = 5, iters: int = 3) -> float:
-    """Median seconds per call of ``module(*args, **kwargs)`` (inference mode, synchronised)."""
-    device, _ = _module_device_dtype(module)
-    times = []
+def _time_pair(dense: nn.Module, sketched: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+               rounds: int = 6, iters: int = 3, timer: Callable[[], float] | None = None,
+               ) -> tuple[float, float]:
+    """Seconds per call of ``dense`` and of ``sketched`` on the same inputs, timed together.
+
+    The two alternate, round by round, and swap which goes first each round (so
+    neither always runs on a cache the other warmed). Each gets the *minimum* over
+    its rounds: load from other processes only ever adds time, so the fastest round
+    is the closest to the modules' own cost. ``timer`` defaults to ``_clock``.
+    """
+    clock = timer or _clock
+    device, _ = module_device_dtype(dense)
+    best = {"dense": math.inf, "sketched": math.inf}
+    modules = {"dense": dense, "sketched": sketched}
     with torch.inference_mode():
-        module(*args, **kwargs)
+        for module in modules.values():  # warm-up: first calls pay for lazy initialisation
+            module(*args, **kwargs)
         _sync(device)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                module(*args, **kwargs)
-            _sync(device)
-            times.append((time.perf_counter() - t0) / iters)
-    return float(statistics.median(times))
+        for r in range(rounds):
+            for label in ("dense", "sketched") if r % 2 == 0 else ("sketched", "dense"):
+                t0 = clock()
+                for _ in range(iters):
+                    modules[label](*args, **kwargs)
+                _sync(device)
+                best[label] = min(best[label], (clock() - t0) / iters)
+    return best["dense"], best["sketched"]
+
+
+# The speed pre-check's clock (tests substitute a fake one).
+_clock: Callable[[], float] = time.perf_counter
 
 
 def _decode_float(value: Any) -> Any:
