@@ -6,7 +6,7 @@ Subcommands:
     Train a small digits classifier, tune it under an accuracy threshold and
     report the speed-up (what ``make demo`` runs).
 ``tune CONFIG.toml``
-    Tune your own model described by a TOML file (see ``docs/autotuner.md``).
+    Tune your own model described by a TOML file (see ``docs/cli.md``).
 ``plugins``
     List the installed plugins, their versions and what each contributes.
 ``show RESULTS`` / ``plot RESULTS``
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -31,7 +32,6 @@ import time
 import tomllib
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ PARAM_SPEC_KEYS = {
 }
 
 
-@dataclass
+@dataclasses.dataclass
 class TuneSpec:
     """A parsed and checked ``tune`` config: everything needed to start tuning.
 
@@ -126,6 +126,7 @@ class TuneSpec:
         num_runs_per_param: evaluations per parameter set.
         output: the output folder named in the file, or ``None``.
         verbose: pass ``verbose=True`` to the tuner.
+        speed_label: how the before/after table names the speed row.
     """
 
     path: Path
@@ -135,7 +136,7 @@ class TuneSpec:
     threshold: tuple[str, float] | None
     configs: Any
     search: Any
-    search_settings: dict[str, Any] = field(default_factory=dict)
+    search_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     num_runs_per_param: int = 1
     output: str | None = None
     verbose: bool = False
@@ -157,6 +158,18 @@ def _check_keys(path: Path, prefix: str, table: dict[str, Any], allowed: Sequenc
                 f"unknown key '{key}'",
                 f"{_suggest(key, allowed)}allowed keys here are: {', '.join(allowed)}",
             )
+
+
+def _find_name(path: Path, key: str, what: str, name: str, available: Sequence[str]) -> str:
+    """The registered spelling of ``name`` (compared case-insensitively), or a ConfigError."""
+    for candidate in available:
+        if candidate.lower() == name.lower():
+            return candidate
+    raise ConfigError(
+        path, key, f"no {what} named '{name}'",
+        f"{_suggest(name, list(available))}installed: {', '.join(sorted(available)) or 'none'} "
+        "(`panther-tune plugins` lists them)",
+    )
 
 
 def _type_name(value: Any) -> str:
@@ -194,7 +207,7 @@ def _import_object(path: Path, key: str, ref: Any) -> Any:
             key,
             f"cannot import module '{module_name}' ({type(exc).__name__}: {exc})",
             f"make '{module_name}' importable: install its package, run panther-tune from the "
-            f"folder that holds it, or put it next to the config file ({path.parent}), "
+            f"folder that holds it, or put it next to the config file ({path.resolve().parent}), "
             "which is added to the import path",
         ) from exc
     obj: Any = module
@@ -251,13 +264,7 @@ def _build_function(
     from panther.tuner import plugins
 
     available = plugins.evaluators()
-    matches = [n for n in available if n.lower() == name.lower()]
-    if not matches:
-        raise ConfigError(
-            path, f"{key}.evaluator", f"no evaluator named '{name}'",
-            f"{_suggest(name, list(available))}installed evaluators: {', '.join(sorted(available)) or 'none'}",
-        )
-    factory = available[matches[0]]
+    factory = available[_find_name(path, f"{key}.evaluator", "evaluator", name, list(available))]
     options = {k: _resolve_option(path, f"{key}.{k}", v) for k, v in value.items() if k != "evaluator"}
     try:
         accepted = inspect.signature(factory).parameters
@@ -275,10 +282,20 @@ def _build_function(
                     f"{_suggest(opt, list(accepted))}its options are: {', '.join(accepted)}",
                 )
     try:
-        return factory(**options)
+        fn = factory(**options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(path, key, f"evaluator '{name}' rejected its options: {exc}",
                           "fix the options in that table") from exc
+    # The tuner maximises both functions; catch a lower-is-better one here, where the
+    # message can point at the table, rather than when the tuner is built.
+    if getattr(fn, "higher_is_better", True) is False:
+        flags = [k for k in ("inverse", "negate") if k in accepted]
+        raise ConfigError(
+            path, key, f"evaluator '{name}' is lower-is-better, but the tuner maximises",
+            f"add {' or '.join(f'{k} = true' for k in flags)} to the table" if flags
+            else "use an evaluator where higher is better",
+        )
+    return fn
 
 
 def _parse_param_space(path: Path, key: str, value: Any) -> Any:
@@ -370,13 +387,8 @@ def _parse_search(path: Path, table: Any) -> tuple[Any, dict[str, Any]]:
     _expect(path, "search.options", options, (dict,), "a table of keyword arguments")
     _expect(path, "search.backend", backend, (str,), "a backend name such as \"optuna\"")
     available = plugins.search_algorithms()
-    matches = [n for n in available if n.lower() == backend.lower()]
-    if not matches:
-        raise ConfigError(
-            path, "search.backend", f"no search backend named '{backend}'",
-            f"{_suggest(backend, list(available))}installed backends: {', '.join(sorted(available))}",
-        )
-    cls = available[matches[0]]
+    backend = _find_name(path, "search.backend", "search backend", backend, list(available))
+    cls = available[backend]
     _expect(path, "search.n_trials", settings["n_trials"], (int,), "a positive integer")
     if settings["n_trials"] < 1:
         raise ConfigError(path, "search.n_trials", f"n_trials must be >= 1, got {settings['n_trials']}",
@@ -386,16 +398,10 @@ def _parse_search(path: Path, table: Any) -> tuple[Any, dict[str, Any]]:
     if "sampler" in settings:
         name = settings["sampler"]
         _expect(path, "search.sampler", name, (str,), "a sampler name such as \"tpe\"")
-        samplers = plugins.optuna_samplers()
-        known = [n for n in samplers if n.lower() == name.lower()]
-        if not known:
-            raise ConfigError(
-                path, "search.sampler", f"no Optuna sampler named '{name}'",
-                f"{_suggest(name, list(samplers))}installed samplers: {', '.join(sorted(samplers))}",
-            )
         # Passed by name: OptunaSearch builds it per search, which samplers that need the
         # search space (grid) require.
-        settings["sampler"] = known[0]
+        settings["sampler"] = _find_name(path, "search.sampler", "Optuna sampler", name,
+                                         list(plugins.optuna_samplers()))
     try:
         accepted = inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -418,7 +424,7 @@ def _parse_search(path: Path, table: Any) -> tuple[Any, dict[str, Any]]:
     except (TypeError, ValueError) as exc:
         raise ConfigError(path, "search", f"cannot create search backend '{backend}': {exc}",
                           "fix the [search] values") from exc
-    return search, {"backend": matches[0], **kwargs}
+    return search, {"backend": backend, **kwargs}
 
 
 def load_tune_config(path: str | os.PathLike[str]) -> TuneSpec:
@@ -518,8 +524,8 @@ def load_tune_config(path: str | os.PathLike[str]) -> TuneSpec:
             names = select_layers(model, selector)
         except (TypeError, ValueError) as exc:
             raise ConfigError(path, f"{key}.selector", str(exc),
-                              "change the selector; `python -c \"from panther.tuner import ModelVisualizer; "
-                              "ModelVisualizer.print_module_tree(model)\"` lists the layer names") from exc
+                              "change the selector: a module name, a regex matching whole names, "
+                              'a list of those, or a table such as {type = "Linear"}') from exc
         _check_layer_params(path, f"{key}.params", model, names, params)
         try:
             configs.append(LayerConfig(selector, params, separate=table.get("separate", True),
@@ -588,14 +594,11 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return str(value)
 
 
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Any = None) -> None:
-    out = out or sys.stdout
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)), file=out)
+    for line in (headers, ["-" * w for w in widths], *cells):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
 
 
 def print_report(summary: dict[str, Any]) -> None:
@@ -629,14 +632,20 @@ def print_report(summary: dict[str, Any]) -> None:
         print("no layer was replaced (no configuration met the threshold)")
 
 
-def _plot_trials(df: Any, path: Path, title: str = "", threshold: float | None = None) -> Path:
-    """One panel per layer group: score of each trial and the best so far, and accuracy."""
+def _plot_trials(
+    df: Any, path: Path, title: str = "", threshold: float | None = None, score_label: str = "score"
+) -> Path:
+    """One row per search: score per trial with the best so far, and accuracy per trial."""
     import matplotlib
 
     if "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    # Repeats answered from the cache carry no new information; drawing them would
+    # only pile points on top of the trial they repeat.
+    df = df[~_is_cached(df)]
     groups = list(dict.fromkeys(df["layer_name"])) if len(df) else []
     n = max(1, len(groups))
     fig, axes = plt.subplots(n, 2, figsize=(11, 3.2 * n), squeeze=False)
@@ -644,27 +653,41 @@ def _plot_trials(df: Any, path: Path, title: str = "", threshold: float | None =
         part = df[df["layer_name"] == group].reset_index(drop=True)
         x = list(range(len(part)))
         score = part["score"].astype(float)
-        finite = score.where(score.apply(math.isfinite))
+        feasible = score.apply(math.isfinite)
+        finite = score.where(feasible)
         ax = axes[row][0]
         ax.plot(x, finite, "o", label="score (feasible)")
-        rejected = [i for i, s in enumerate(score) if not math.isfinite(s)]
+        if finite.notna().any():
+            # The best so far holds across rejected trials (cummax alone leaves gaps there).
+            ax.step(x, finite.cummax().ffill(), where="post", color="tab:green", label="best so far")
+        rejected = [i for i in x if not feasible[i]]
         if rejected:
-            low = finite.min() if finite.notna().any() else 0.0
-            ax.plot(rejected, [low] * len(rejected), "x", color="tab:red", label="rejected/failed")
-        ax.plot(x, finite.cummax(), "-", color="tab:green", label="best so far")
-        ax.set_title(f"{group}: score per trial")
+            # Rejected trials have no score; mark them on a band below every feasible one.
+            low, high = (finite.min(), finite.max()) if finite.notna().any() else (0.0, 0.0)
+            floor = low - 0.1 * ((high - low) or abs(low) or 1.0)
+            ax.plot(rejected, [floor] * len(rejected), "x", color="tab:red",
+                    label="rejected / skipped / failed (no score)")
+        ax.set_title(f"{group}: score per trial (higher is better)")
         ax.set_xlabel("trial")
+        ax.set_ylabel(score_label)
         ax.legend(fontsize=7)
         ax2 = axes[row][1]
         if "accuracy" in part and part["accuracy"].notna().any():
-            ax2.plot(x, part["accuracy"].astype(float), "s-", color="tab:purple")
+            accuracy = part["accuracy"].astype(float)
+            ax2.plot(x, accuracy, "-", color="tab:purple", alpha=0.4)
+            ax2.plot([i for i in x if feasible[i]], accuracy[feasible], "s", color="tab:purple",
+                     label="feasible")
+            ax2.plot(rejected, accuracy[~feasible], "x", color="tab:red", label="rejected / failed")
             if threshold is not None and math.isfinite(threshold):
                 ax2.axhline(threshold, color="gray", ls="--", lw=1, label="threshold")
-                ax2.legend(fontsize=7)
             ax2.set_title(f"{group}: accuracy per trial")
             ax2.set_xlabel("trial")
+            ax2.set_ylabel("accuracy")
+            ax2.legend(fontsize=7)
         else:
             ax2.axis("off")
+        for axis in (ax, ax2):
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not groups:
         axes[0][0].text(0.5, 0.5, "no trials", ha="center")
     if title:
@@ -712,7 +735,8 @@ def write_outputs(
     for stale in plots.glob("*.png"):
         stale.unlink()
     files["trials_plot"] = str(_plot_trials(df, plots / "trials.png", summary.get("title", ""),
-                                            summary.get("threshold")))
+                                            summary.get("threshold"),
+                                            summary.get("score_name", "score")))
     before = set(plots.glob("*.png"))
     try:
         tuner.visualize_tuning_results(save_path=str(plots / "tuner.png"), show_plot=False)
@@ -782,8 +806,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ConfigError(spec.path, "layers", str(exc), "fix the [[layers]] tables") from exc
     interrupted = _tune_keeping_results(tuner)
     tuned = tuner.apply_best_params().eval()
-    report = tuner.report
-    info = dict(report() if callable(report) else report)
+    info = tuner.report
     before_acc = info.get("baseline_accuracy")
     before_speed = info.get("baseline_speed")
     after_acc = info.get("final_accuracy")
@@ -805,6 +828,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         "threshold": info.get("effective_threshold"),
         "verified": info.get("verified"),
         "speed_name": spec.speed_label,
+        "score_name": f"score = {spec.speed_label}" if spec.speed_fn is not None else "score = accuracy",
         "before": {"accuracy": before_acc, "speed": before_speed, "params": _param_count(original)},
         "after": {"accuracy": after_acc, "speed": after_speed, "params": _param_count(tuned)},
         "layers": _layer_choices(original, tuned),
@@ -947,6 +971,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "threshold": threshold,
         "tolerance": args.tolerance,
         "speed_name": f"samples/s (batch {batch})",
+        "score_name": ("score = model FLOP reduction (x)" if args.objective == "flops"
+                       else f"score = samples/s (batch {batch})"),
         "speed_format": ".1f",
         "before": {"accuracy": base_acc, "speed": speeds["before"], "flops": base_flops,
                    "params": _param_count(original)},
@@ -969,32 +995,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     infos = plugins.list_plugins()
     if args.json:
-        print(json.dumps([_json_safe(_info_dict(i)) for i in infos], indent=2))
+        print(json.dumps([_json_safe(dataclasses.asdict(i)) for i in infos], indent=2))
         return 0
     for info in infos:
-        data = _info_dict(info)
-        version = data.get("version") or "?"
-        origin = "built-in" if data.get("builtin") else f"distribution {data.get('distribution') or '?'}"
-        print(f"{data.get('name', '?')} {version} ({origin})")
-        contributes = data.get("contributes") or {}
-        for kind, names in contributes.items():
+        if info.builtin:
+            origin = "built-in"
+        elif info.distribution:
+            origin = f"distribution {info.distribution}"
+        else:
+            origin = "registered in code"
+        print(f"{info.name} {info.version or '?'} ({origin})")
+        for kind, names in info.contributes.items():
             if names:
                 print(f"    {kind}: {', '.join(map(str, names))}")
     if not infos:
         print("no plugins registered")
     return 0
-
-
-def _info_dict(info: Any) -> dict[str, Any]:
-    if isinstance(info, dict):
-        return dict(info)
-    if hasattr(info, "_asdict"):
-        return dict(info._asdict())
-    if hasattr(info, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(info)
-    return dict(vars(info))
 
 
 def _load_results(path_arg: str) -> tuple[Any, Any, dict[str, Any] | None, Path]:
@@ -1023,14 +1039,26 @@ def _load_results(path_arg: str) -> tuple[Any, Any, dict[str, Any] | None, Path]
     return results.to_dataframe(), results, summary, path
 
 
+def _is_cached(df: Any) -> Any:
+    """Rows that repeat an earlier trial's result (status ``cached``): no new information."""
+    import pandas as pd
+
+    if "status" not in df:
+        return pd.Series(False, index=df.index)
+    return df["status"] == "cached"
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """``panther-tune show RESULTS``: trials and winners of a saved run."""
     import pandas as pd
 
     df, results, summary, path = _load_results(args.results)
-    print(f"results {path}: {len(df)} trial(s)")
+    repeats = _is_cached(df)
+    note = f" ({int(repeats.sum())} repeated proposal(s) answered from the cache not shown)" \
+        if repeats.any() else ""
+    print(f"results {path}: {len(df)} trial(s){note}")
     if len(df):
-        view = df.copy()
+        view = df[~repeats].copy()
         if "error" in view:
             # Skip reasons and error texts can be long; the start says which it is.
             view["error"] = view["error"].map(
@@ -1067,9 +1095,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     """``panther-tune plot RESULTS``: a PNG of score and accuracy per trial."""
     df, results, summary, path = _load_results(args.results)
     out = Path(args.output) if args.output else path.with_name(path.stem + "_trials.png")
+    summary = summary or {}
     threshold = (results.info.get("effective_threshold") if results is not None
-                 else (summary or {}).get("threshold"))
-    _plot_trials(df, out, title=str(path), threshold=threshold)
+                 else summary.get("threshold"))
+    _plot_trials(df, out, title=summary.get("title") or str(path), threshold=threshold,
+                 score_label=summary.get("score_name", "score"))
     print(f"wrote {out.resolve()}")
     return 0
 
@@ -1111,7 +1141,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     tune = sub.add_parser("tune", parents=[common], help="tune a model described by a TOML config",
-                          description="Tune the model named in CONFIG (TOML); see docs/autotuner.md.")
+                          description="Tune the model named in CONFIG (TOML); see docs/cli.md.")
     tune.add_argument("config", help="the TOML config file")
     tune.add_argument("--output", default=None, help="output folder (default: the config's output or "
                       "panther-tune-output)")

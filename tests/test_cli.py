@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 # Small enough for a few seconds per run; the factory lives in examples/tiny_model.py.
+# Every rank saves work in both layers (32 -> 64 breaks even near 10), so no proposal is
+# skipped by the cost model.
 TINY_CONFIG = """
 model = "tiny_model:build_model"
 model_kwargs = {{ hidden = 64, epochs = 4 }}
@@ -34,7 +36,7 @@ threshold = {{ drop = 0.05 }}
 
 [[layers]]
 selector = {{ type = "Linear", range = [0, 2] }}
-params = {{ num_terms = [1], low_rank = {{ type = "int", low = 4, high = 16, step = 4 }} }}
+params = {{ num_terms = [1], low_rank = {{ type = "int", low = 2, high = 8, step = 2 }} }}
 
 [search]
 backend = "{backend}"
@@ -252,6 +254,8 @@ ERROR_CASES = [
      ["did you mean 'throughput'"]),
     ("unknown-evaluator-option", _config('speed = { evaluator = "throughput", shape = [1, 32] }'),
      "speed.shape", ["input_shape"]),
+    ("lower-is-better-speed", _config('speed = { evaluator = "flops", input_shape = [1, 32] }'),
+     "speed", ["lower-is-better", "inverse = true"]),
     ("threshold-without-speed", _config("threshold = 0.9"), "speed", ["threshold"]),
     ("bad-threshold-kind", _config('speed = { evaluator = "flops", inverse = true }\nthreshold = { dorp = 0.1 }'),
      "threshold.dorp", ["did you mean 'drop'"]),
@@ -444,27 +448,37 @@ def test_demo_rejects_bad_options(capsys):
 
 
 def test_tune_resumes_from_storage(tmp_path, monkeypatch, capsys):
-    """[search] storage/study_name/load_if_exists reach Optuna: a re-run continues each layer."""
+    """[search] storage/study_name/load_if_exists reach Optuna: a re-run continues each layer.
+
+    ``n_trials`` counts evaluations; repeated suggestions are answered from the cache and do
+    not use it up, so the check is on evaluated trials, not on the study's trial count.
+    """
     import optuna
+
+    from panther.tuner import load_tuning_results
 
     monkeypatch.syspath_prepend(str(EXAMPLES))
     db = tmp_path / "tuning.db"
     base = TINY_CONFIG.format(backend="optuna")
+    evaluated = {}
     for n_trials in (2, 3):
         text = base.replace("n_trials = 3", f"n_trials = {n_trials}") + (
             f'storage = "sqlite:///{db}"\nstudy_name = "cli-resume"\nload_if_exists = true\n'
         )
         config = write_config(tmp_path, text)
-        assert main(["tune", str(config), "--output", str(tmp_path / f"out{n_trials}")]) == 0, (
-            capsys.readouterr().err
-        )
-    summaries = optuna.study.get_all_study_summaries(storage=f"sqlite:///{db}")
-    completed = {
-        s.study_name: sum(t.state == optuna.trial.TrialState.COMPLETE
-                          for t in optuna.load_study(study_name=s.study_name, storage=f"sqlite:///{db}").trials)
-        for s in summaries
-    }
-    assert completed == {"cli-resume/0": 3, "cli-resume/2": 3}
+        out = tmp_path / f"out{n_trials}"
+        assert main(["tune", str(config), "--output", str(out)]) == 0, capsys.readouterr().err
+        df = load_tuning_results(out / "results.json").to_dataframe()
+        ran = df[~df["status"].isin(["cached", "skipped"])]
+        evaluated[n_trials] = {
+            layer: sorted(map(int, part["low_rank"])) for layer, part in ran.groupby("layer_name")
+        }
+    assert {layer: len(ranks) for layer, ranks in evaluated[2].items()} == {"0": 2, "2": 2}
+    # The second run kept the first run's evaluations and added one per layer.
+    for layer, ranks in evaluated[3].items():
+        assert len(ranks) == 3 and set(evaluated[2][layer]) <= set(ranks), (layer, ranks)
+    studies = {s.study_name for s in optuna.study.get_all_study_summaries(storage=f"sqlite:///{db}")}
+    assert studies == {"cli-resume/0", "cli-resume/2"}
 
 
 # ---- parameter-space parsing (property tests) ---------------------------------------------
@@ -543,3 +557,37 @@ def test_ctrl_c_during_tune_still_writes_results(tmp_path, monkeypatch, capsys):
 
     trials = load_tuning_results(out / "results.json").trials
     assert 1 <= len(trials) < 4
+
+
+def test_trial_plot_handles_rejected_only_and_empty_runs(tmp_path):
+    """A search whose every trial was rejected, and a run with no trials, still plot."""
+    import pandas as pd
+
+    from panther.cli import _plot_trials
+
+    inf = float("inf")
+    df = pd.DataFrame({
+        "layer_name": ["a", "a", "a", "b", "b"],
+        "score": [-inf, 2.0, -inf, -inf, -inf],
+        "accuracy": [0.5, 0.95, 0.4, 0.1, None],
+    })
+    for frame, name in ((df, "mixed.png"), (df.iloc[:0], "empty.png")):
+        path = _plot_trials(frame, tmp_path / name, title="t", threshold=0.9)
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_show_hides_cached_repeats(tmp_path, capsys):
+    """Repeated proposals answered from the cache are counted, not listed."""
+    csv = tmp_path / "results.csv"
+    csv.write_text(
+        "layer_name,low_rank,score,accuracy,status\n"
+        "fc,4,2.0,0.9,ok\n"
+        "fc,4,2.0,0.9,cached\n"
+        "fc,99,-inf,,skipped\n"
+    )
+    assert main(["show", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "3 trial(s) (1 repeated proposal(s)" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("fc")]
+    statuses = [row[-1] for row in rows]
+    assert "cached" not in statuses and "skipped" in statuses
