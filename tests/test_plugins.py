@@ -168,6 +168,11 @@ def test_example_plugins_in_a_tuning_run():
     )
     results = tuner.tune()
     assert set(results) == {"0"}
+    df = tuner.get_results_dataframe()
+    # n_trials counts evaluations: skipped (costlier) proposals are free, so the search
+    # makes more than n_trials=6 proposals (it ends once its narrowed product is done).
+    assert (df["status"] == "skipped").any() and len(df) > 6
+    assert (~df["status"].isin(["skipped", "cached"])).sum() <= 6
     best = results["0"]["params"]
     assert best["num_terms"] in (1, 2, 3) and best["low_rank"] in (4, 8, 16, 32)
     tuned = tuner.apply_best_params()

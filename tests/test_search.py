@@ -433,3 +433,170 @@ def test_skopt_non_finite_scores_stay_finite_for_the_surrogate_and_never_win():
     assert search.is_finished()
     with pytest.raises(ValueError, match="acq_func must be one of"):
         SkoptSearch(acq_func="EIps")
+
+
+# --------------------------------------------------------------------------- evaluation budget
+
+# Every backend with an evaluation budget, built with ``n_trials``.
+BUDGETED = [
+    pytest.param(lambda n: RandomSearch(n_trials=n, seed=0), id="random"),
+    pytest.param(lambda n: OptunaSearch(n_trials=n, seed=0), id="optuna-tpe"),
+    pytest.param(lambda n: OptunaSearch(n_trials=n, sampler="random", seed=0), id="optuna-random"),
+    pytest.param(lambda n: SkoptSearch(n_trials=n, seed=0, n_initial_points=3), id="skopt"),
+    pytest.param(lambda n: get_search_algorithm("halving", n_trials=n, seed=0), id="halving"),
+]
+
+# Large enough that no backend exhausts it within the budgets below.
+WIDE = {"a": Int(0, 999), "b": Categorical(list(range(10)))}
+
+
+def drive_flags(search: SearchAlgorithm, space: dict, evaluated, limit: int = 500):
+    """Drive ``search``, telling each proposal with ``evaluated=evaluated(i, params)``.
+
+    Returns ``(proposals, number told with evaluated=True)``.
+    """
+    search.initialize(space)
+    proposed, n_eval = [], 0
+    for i in range(limit):
+        params = search.get_next_params()
+        if params is None:
+            break
+        proposed.append(params)
+        flag = bool(evaluated(i, params))
+        n_eval += flag
+        search.update(params, float(params.get("a", 0)), evaluated=flag)
+    else:
+        pytest.fail(f"{type(search).__name__} did not finish within {limit} proposals")
+    assert search.is_finished() and search.get_next_params() is None
+    return proposed, n_eval
+
+
+@pytest.mark.parametrize("make", BUDGETED)
+def test_unevaluated_results_do_not_use_up_n_trials(make):
+    search = make(3)
+    # Every other proposal is answered without an evaluation (skipped / cached by the tuner).
+    proposed, n_eval = drive_flags(search, WIDE, lambda i, p: i % 2 == 1)
+    assert n_eval == 3 == search.n_evaluated
+    assert len(proposed) == 6 == search.n_proposed
+    assert search.n_trials == 3  # the limit itself is never changed
+    # The best result is an evaluated one, never a point that was not measured.
+    evaluated_points = [p for i, p in enumerate(proposed) if i % 2 == 1]
+    assert search.best_params in evaluated_points
+
+
+@pytest.mark.parametrize("make", BUDGETED)
+def test_proposal_cap_ends_a_search_of_unevaluated_points(make):
+    n = 1 if isinstance(make(1), SkoptSearch) else 2  # skopt refits its surrogate per ask
+    search = make(n)
+    assert search.proposal_cap() == SearchAlgorithm.PROPOSAL_CAP_FACTOR * n
+    # Wide enough that halving cannot narrow every parameter to one value within the cap.
+    space = {"a": Int(0, 10**5), "b": Categorical(list(range(10)))}
+    proposed, n_eval = drive_flags(search, space, lambda i, p: False)
+    assert n_eval == 0 and search.n_evaluated == 0
+    assert len(proposed) == search.proposal_cap() == search.n_proposed
+    assert search.best_params is None and len(search.history) == len(proposed)
+
+
+@pytest.mark.parametrize("make", BUDGETED)
+def test_finite_space_exhausted_by_unevaluated_points_ends_the_search(make):
+    search = make(50)
+    space = {"x": Categorical(["p", "q", "r"])}
+    seen: set = set()
+
+    def tell(i, p):  # a repeat is a cached (free) answer, as in the tuner
+        key = params_key(p)
+        first = key not in seen
+        seen.add(key)
+        return first and p["x"] == "q"  # only "q" is evaluated; the rest are skipped
+
+    proposed, n_eval = drive_flags(search, space, tell, limit=200)
+    assert len(proposed) < search.proposal_cap()  # exhaustion, not the cap, ended it
+    assert distinct(proposed) == 3 and n_eval <= 1
+    assert search.best_params in (None, {"x": "q"})
+
+
+def test_grid_ignores_evaluated_and_has_no_budget():
+    search = GridSearch()
+    proposed, n_eval = drive_flags(search, SPACE, lambda i, p: i % 3 == 0)
+    assert len(proposed) == distinct(proposed) == finite_space_size(SPACE)
+    assert search.n_trials is None and search.proposal_cap() is None
+    assert search.n_evaluated == n_eval == finite_space_size(SPACE) // 3
+
+
+def test_failures_count_as_evaluations():
+    for search in (
+        RandomSearch(n_trials=2, seed=0),
+        SkoptSearch(n_trials=2, seed=0),
+        OptunaSearch(n_trials=2, seed=0),
+    ):
+        search.initialize(WIDE)
+        search.report_failure(search.get_next_params(), "boom")
+        search.update(search.get_next_params(), 1.0)
+        assert search.n_evaluated == 2 and search.is_finished()
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n_trials=st.integers(1, 6),
+    flags=st.lists(st.booleans(), min_size=0, max_size=80),
+    seed=st.integers(0, 1000),
+    halving=st.booleans(),
+)
+def test_budget_and_cap_hold_for_any_evaluation_pattern(n_trials, flags, seed, halving):
+    search = (
+        get_search_algorithm("halving", n_trials=n_trials, seed=seed)
+        if halving
+        else RandomSearch(n_trials=n_trials, seed=seed)
+    )
+    space = {"a": Int(0, 30), "b": Categorical([1, 2, 3])}  # 93 points
+    proposed, n_eval = drive_flags(search, space, lambda i, p: flags[i] if i < len(flags) else True)
+    cap = SearchAlgorithm.PROPOSAL_CAP_FACTOR * n_trials
+    assert n_eval <= n_trials and len(proposed) <= cap
+    # It ends for a reason: the budget, the cap, or (halving) a fully narrowed product.
+    assert n_eval == n_trials or len(proposed) == cap or (halving and search.is_finished())
+    if not halving:
+        assert distinct(proposed) == len(proposed)  # still without replacement
+
+
+def test_optuna_marks_unevaluated_trials_and_resume_counts_only_evaluations():
+    storage = optuna.storages.InMemoryStorage()
+
+    def make():
+        return OptunaSearch(
+            n_trials=4, study_name="budget", storage=storage, load_if_exists=True, seed=0
+        )
+
+    first = make()
+    first.initialize(WIDE)
+    statuses = ["skipped", "ok", "cached", "skipped", "ok"]
+    for status in statuses:
+        p = first.get_next_params()
+        row = {"status": status}
+        first.update(p, 1.0, evaluated=status == "ok", attrs={"panther_row": row})
+    assert first.n_evaluated == 2 and not first.is_finished()
+    trials = first.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 5  # every result is in the study, so the sampler learns from it
+    assert [t.user_attrs.get("panther_evaluated", True) for t in trials] == [
+        s == "ok" for s in statuses
+    ]
+    # A trial written before the explicit marker: only its tuner row says it was cached.
+    first.study.add_trial(
+        optuna.trial.create_trial(
+            params={"a": 5, "b": 1},
+            distributions={n: c.distribution for n, c in first._codecs.items()},
+            value=0.5,
+            user_attrs={"panther_attrs": {"panther_row": {"status": "cached"}}},
+        )
+    )
+
+    second = make()
+    second.initialize(WIDE)
+    assert [e["evaluated"] for e in second.resumed_trials] == [s == "ok" for s in statuses] + [
+        False
+    ]
+    assert second.n_evaluated == 2 and second.n_proposed == 6
+    told = 0
+    while (p := second.get_next_params()) is not None:
+        second.update(p, 2.0)
+        told += 1
+    assert told == 2  # the 2 evaluations left of n_trials=4, not 4 - 6 < 0

@@ -422,6 +422,7 @@ class RecordingSearch(SearchAlgorithm):
         super().__init__()
         self.points = list(points)
         self.told: list[tuple[dict, float, float | None]] = []
+        self.evaluated: list[bool] = []
         self._i = 0
         if n_trials is not None:
             self.n_trials = n_trials
@@ -434,18 +435,27 @@ class RecordingSearch(SearchAlgorithm):
         if self._i >= len(self.points):
             return None
         self._i += 1
+        self._count_proposal()
         return dict(self.points[self._i - 1])
+
+    def update(self, params, score, constraint=None, *, evaluated=True):
+        super().update(params, score, constraint, evaluated=evaluated)
+        self.told.append((params, score, constraint))
+        self.evaluated.append(evaluated)
+
+    def is_finished(self):
+        return self._i >= len(self.points) or self._budget_spent()
+
+    def spawn(self, key):
+        self.child = type(self)(self.points, getattr(self, "n_trials", None))
+        return self.child
+
+
+class LegacySearch(RecordingSearch):
+    """A third-party backend written before ``update`` had ``evaluated``/``values``/``attrs``."""
 
     def update(self, params, score, constraint=None):
         super().update(params, score, constraint)
-        self.told.append((params, score, constraint))
-
-    def is_finished(self):
-        return self._i >= len(self.points)
-
-    def spawn(self, key):
-        self.child = RecordingSearch(self.points, getattr(self, "n_trials", None))
-        return self.child
 
 
 FREE = ("skipped", "cached")
@@ -462,8 +472,26 @@ def test_skipped_and_cached_proposals_are_told_but_do_not_use_the_budget():
     # Two evaluations were asked for; the costlier and the repeated proposals came free.
     assert df["status"].tolist() == ["skipped", "ok", "cached", "skipped", "ok"]
     assert [p for p, _, _ in search.child.told] == points[:5]  # the backend heard every one
-    assert search.child.n_trials == 20  # its own limit became the proposal cap
+    assert search.child.evaluated == [False, True, False, False, True]
+    assert search.child.n_trials == 2  # the backend's limit is left alone: it counts evaluations
+    assert search.child.n_evaluated == 2 and search.child.n_proposed == 5
+    assert search.child.best_params in (points[1], points[4])  # never a skipped point
     assert tuner.results.groups["blocks.0"]["n_evaluated"] == 2
+
+
+def test_backend_without_the_evaluated_keyword_still_runs():
+    # An older plugin's update(params, score, constraint) is called without the new keywords.
+    points = [{"rank": 8, "terms": 2}, {"rank": 4, "terms": 1}, {"rank": 2, "terms": 1}]
+    search = LegacySearch(points, n_trials=2)
+    cfg = LayerConfig("blocks.0", {"rank": [1, 2, 4, 8], "terms": [1, 2]})
+    tuner = make_tuner(configs=TuningConfigs([cfg]), search_algorithm=search, verify=False)
+    tuner.tune()
+    df = tuner.get_results_dataframe()
+    # It counts the skipped proposal toward its n_trials=2, so it stops one evaluation
+    # early: fewer evaluations than asked for, but nothing breaks.
+    assert df["status"].tolist() == ["skipped", "ok"]
+    assert search.child.evaluated == [True, True]  # the keyword was never passed
+    assert search.child.n_evaluated == 2
 
 
 def test_proposal_cap_ends_a_search_that_only_proposes_skipped_points():
@@ -475,6 +503,24 @@ def test_proposal_cap_ends_a_search_that_only_proposes_skipped_points():
         tuner.tune()
     df = tuner.get_results_dataframe()
     assert len(df) == 30 and (df["status"] == "skipped").all()
+
+
+class CappedSearch(RecordingSearch):
+    """A backend whose own proposal cap (3 x n_trials) is below the tuner's (10 x)."""
+
+    PROPOSAL_CAP_FACTOR = 3
+
+
+def test_backend_that_stops_at_its_own_proposal_cap_gets_the_same_warning():
+    points = [{"rank": r, "terms": 2} for r in range(8, 200)]  # all costlier than the dense layer
+    search = CappedSearch(points, n_trials=3)
+    cfg = LayerConfig("blocks.0", {"rank": Int(1, 200), "terms": [1, 2]})
+    tuner = make_tuner(configs=TuningConfigs([cfg]), search_algorithm=search, verify=False)
+    with pytest.warns(TuningWarning, match="0 of 3 evaluations.*skipped.*Narrow"):
+        tuner.tune()
+    df = tuner.get_results_dataframe()
+    assert len(df) == 9 and (df["status"] == "skipped").all()
+    assert search.child.evaluated == [False] * 9
 
 
 def test_optuna_n_trials_counts_evaluations_on_a_mostly_costlier_space():

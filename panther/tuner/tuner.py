@@ -18,7 +18,8 @@ How a run goes
    (``search_algorithm.spawn(group_key)``). A trial builds the sketched layer(s),
    swaps them into the model, evaluates, and always puts the original modules back.
    Proposals the cost model skips and repeats answered from the cache are told to the
-   backend but do not use up the evaluation budget (``n_trials`` / ``max_trials``).
+   backend with ``evaluated=False``: it learns from them, but they do not use up the
+   evaluation budget (``n_trials`` / ``max_trials``).
 3. After the searches the winners are combined, the combined model is evaluated
    and, if it misses the accuracy threshold, per-group choices are re-allocated
    globally under the accuracy budget and re-verified (see :meth:`SKAutoTuner.tune`).
@@ -62,7 +63,7 @@ from panther.tuner.results import (
     module_device_dtype,
     set_submodule,
 )
-from panther.tuner.search.base import finite_space_size
+from panther.tuner.search.base import SearchAlgorithm, finite_space_size
 from panther.tuner.search.base import params_key as _params_key
 
 __all__ = ["SKAutoTuner", "DEFAULT_N_TRIALS", "TuningWarning"]
@@ -74,8 +75,9 @@ _SEED_MAX = 2**31 - 1
 #: Statuses of proposals that did not run the evaluation functions (free for the budget).
 _FREE_STATUSES = ("skipped", "cached")
 # At most this many proposals per evaluation of the budget: skipped and cached proposals
-# don't count toward ``n_trials``, and this cap keeps a search that keeps proposing them finite.
-_PROPOSALS_PER_EVALUATION = 10
+# don't count toward ``n_trials``, and this cap keeps a search that keeps proposing them
+# finite. The same factor as the backends' own cap, so both agree on when a group ends.
+_PROPOSALS_PER_EVALUATION = SearchAlgorithm.PROPOSAL_CAP_FACTOR
 # Penalty grades (relative accuracy shortfall equivalents) for trials with no accuracy.
 _FAILED_GRADE = 2.0
 _SKIPPED_GRADE = 1.0
@@ -171,6 +173,15 @@ def _accepts_kwarg(fn: Callable[..., Any], name: str) -> bool:
     )
 
 
+def _at_proposal_cap(search: Any) -> bool:
+    """Whether a backend stopped at its own proposal cap (``SearchAlgorithm.proposal_cap``)."""
+    try:
+        cap = search.proposal_cap()
+        return cap is not None and search.n_proposed >= cap
+    except (AttributeError, TypeError):
+        return False  # a backend outside the SearchAlgorithm contract: nothing to say
+
+
 def _sync(device: torch.device | None) -> None:
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.synchronize(device)
@@ -189,9 +200,9 @@ class SKAutoTuner:
             instance, or the name of a registered one (``"optuna"``, ``"grid"``, ...).
             ``None`` means Optuna (TPE, seeded with ``seed``) with ``DEFAULT_N_TRIALS``
             (30) trials per group (in ``multi_objective`` mode: two maximised objectives).
-            A backend's integer ``n_trials`` is read as the number of *evaluations* per
-            group (see ``max_trials`` for what is free); the tuner enforces it and raises
-            the spawned search's own ``n_trials`` to the proposal cap.
+            A backend's integer ``n_trials`` is the number of *evaluations* per group:
+            skipped and cached proposals are told with ``update(..., evaluated=False)``
+            and do not use it up (see ``max_trials``).
             Each group runs on ``search_algorithm.spawn(group_key)``; the object you
             pass stays available as ``tuner.search_algorithm`` (for Optuna,
             ``.study``/``.studies`` hold the per-group studies).
@@ -352,8 +363,6 @@ class SKAutoTuner:
 
     # ------------------------------------------------------------------ construction
     def _resolve_search(self, search_algorithm: Any) -> Any:
-        from panther.tuner.search.base import SearchAlgorithm
-
         if search_algorithm is None:
             kwargs: dict[str, Any] = {"n_trials": DEFAULT_N_TRIALS, "seed": self._seed}
             if self.multi_objective:
@@ -812,16 +821,11 @@ class SKAutoTuner:
 
     def _tune_group(self, group: _Group) -> None:
         search = self.search_algorithm.spawn(group.key)
+        # The backend finishes after its own n_trials evaluations (skipped and cached
+        # proposals are told with evaluated=False); max_trials may cut it shorter, and
+        # the proposal cap ends a group whose proposals are mostly free.
         budget = self._evaluation_budget(search)
         cap = None if budget is None else _PROPOSALS_PER_EVALUATION * budget
-        if cap is not None and isinstance(getattr(search, "n_trials", None), int):
-            # The backend counts every result it is told, skipped and cached proposals
-            # included; the tuner enforces the evaluation budget itself, so the backend's
-            # own limit becomes the proposal cap (keeps the loop finite either way).
-            try:
-                search.n_trials = max(search.n_trials, cap)
-            except AttributeError:
-                pass  # a read-only limit: skips then count against it, nothing worse
         search.initialize(dict(group.space))
         state = _GroupState(group=group, search=search)
         self._current = state
@@ -840,10 +844,9 @@ class SKAutoTuner:
                 break
             if self.dedupe and size is not None and len(state.seen) >= size:
                 break  # every configuration of a finite space has been handled
-            if search.is_finished():
-                break
-            params = search.get_next_params()
-            if params is None:
+            if search.is_finished() or (params := search.get_next_params()) is None:
+                if budget is not None and state.evaluated < budget and _at_proposal_cap(search):
+                    self._stop_at_cap(state, budget)  # the backend hit its own proposal cap
                 break
             self._run_trial(state, dict(params))
         self._finish_group(state)
@@ -961,6 +964,10 @@ class SKAutoTuner:
             score = told[1]
         else:
             score = told
+        if row["status"] in _FREE_STATUSES and _accepts_kwarg(search.update, "evaluated"):
+            # The user's functions did not run: the backend learns from it, but it does
+            # not use up n_trials. (An older backend without the keyword counts it.)
+            kwargs["evaluated"] = False
         if _accepts_kwarg(search.update, "attrs"):
             # Persistent backends keep the row so a resumed run can rebuild its results.
             kwargs["attrs"] = {"panther_row": self._storable_row(row)}

@@ -5,7 +5,12 @@ A search proposes parameter dicts one at a time and learns from their scores
 
     search.initialize(space)
     while (params := search.get_next_params()) is not None:
-        search.update(params, score, constraint=...)
+        search.update(params, score, constraint=..., evaluated=...)
+
+``n_trials`` counts *evaluations*: results told with ``evaluated=False``
+(proposals the tuner answered without running the user's functions) teach the
+backend but do not use up the budget. See :class:`SearchAlgorithm` for the full
+contract.
 
 Built-in backends and third-party plugins subclass :class:`SearchAlgorithm`
 and are registered by name through the ``panther_search_algorithms`` hook.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from panther.tuner.config import ParamSpec
@@ -54,15 +60,60 @@ def params_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 class SearchAlgorithm(ABC):
     """Base class of search algorithms.
 
-    Subclasses implement :meth:`initialize`, :meth:`get_next_params` and
-    :meth:`update`; the base keeps the best score and the trial history.
+    Subclasses implement :meth:`initialize`, :meth:`get_next_params`,
+    :meth:`is_finished` and usually :meth:`update`; the base keeps the best score,
+    the trial history and the evaluation/proposal counters.
+
+    **The evaluation budget.** ``n_trials`` is the number of *evaluations* a backend
+    proposes before it finishes (``None``: unbounded, e.g. a grid that just
+    enumerates). A result told with ``update(..., evaluated=False)`` is a proposal
+    the tuner answered without running the user's functions (skipped as no cheaper
+    than the original layer, or a repeat answered from its cache): the backend
+    learns from it like from any result, but it does not count toward ``n_trials``.
+    Failures reported through :meth:`report_failure` are evaluations.
+
+    **Termination.** A backend must still finish: when a finite space has been
+    exhausted, and after at most :meth:`proposal_cap` proposals (``PROPOSAL_CAP_FACTOR``
+    x ``n_trials``) so a search that only proposes unevaluated points ends.
+    Subclasses call :meth:`_count_proposal` for every proposal they hand out,
+    and use :meth:`_budget_spent` in :meth:`is_finished`; :meth:`update` and
+    :meth:`_count_result` keep the evaluation count.
+
+    **What the tuner reads besides the abstract methods** (all optional, read with
+    ``getattr``):
+
+    * ``n_trials`` -- see above; the tuner's per-group evaluation budget is
+      ``min(n_trials, max_trials)``.
+    * ``directions`` -- a list of ``"maximize"``/``"minimize"``, one per objective;
+      ``multi_objective`` tuning needs two.
+    * ``resumed_trials`` -- results a persistent backend loaded from an earlier run:
+      dicts with ``params``, ``score`` and ``attrs`` (and optionally ``number``,
+      ``constraint``, ``values``, ``evaluated``); the tuner rebuilds its rows from
+      ``attrs["panther_row"]``.
+    * ``update(values=..., attrs=...)`` -- ``values`` holds the objective values of a
+      multi-objective search, ``attrs`` JSON-serialisable extras a persistent backend
+      stores with the result (the tuner passes ``{"panther_row": row}``). The tuner
+      passes ``values``/``attrs``/``evaluated`` only to an ``update`` that declares
+      them (or takes ``**kwargs``).
     """
+
+    #: Proposals per unit of ``n_trials`` after which a search ends even though most
+    #: of its proposals went unevaluated (see :meth:`proposal_cap`).
+    PROPOSAL_CAP_FACTOR = 10
+    #: Evaluations to propose before finishing; ``None`` means unbounded.
+    n_trials: int | None = None
+    #: Objective directions of a multi-objective backend; ``None`` for one objective.
+    directions: list[str] | None = None
 
     def __init__(self) -> None:
         self.param_space: dict[str, ParamSpec] = {}
         self.history: list[tuple[dict[str, Any], float]] = []
         self._best_params: dict[str, Any] | None = None
         self._best_score: float | None = None
+        self._n_evaluated = 0
+        self._n_proposed = 0
+        #: Results loaded from an earlier run (persistent backends fill it in).
+        self.resumed_trials: list[dict[str, Any]] = []
 
     @abstractmethod
     def initialize(self, param_space: dict[str, ParamSpec]) -> None:
@@ -72,27 +123,93 @@ class SearchAlgorithm(ABC):
     def get_next_params(self) -> dict[str, Any] | None:
         """The next parameters to evaluate, or ``None`` when the search is finished."""
 
-    def update(self, params: dict[str, Any], score: float, constraint: float | None = None) -> None:
-        """Report the ``score`` of ``params`` (higher is better; always finite).
+    def update(
+        self,
+        params: dict[str, Any],
+        score: float,
+        constraint: float | None = None,
+        *,
+        evaluated: bool = True,
+        values: Sequence[float] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """Report the result of ``params``.
 
-        ``constraint`` is the accuracy shortfall (``<= 0`` means feasible) for
-        backends that can model constraints; others can ignore it, since the tuner
-        already grades infeasible scores below every feasible one.
+        Args:
+            params: the parameters, as proposed by :meth:`get_next_params`.
+            score: their score, higher is better; always finite from the tuner (it
+                grades rejected, failed and skipped points with finite penalties).
+            constraint: the accuracy shortfall (``<= 0`` means feasible) for backends
+                that can model constraints; others can ignore it, since the tuner
+                already grades infeasible scores below every feasible one.
+            evaluated: ``False`` when the tuner did not run the user's functions for
+                ``params`` (skipped as costlier, or a cached repeat): learn from the
+                result, but do not count it toward ``n_trials``, and never make it the
+                best (it was never measured).
+            values: the objective values of a multi-objective search (one per entry
+                of ``directions``); single-objective backends ignore them.
+            attrs: JSON-serialisable extras to store with the result (persistent
+                backends keep them for :attr:`resumed_trials`); others ignore them.
         """
         self.history.append((dict(params), float(score)))
-        if constraint is not None and constraint > 0:
+        self._count_result(evaluated)
+        if not evaluated or (constraint is not None and constraint > 0):
             return
         if self._best_score is None or score > self._best_score:
             self._best_score = float(score)
             self._best_params = dict(params)
 
+    # ------------------------------------------------------------------ budget
+
+    @property
+    def n_evaluated(self) -> int:
+        """Results told with ``evaluated=True`` (plus failures): what ``n_trials`` counts."""
+        return self._n_evaluated
+
+    @property
+    def n_proposed(self) -> int:
+        """Proposals handed out so far (what :meth:`proposal_cap` limits)."""
+        return self._n_proposed
+
+    def proposal_cap(self) -> int | None:
+        """The most proposals this search makes: ``PROPOSAL_CAP_FACTOR * n_trials`` (``None`` if unbounded)."""
+        n = getattr(self, "n_trials", None)
+        if not isinstance(n, int) or isinstance(n, bool):
+            return None
+        return self.PROPOSAL_CAP_FACTOR * n
+
+    def _count_proposal(self, n: int = 1) -> None:
+        """Record ``n`` proposals (call from :meth:`get_next_params`)."""
+        self._n_proposed += n
+
+    def _count_result(self, evaluated: bool = True) -> None:
+        """Record one told result; only evaluated ones use up ``n_trials``."""
+        if evaluated:
+            self._n_evaluated += 1
+
+    def _evaluations_left(self) -> int | None:
+        """Evaluations still in the budget (``None`` when unbounded)."""
+        n = getattr(self, "n_trials", None)
+        if not isinstance(n, int) or isinstance(n, bool):
+            return None
+        return max(0, n - self._n_evaluated)
+
+    def _budget_spent(self) -> bool:
+        """Whether ``n_trials`` evaluations were told or the proposal cap was reached."""
+        left = self._evaluations_left()
+        if left is None:
+            return False
+        cap = self.proposal_cap()
+        return left <= 0 or (cap is not None and self._n_proposed >= cap)
+
     def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
         """Tell the search that evaluating ``params`` failed (optional for backends).
 
-        The default does nothing, so a failed point may be proposed again; backends
-        with a trial log (Optuna) record it as failed.
+        A failure is an evaluation: it counts toward ``n_trials``. The default records
+        nothing else, so a failed point may be proposed again; backends with a trial
+        log (Optuna) record it as failed.
         """
-        return None
+        self._count_result(evaluated=True)
 
     def get_best_params(self) -> dict[str, Any] | None:
         """The best feasible parameters seen so far, or ``None``."""
@@ -127,6 +244,9 @@ class SearchAlgorithm(ABC):
         self.history = []
         self._best_params = None
         self._best_score = None
+        self._n_evaluated = 0
+        self._n_proposed = 0
+        self.resumed_trials = []
 
     def spawn(self, key: str) -> SearchAlgorithm:
         """A fresh search with the same settings, for the layer group named ``key``.

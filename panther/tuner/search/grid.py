@@ -33,7 +33,9 @@ class GridSearch(SearchAlgorithm):
 
     ``Categorical`` and stepped ``Int``/``Float`` spaces are enumerated; a continuous
     ``Float`` raises ``ValueError`` at :meth:`initialize`. The search finishes after
-    the last combination has been proposed.
+    the last combination has been proposed; it has no ``n_trials`` (``None``), so
+    whether a result was evaluated (``update(..., evaluated=...)``) does not change
+    what it proposes. Bound the evaluations with the tuner's ``max_trials``.
     """
 
     def __init__(self) -> None:
@@ -64,6 +66,7 @@ class GridSearch(SearchAlgorithm):
             self._exhausted = True
             return None
         self._proposed += 1
+        self._count_proposal()
         if self._proposed >= self._size:
             self._exhausted = True
         return dict(zip(self._names, values))

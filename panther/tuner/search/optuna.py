@@ -42,6 +42,10 @@ SCORE_ATTR = "panther_score"
 CONSTRAINT_ATTR = "panther_constraint"
 ERROR_ATTR = "panther_error"
 EXTRA_ATTR = "panther_attrs"
+# Set to False on trials told with ``evaluated=False`` (not counted toward n_trials).
+EVALUATED_ATTR = "panther_evaluated"
+# Statuses of tuner rows (``attrs["panther_row"]["status"]``) that ran no evaluation.
+_UNEVALUATED_STATUSES = ("skipped", "cached")
 
 _OPTUNA_PRIMITIVES = (type(None), bool, int, float, str)
 _DIRECTIONS = ("maximize", "minimize")
@@ -60,6 +64,19 @@ def _per_trial_constraints() -> bool:
 
 
 CONSTRAINT_KEY = "accuracy"
+
+
+def _was_evaluated(user_attrs: dict[str, Any]) -> bool:
+    """Whether a stored trial ran an evaluation (``False`` for skipped/cached proposals).
+
+    Reads the explicit marker :meth:`OptunaSearch.update` stores, and, for studies
+    written before it existed, the status of the tuner row kept in the trial's attrs.
+    """
+    if user_attrs.get(EVALUATED_ATTR) is False:
+        return False
+    extra = user_attrs.get(EXTRA_ATTR)
+    row = extra.get("panther_row") if isinstance(extra, dict) else None
+    return not (isinstance(row, dict) and row.get("status") in _UNEVALUATED_STATUSES)
 
 
 def _read_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
@@ -123,8 +140,11 @@ class OptunaSearch(SearchAlgorithm):
     """Search with an Optuna study (TPE by default), driven through ask/tell.
 
     Args:
-        n_trials: completed trials to reach; trials already completed in a resumed
-            study count towards it.
+        n_trials: evaluations to reach: completed trials told with ``evaluated=True`` and
+            failures. Trials told with ``evaluated=False`` (skipped or cached by the
+            tuner) are added to the study so the sampler learns from them but do not
+            count, up to the proposal cap of ``PROPOSAL_CAP_FACTOR * n_trials`` trials
+            asked. Evaluated trials already completed in a resumed study count towards it.
         sampler: an ``optuna.samplers.BaseSampler`` instance, or a registered name
             (``"tpe"``, ``"cmaes"``, ``"random"``, ``"grid"``, ``"qmc"``, ``"nsga2"``,
             ``"gp"``, ``"bruteforce"`` or one added by a plugin). Default: seeded TPE.
@@ -141,9 +161,10 @@ class OptunaSearch(SearchAlgorithm):
         directions: e.g. ``["maximize", "maximize"]`` for a multi-objective study;
             then :meth:`update` needs ``values`` and :meth:`pareto_front` gives the front.
 
-    Finishing: :meth:`get_next_params` returns ``None`` once ``n_trials`` trials have
-    completed (failures reported in this session count too, so a broken evaluator
-    cannot loop forever), or once every point of a finite space has been told.
+    Finishing: :meth:`get_next_params` returns ``None`` once ``n_trials`` evaluations
+    have completed (failures reported in this session count too, so a broken evaluator
+    cannot loop forever), at the proposal cap, or once every point of a finite space
+    has been told.
     Samplers may propose a point again; telling its score again is fine.
     """
 
@@ -195,12 +216,13 @@ class OptunaSearch(SearchAlgorithm):
         self._study: optuna.Study | None = None
         self._codecs: dict[str, _Codec] = {}
         self._pending: list[tuple[Any, dict[str, Any]]] = []
-        self._completed = 0
-        self._failed = 0
+        self._n_evaluated = 0
+        self._n_proposed = 0
         self._seen: set[Any] = set()
         self._space_size: int | None = None
         #: Trials found COMPLETE in storage when the study was resumed: dicts with
-        #: ``number``, ``params``, ``score``, ``constraint``, ``values`` and ``attrs``.
+        #: ``number``, ``params``, ``score``, ``constraint``, ``values``, ``attrs`` and
+        #: ``evaluated`` (False for trials told with ``evaluated=False``).
         self.resumed_trials: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ set-up
@@ -302,9 +324,12 @@ class OptunaSearch(SearchAlgorithm):
             if score is None:
                 score = trial.value if not self.multi_objective else trial.values[0]
             constraint = trial.user_attrs.get(CONSTRAINT_ATTR)
-            self._record(params, float(score), constraint)
+            evaluated = _was_evaluated(trial.user_attrs)
+            self._record(params, float(score), constraint, evaluated)
             self._seen.add(params_key(params))
-            self._completed += 1
+            # Every stored trial was a proposal (for the cap); only evaluations use n_trials.
+            self._count_proposal()
+            self._count_result(evaluated)
             self.resumed_trials.append(
                 {
                     "number": trial.number,
@@ -313,6 +338,7 @@ class OptunaSearch(SearchAlgorithm):
                     "constraint": constraint,
                     "values": tuple(trial.values),
                     "attrs": dict(trial.user_attrs.get(EXTRA_ATTR, {})),
+                    "evaluated": evaluated,
                 }
             )
 
@@ -330,6 +356,7 @@ class OptunaSearch(SearchAlgorithm):
             trial = self._study.ask({n: c.distribution for n, c in self._codecs.items()})
         params = {name: codec.decode(trial.params[name]) for name, codec in self._codecs.items()}
         self._pending.append((trial, params))
+        self._count_proposal()
         return params
 
     def _pop_pending(self, params: dict[str, Any]) -> Any | None:
@@ -354,6 +381,8 @@ class OptunaSearch(SearchAlgorithm):
         params: dict[str, Any],
         score: float,
         constraint: float | None = None,
+        *,
+        evaluated: bool = True,
         values: Sequence[float] | None = None,
         attrs: dict[str, Any] | None = None,
     ) -> None:
@@ -366,6 +395,10 @@ class OptunaSearch(SearchAlgorithm):
                 A non-finite score is recorded as a failed trial.
             constraint: accuracy shortfall, ``<= 0`` when feasible; constraint-aware
                 samplers (TPE, NSGA-II, GP chosen by name) learn from it.
+            evaluated: ``False`` when the tuner did not run the user's functions for
+                ``params`` (skipped or cached): the trial is completed in the study (the
+                sampler learns from it) and marked ``panther_evaluated=False``, but does
+                not count toward ``n_trials`` and never becomes the best.
             values: the objective values of a multi-objective study.
             attrs: JSON-serialisable extras stored on the trial (read back in
                 :attr:`resumed_trials` after a resume).
@@ -384,9 +417,13 @@ class OptunaSearch(SearchAlgorithm):
             told = [float(score)]
         trial = self._pop_pending(params)
         if not all(math.isfinite(v) for v in told) or not math.isfinite(float(score)):
-            self._record_failure(trial, params, f"non-finite score {score!r} / values {values!r}")
+            self._record_failure(
+                trial, params, f"non-finite score {score!r} / values {values!r}", evaluated
+            )
             return
         user_attrs: dict[str, Any] = {SCORE_ATTR: float(score)}
+        if not evaluated:
+            user_attrs[EVALUATED_ATTR] = False
         if constraint is not None:
             user_attrs[CONSTRAINT_ATTR] = float(constraint)
         if attrs:
@@ -401,9 +438,9 @@ class OptunaSearch(SearchAlgorithm):
                 self._tell(trial, values=told)
             else:
                 self._add_completed(params, told, user_attrs, constraint)
-        self._record(params, float(score), constraint)
+        self._record(params, float(score), constraint, evaluated)
         self._seen.add(params_key(params))
-        self._completed += 1
+        self._count_result(evaluated)
 
     def _add_completed(
         self,
@@ -436,10 +473,12 @@ class OptunaSearch(SearchAlgorithm):
             )
         )
 
-    def _record(self, params: dict[str, Any], score: float, constraint: float | None) -> None:
+    def _record(
+        self, params: dict[str, Any], score: float, constraint: float | None, evaluated: bool
+    ) -> None:
         # Like the base class, but a minimising study keeps the lowest score.
         self.history.append((dict(params), score))
-        if constraint is not None and constraint > 0:
+        if not evaluated or (constraint is not None and constraint > 0):
             return
         if self._best_score is None or (
             score < self._best_score if self.direction == "minimize" else score > self._best_score
@@ -456,19 +495,24 @@ class OptunaSearch(SearchAlgorithm):
             raise RuntimeError("call initialize(param_space) before report_failure()")
         self._record_failure(self._pop_pending(params), params, error)
 
-    def _record_failure(self, trial: Any, params: dict[str, Any], error: str | None) -> None:
+    def _record_failure(
+        self, trial: Any, params: dict[str, Any], error: str | None, evaluated: bool = True
+    ) -> None:
         state = _optuna().trial.TrialState
         if trial is not None:
             if error:
                 trial.set_user_attr(ERROR_ATTR, str(error)[:1000])
+            if not evaluated:
+                trial.set_user_attr(EVALUATED_ATTR, False)
             self._tell(trial, state=state.FAIL)
-        self._failed += 1
+        self._count_result(evaluated)
 
     def is_finished(self) -> bool:
-        """Whether ``n_trials`` trials are done or a finite space has been fully told."""
+        """Whether ``n_trials`` evaluations are done, the proposal cap was reached, or a
+        finite space has been fully told."""
         if self._study is None:
             return False
-        if self._completed + self._failed >= self.n_trials:
+        if self._budget_spent():
             return True
         return self._space_size is not None and len(self._seen) >= self._space_size
 

@@ -18,10 +18,12 @@ _MAX_REJECTIONS = 100
 
 
 class RandomSearch(SearchAlgorithm):
-    """Sample ``n_trials`` points uniformly (log-uniformly for ``log`` spaces).
+    """Sample points uniformly (log-uniformly for ``log`` spaces) until ``n_trials`` are evaluated.
 
     Args:
-        n_trials: how many points to propose at most.
+        n_trials: evaluations to propose: results told with ``evaluated=False``
+            (skipped or cached by the tuner) do not count, up to the proposal cap of
+            ``PROPOSAL_CAP_FACTOR * n_trials`` proposals.
         seed: seed of the generator; the same seed gives the same sequence.
 
     On a finite space points are drawn without replacement and the search
@@ -38,7 +40,6 @@ class RandomSearch(SearchAlgorithm):
         self._order: list[int] | None = None
         self._grid: list[list[Any]] = []
         self._names: list[str] = []
-        self._proposed = 0
         self._seen: set[Any] = set()
         self._size: int | None = None
         self._initialized = False
@@ -54,7 +55,9 @@ class RandomSearch(SearchAlgorithm):
         # log-scaled parameters must be drawn through their own sampler to stay log-uniform.
         uses_log = any(getattr(spec, "log", False) for spec in self.param_space.values())
         if self._grid and not uses_log:
-            self._order = self._rng.sample(range(self._size), min(self.n_trials, self._size))
+            # Enough indices for the proposal cap: unevaluated proposals don't use up n_trials.
+            cap = self.proposal_cap() or self.n_trials
+            self._order = self._rng.sample(range(self._size), min(cap, self._size))
         self._initialized = True
 
     def _decode(self, index: int) -> dict[str, Any]:
@@ -66,13 +69,13 @@ class RandomSearch(SearchAlgorithm):
         return dict(zip(self._names, reversed(values)))
 
     def get_next_params(self) -> dict[str, Any] | None:
-        """A new random point, or ``None`` after ``n_trials`` points or an exhausted space."""
+        """A new random point, or ``None`` after ``n_trials`` evaluations or an exhausted space."""
         if not self._initialized:
             raise RuntimeError("call initialize(param_space) before get_next_params()")
         if self.is_finished():
             return None
         if self._order is not None:
-            params = self._decode(self._order[self._proposed])
+            params = self._decode(self._order[self.n_proposed])
         else:
             for _ in range(_MAX_REJECTIONS):
                 params = {n: s.sample(self._rng) for n, s in self.param_space.items()}
@@ -87,15 +90,19 @@ class RandomSearch(SearchAlgorithm):
                     ]
                     params = self._rng.choice(left)
             self._seen.add(params_key(params))
-        self._proposed += 1
+        self._count_proposal()
         return params
 
     def is_finished(self) -> bool:
-        """Whether ``n_trials`` points were proposed or a finite space is exhausted."""
+        """Whether ``n_trials`` evaluations were told, the proposal cap was reached, or a
+        finite space is exhausted (every point proposed)."""
         if not self._initialized:
             return False
-        limit = self.n_trials if self._size is None else min(self.n_trials, self._size)
-        return self._proposed >= limit
+        if self._budget_spent():
+            return True
+        if self._order is not None and self.n_proposed >= len(self._order):
+            return True
+        return self._size is not None and self.n_proposed >= self._size
 
     def reset(self) -> None:
         """Forget results and re-seed the generator."""
@@ -104,7 +111,6 @@ class RandomSearch(SearchAlgorithm):
         self._order = None
         self._grid = []
         self._names = []
-        self._proposed = 0
         self._seen = set()
         self._size = None
         self._initialized = False

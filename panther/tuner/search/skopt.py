@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from panther.tuner.config import Categorical, Float, Int, ParamSpec, normalize_param_space
@@ -93,15 +94,17 @@ class SkoptSearch(SearchAlgorithm):
     """Bayesian optimisation with ``skopt.Optimizer`` (ask/tell), minimising ``-score``.
 
     Args:
-        n_trials: results to collect at most.
+        n_trials: evaluations to collect: results told with ``evaluated=False`` (skipped
+            or cached by the tuner) teach the surrogate but do not count, up to the
+            proposal cap of ``PROPOSAL_CAP_FACTOR * n_trials`` proposals.
         estimator: surrogate model: ``"GP"``, ``"RF"``, ``"ET"`` or ``"GBRT"``.
         seed: random state; the same seed gives the same sequence.
         n_initial_points: random points before the surrogate is used (clamped to the
             size of a finite space).
         acq_func: acquisition function: ``"gp_hedge"``, ``"EI"``, ``"PI"`` or ``"LCB"``.
 
-    The search finishes after ``n_trials`` results or once every point of a finite
-    space has been told. The optimizer may propose a point again; telling it again
+    The search finishes after ``n_trials`` evaluated results, at the proposal cap, or
+    once every point of a finite space has been told. The optimizer may propose a point again; telling it again
     is fine.
     """
 
@@ -136,7 +139,6 @@ class SkoptSearch(SearchAlgorithm):
     def _init_state(self) -> None:
         self._optimizer: Any = None
         self._dims: list[_Dim] = []
-        self._told = 0
         self._seen: set[Any] = set()
         self._size: int | None = None
         self._initialized = False
@@ -174,6 +176,7 @@ class SkoptSearch(SearchAlgorithm):
             raise RuntimeError("call initialize(param_space) before get_next_params()")
         if self.is_finished():
             return None
+        self._count_proposal()
         if self._optimizer is None:
             self._constant_only_proposed = True
             return self._decode([])
@@ -183,20 +186,31 @@ class SkoptSearch(SearchAlgorithm):
             x = self._optimizer.ask()
         return self._decode(x)
 
-    def update(self, params: dict[str, Any], score: float, constraint: float | None = None) -> None:
+    def update(
+        self,
+        params: dict[str, Any],
+        score: float,
+        constraint: float | None = None,
+        *,
+        evaluated: bool = True,
+        values: Sequence[float] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
         """Tell the optimizer ``-score`` for ``params``.
 
         A non-finite score is recorded as worse than every result so far (by the
         spread of the results seen, or 1.0), never as a huge constant that would
-        flatten the surrogate; it never becomes the best.
+        flatten the surrogate; it never becomes the best. ``evaluated=False``
+        results are told all the same but do not count toward ``n_trials``;
+        ``values`` and ``attrs`` are ignored (single objective, nothing stored).
         """
         score = float(score)
         finite = math.isfinite(score)
         if finite:
-            super().update(params, score, constraint)
+            super().update(params, score, constraint, evaluated=evaluated)
         else:
             self.history.append((dict(params), score))
-        self._told += 1
+            self._count_result(evaluated)
         self._seen.add(params_key(params))
         if self._optimizer is None:
             return
@@ -216,16 +230,17 @@ class SkoptSearch(SearchAlgorithm):
 
     def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
         """Count a failed evaluation towards ``n_trials`` and never propose it as new again."""
-        self._told += 1
+        self._count_result(evaluated=True)
         self._seen.add(params_key(params))
 
     def is_finished(self) -> bool:
-        """Whether ``n_trials`` results were told or a finite space is exhausted."""
+        """Whether ``n_trials`` evaluations were told, the proposal cap was reached, or a
+        finite space is exhausted."""
         if not self._initialized:
             return False
         if self._optimizer is None and self._constant_only_proposed:
             return True
-        if self._told >= self.n_trials:
+        if self._budget_spent():
             return True
         return self._size is not None and len(self._seen) >= self._size
 

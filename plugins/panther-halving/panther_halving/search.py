@@ -28,15 +28,17 @@ class HalvingSearch(SearchAlgorithm):
     (ranked by the best score seen with that value).
 
     Args:
-        n_trials: proposals at most.
+        n_trials: evaluations to propose: results told with ``evaluated=False`` (skipped
+            or cached by the tuner) still rank values but do not count, up to the
+            proposal cap of ``PROPOSAL_CAP_FACTOR * n_trials`` proposals.
         seed: seed of the batch designs; the same seed gives the same sequence.
         eta: reduction factor per round (``2`` halves every parameter's values).
         batch_size: configurations per round; default ``max(4, most values of any parameter)``
             so every value is tried in the first round.
         float_points: values a continuous ``Float`` is discretised to.
 
-    The search finishes after ``n_trials`` proposals or once the remaining product of
-    values has been fully proposed.
+    The search finishes after ``n_trials`` evaluations, at the proposal cap, or once
+    the remaining product of values has been fully proposed.
     """
 
     def __init__(
@@ -68,7 +70,6 @@ class HalvingSearch(SearchAlgorithm):
         self._rng = random.Random(self.seed)
         self._candidates: dict[str, list[Any]] = {}
         self._queue: list[dict[str, Any]] = []
-        self._proposed = 0
         self._seen: set[Any] = set()
         self._rounds = 0
         self._done = False
@@ -104,7 +105,11 @@ class HalvingSearch(SearchAlgorithm):
         return params_key(params) not in self._seen
 
     def _budget_left(self) -> int:
-        return self.n_trials - self._proposed
+        # Size batches by the evaluations left; unevaluated results leave room for more
+        # rounds, and the proposal cap bounds them.
+        left = self._evaluations_left() or 0
+        cap = self.proposal_cap()
+        return left if cap is None else max(0, min(left, cap - self.n_proposed))
 
     def _covering_batch(self) -> list[dict[str, Any]]:
         names = list(self._candidates)
@@ -213,12 +218,13 @@ class HalvingSearch(SearchAlgorithm):
                 return None
         params = self._queue.pop(0)
         self._seen.add(params_key(params))
-        self._proposed += 1
+        self._count_proposal()
         return params
 
     def is_finished(self) -> bool:
-        """Whether the budget is spent or the remaining product has been fully proposed."""
-        return self._initialized and (self._done or self._proposed >= self.n_trials)
+        """Whether ``n_trials`` evaluations were told, the proposal cap was reached, or the
+        remaining product has been fully proposed."""
+        return self._initialized and (self._done or self._budget_spent())
 
     def reset(self) -> None:
         """Forget everything and re-seed."""
