@@ -557,9 +557,8 @@ class SKAutoTuner:
         if self.progress:
             from tqdm.auto import tqdm
 
-            # Evaluations expected: the per-group budget (when there is one) times the groups.
-            total = (self._evaluation_budget(self.search_algorithm) or 0) * len(self.groups)
-            self._bar = tqdm(total=total or None, desc="tuning", unit="eval", leave=True)
+            self._bar = tqdm(total=self._expected_evaluations(), desc="tuning", unit="eval",
+                             leave=True)
         try:
             self._measure_baseline()
             for group in self.groups:
@@ -813,6 +812,21 @@ class SKAutoTuner:
         return hook
 
     # ------------------------------------------------------------------ internals: one group
+    def _expected_evaluations(self) -> int | None:
+        """Evaluations the whole run expects, for the progress bar (None when unbounded).
+
+        Each group evaluates at most its budget, and never more than its space holds.
+        """
+        budget = self._evaluation_budget(self.search_algorithm)
+        total = 0
+        for group in self.groups:
+            size = finite_space_size(group.space)
+            caps = [n for n in (budget, size) if n is not None]
+            if not caps:
+                return None
+            total += min(caps)
+        return total or None
+
     def _evaluation_budget(self, search: Any) -> int | None:
         """Evaluations per group: the backend's ``n_trials`` (when it has one), capped by ``max_trials``."""
         limits = [self.max_trials, getattr(search, "n_trials", None)]
