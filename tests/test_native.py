@@ -160,15 +160,20 @@ def test_sketched_linear_only_some_gradients():
 
 
 @needs_native
-def test_sketched_linear_large_input_path():
-    """Inputs over 16 MiB take the single-GEMM (concatenated factors) path in C++."""
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_sketched_linear_large_output_path(with_bias):
+    """Outputs over 8 MiB take the concatenated-right-factor (single output pass) path in C++."""
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(2100, 1024, dtype=torch.float64, generator=gen)  # 17.2 MB
-    S1, U2 = (torch.randn(1024, 6, dtype=torch.float64, generator=gen) for _ in range(2))
-    U1, S2 = (torch.randn(6, 5, dtype=torch.float64, generator=gen) for _ in range(2))
-    b = torch.randn(5, dtype=torch.float64, generator=gen)
-    fn = lambda *a: ops.sketched_linear(*a, 3)  # noqa: E731
-    _assert_same(*_both_paths(fn, [x, S1, U2, U1, S2, b]), torch.float64)
+    x = torch.randn(1100, 24, dtype=torch.float64, generator=gen)
+    S1, U2 = (torch.randn(24, 6, dtype=torch.float64, generator=gen) for _ in range(2))
+    U1, S2 = (torch.randn(6, 1024, dtype=torch.float64, generator=gen) for _ in range(2))  # 9 MB y
+    b = torch.randn(1024, dtype=torch.float64, generator=gen) if with_bias else None
+
+    def fn(x, S1, U2, U1, S2, *bias):
+        return ops.sketched_linear(x, S1, U2, U1, S2, bias[0] if bias else None, 3)
+
+    inputs = [x, S1, U2, U1, S2] + ([b] if with_bias else [])
+    _assert_same(*_both_paths(fn, inputs), torch.float64)
 
 
 @needs_native
@@ -442,3 +447,45 @@ def test_cuda_ops_match_reference(dtype):
         want = _run(make("cpu"), inputs, "reference")
         got = _run(make("cuda"), [t.cuda() for t in inputs], "native")
         _assert_same(got, want, dtype)
+
+
+# --- FLOP counting -------------------------------------------------------------------------------
+
+
+@needs_native
+def test_flop_counter_counts_native_ops_like_their_reference():
+    """FlopCounterMode sees the custom ops (registered formulas) and agrees with the GEMMs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(0)
+    rows, in_f, out_f, L, k = 5, 12, 10, 2, 3
+    n = L * k
+    x = torch.randn(rows, in_f, generator=g, requires_grad=True)
+    S1, U2 = (torch.randn(in_f, n, generator=g, requires_grad=True) for _ in range(2))
+    U1, S2 = (torch.randn(n, out_f, generator=g, requires_grad=True) for _ in range(2))
+    bias = torch.randn(out_f, generator=g, requires_grad=True)
+
+    def count(mode: str) -> tuple[int, dict]:
+        with native.use_backend(mode), FlopCounterMode(display=False) as counter:
+            ops.sketched_linear(x, S1, U2, U1, S2, bias, L).sum().backward()
+        per_op = {str(op): c for op, c in counter.get_flop_counts()["Global"].items()}
+        return counter.get_total_flops(), per_op
+
+    native_total, native_ops = count("native")
+    reference_total, _ = count("reference")
+    forward = 2 * rows * in_f * 2 * n + 2 * rows * 2 * n * out_f
+    assert native_ops["panther.sketched_linear"] == forward
+    assert "panther.sketched_linear_backward" in native_ops
+    # The reference path is the same two GEMMs forward and the same products backward.
+    assert native_total == reference_total
+
+    h = torch.randn(3, 64, generator=g)
+    with FlopCounterMode(display=False) as counter:
+        ops.fwht(h)
+    assert counter.get_total_flops() == 3 * 64 * 6
+
+    q = torch.rand(1, 2, 7, 4, generator=g)
+    v = torch.randn(1, 2, 7, 5, generator=g)
+    with FlopCounterMode(display=False) as counter:
+        ops.causal_linear_attention(q, q, v)
+    assert counter.get_total_flops() == 2 * 7 * (4 * 4 * 5 + 3 * 4)

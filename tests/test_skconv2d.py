@@ -250,3 +250,29 @@ def test_svd_init_exact_when_sketch_exceeds_out_channels():
     # a squared loss: with sum() a spare sign row summing to zero would get no gradient
     layer(torch.randn(1, 3, 5, 5, dtype=torch.float64)).pow(2).sum().backward()
     assert (layer.S.grad.flatten(1).abs().sum(1) > 0).all()
+
+
+def test_svd_init_reuses_cached_factorization_until_kernel_changes():
+    from panther.nn.linear import _SINGULAR_CACHE
+
+    torch.manual_seed(2)
+    conv = nn.Conv2d(6, 40, 3)
+    _SINGULAR_CACHE.clear()
+    first = SKConv2d.from_conv2d(conv, 1, 4, seed=1, init="svd")
+    second = SKConv2d.from_conv2d(conv, 1, 4, seed=1, init="svd")
+    assert (_SINGULAR_CACHE.hits, _SINGULAR_CACHE.misses) == (1, 1)
+    torch.testing.assert_close(first.S, second.S, rtol=0, atol=0)
+    torch.testing.assert_close(first.U, second.U, rtol=0, atol=0)
+    with torch.no_grad():
+        conv.weight.add_(1.0)
+    third = SKConv2d.from_conv2d(conv, 1, 4, seed=1, init="svd")
+    assert _SINGULAR_CACHE.misses == 2
+    assert not torch.allclose(third.S, first.S)
+
+
+def test_non_finite_kernel_is_rejected_with_a_clear_error():
+    conv = nn.Conv2d(3, 8, 3)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        SKConv2d.from_conv2d(conv, 1, 2, init="svd")

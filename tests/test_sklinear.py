@@ -342,3 +342,87 @@ def test_end_to_end_svd_sketch_of_low_rank_mlp_is_lossless():
             assert err < bound
         else:
             assert err > 0.05  # a random sketch of the same size is visibly lossy
+
+
+# -- the init="svd" factorization cache ------------------------------------------------------
+
+
+def _svd_state(layer: SKLinear) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in layer.state_dict().items()}
+
+
+def test_svd_cache_hit_equals_uncached_build_across_seeds():
+    from panther.nn.linear import _SINGULAR_CACHE
+
+    torch.manual_seed(0)
+    lin = nn.Linear(120, 90)  # randomized range finder path: 2 * (2*1*6 + 10) < 90
+    _SINGULAR_CACHE.clear()
+    first = SKLinear.from_linear(lin, 1, 6, seed=3, init="svd")
+    assert (_SINGULAR_CACHE.hits, _SINGULAR_CACHE.misses) == (0, 1)
+    cached = SKLinear.from_linear(lin, 1, 6, seed=4, init="svd")
+    assert (_SINGULAR_CACHE.hits, _SINGULAR_CACHE.misses) == (1, 1)
+    _SINGULAR_CACHE.enabled = False
+    try:
+        uncached = SKLinear.from_linear(lin, 1, 6, seed=4, init="svd")
+        again = SKLinear.from_linear(lin, 1, 6, seed=3, init="svd")
+    finally:
+        _SINGULAR_CACHE.enabled = True
+    for name, value in _svd_state(uncached).items():
+        torch.testing.assert_close(_svd_state(cached)[name], value, rtol=0, atol=0)
+    for name, value in _svd_state(again).items():
+        torch.testing.assert_close(_svd_state(first)[name], value, rtol=0, atol=0)
+    # A different rank is a different entry.
+    SKLinear.from_linear(lin, 2, 6, seed=4, init="svd")
+    assert _SINGULAR_CACHE.misses == 2
+
+
+@pytest.mark.parametrize("change", ["in_place", "data_bypass", "replace_data"])
+def test_svd_cache_invalidated_when_weight_changes(change):
+    from panther.nn.linear import _SINGULAR_CACHE
+
+    torch.manual_seed(1)
+    lin = nn.Linear(64, 48)
+    _SINGULAR_CACHE.clear()
+    before = SKLinear.from_linear(lin, 1, 4, seed=0, init="svd")
+    if change == "in_place":
+        with torch.no_grad():
+            lin.weight.mul_(-2.0)  # bumps the version counter
+    elif change == "data_bypass":
+        lin.weight.data.normal_()  # .data does not bump the version: the fingerprint catches it
+    else:
+        lin.weight.data = torch.randn(48, 64)
+    after = SKLinear.from_linear(lin, 1, 4, seed=0, init="svd")
+    assert _SINGULAR_CACHE.hits == 0 and _SINGULAR_CACHE.misses == 2
+    _SINGULAR_CACHE.enabled = False
+    try:
+        fresh = SKLinear.from_linear(lin, 1, 4, seed=0, init="svd")
+    finally:
+        _SINGULAR_CACHE.enabled = True
+    torch.testing.assert_close(after.S1, fresh.S1, rtol=0, atol=0)
+    torch.testing.assert_close(after.S2, fresh.S2, rtol=0, atol=0)
+    assert not torch.allclose(after.S2, before.S2)
+
+
+def test_svd_cache_entries_die_with_the_weight_and_are_bounded():
+    import gc
+
+    from panther.nn.linear import _SINGULAR_CACHE
+
+    _SINGULAR_CACHE.clear()
+    lin = nn.Linear(40, 30)
+    for k in range(1, _SINGULAR_CACHE.per_weight + 3):
+        SKLinear.from_linear(lin, 1, k, seed=0, init="svd")
+    assert len(_SINGULAR_CACHE._entries[lin.weight]) == _SINGULAR_CACHE.per_weight
+    assert len(_SINGULAR_CACHE._entries) == 1
+    del lin
+    gc.collect()
+    assert len(_SINGULAR_CACHE._entries) == 0
+
+
+def test_non_finite_weight_is_rejected_with_a_clear_error():
+    lin = nn.Linear(8, 6)
+    with torch.no_grad():
+        lin.weight[2, 3] = float("nan")
+    for init in ("random", "svd"):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            SKLinear.from_linear(lin, 1, 2, init=init)

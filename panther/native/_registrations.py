@@ -115,6 +115,94 @@ def _causal_backward(ctx, grad_out, grad_den):
     return (*[g if need else None for g, need in zip(grads, mask)], None)
 
 
+# --- FLOP formulas (torch.utils.flop_counter) ------------------------------------------------
+#
+# Counted the way torch counts its own ops: 2 per multiply-add of a product, 1 per addition;
+# bias additions and scalings are not counted (as for aten.addmm). FlopCounterMode calls each
+# formula with the shapes of the tensor arguments, the other arguments as given.
+
+
+def _sketched_linear_flop(x, S1, U2, U1, S2, bias, num_terms, *args, out_shape=None, **kwargs):
+    rows, in_f = x
+    two_n = 2 * S1[1]
+    return 2 * rows * in_f * two_n + 2 * rows * two_n * U1[1]
+
+
+def _sketched_linear_backward_flop(grad, x, t, S1, U2, U1, S2, num_terms, output_mask,
+                                   *args, out_shape=None, **kwargs):
+    rows, out_f = grad
+    in_f, n = S1
+    need_gx, need_s1, need_u2, need_u1, need_s2 = list(output_mask)[:5]
+    flops = 0
+    if need_gx or need_s1 or need_u2:
+        flops += 2 * rows * out_f * 2 * n  # gT = grad @ [U1; S2]^T
+    if need_gx:
+        flops += 2 * rows * 2 * n * in_f
+    flops += 2 * in_f * rows * n * (int(bool(need_s1)) + int(bool(need_u2)))
+    flops += 2 * n * rows * out_f * (int(bool(need_u1)) + int(bool(need_s2)))
+    return flops
+
+
+def _fwht_flop(x, *args, out_shape=None, **kwargs):
+    numel = 1
+    for size in x:
+        numel *= size
+    n = x[-1] if len(x) else 1
+    return numel * max(n.bit_length() - 1, 0)  # log2(n) butterfly additions per entry
+
+
+def _sparse_flop(x, rows, values, m, *args, out_shape=None, **kwargs):
+    return 2 * x[0] * rows[0] * rows[1]
+
+
+def _sparse_backward_flop(grad, x, rows, values, output_mask, *args, out_shape=None, **kwargs):
+    per_output = 2 * x[0] * rows[0] * rows[1]
+    return per_output * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def _causal_flop(q, k, v, eps, *args, out_shape=None, **kwargs):
+    batch, heads, n, m = q
+    d = v[-1]
+    # State update k_t v_t^T and read-out q_t S_t, plus the normaliser's update and read-out.
+    return batch * heads * n * (4 * m * d + 3 * m)
+
+
+def _causal_backward_flop(grad, q, k, v, out, den, output_mask, *args, out_shape=None, **kwargs):
+    batch, heads, n, m = q
+    d = v[-1]
+    need_q, need_k, need_v = (bool(b) for b in output_mask)
+    per_step = 0
+    if need_q:
+        per_step += 2 * m * d + 3 * m  # grad through the forward state and normaliser
+    if need_k or need_v:
+        per_step += 2 * m * d + 3 * m  # the reverse-time state of q_t grad_t^T
+    if need_k:
+        per_step += 2 * m * d + 2 * m
+    if need_v:
+        per_step += 2 * m * d
+    return batch * heads * n * per_step
+
+
+def _register_flop_formulas() -> None:
+    from torch.utils.flop_counter import register_flop_formula
+
+    ops = torch.ops.panther
+    formulas = {
+        ops.sketched_linear: _sketched_linear_flop,
+        ops.sketched_linear_backward: _sketched_linear_backward_flop,
+        ops.fwht: _fwht_flop,
+        ops.sparse_sketch_apply: _sparse_flop,
+        ops.sparse_sketch_apply_backward: _sparse_backward_flop,
+        ops.causal_linear_attention: _causal_flop,
+        ops.causal_linear_attention_backward: _causal_backward_flop,
+    }
+    from torch.utils.flop_counter import flop_registry
+
+    for target, formula in formulas.items():
+        if target not in flop_registry:  # a re-import of this module must not raise
+            register_flop_formula(target)(formula)
+
+
 def register() -> None:
     """Attach the fake kernels and autograd formulas (idempotent; needs the library loaded)."""
     global _REGISTERED
@@ -135,4 +223,5 @@ def register() -> None:
     lib.register_fake("panther::causal_linear_attention_backward", _causal_backward_fake)
     lib.register_autograd("panther::causal_linear_attention", _causal_backward,
                           setup_context=_causal_setup)
+    _register_flop_formulas()
     _REGISTERED = True

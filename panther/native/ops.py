@@ -13,6 +13,8 @@ Non-contiguous inputs are fine: the kernels make their own contiguous copies whe
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -89,7 +91,7 @@ def sketched_linear(x: Tensor, S1: Tensor, U2: Tensor, U1: Tensor, S2: Tensor,
     if not _use_native("sketched_linear", tensors, cuda_generic=True):
         return reference.sketched_linear(x, S1, U2, U1, S2, bias, num_terms)
     lead = x.shape[:-1]
-    y, _ = _ops().sketched_linear(x.reshape(-1, x.shape[-1]), S1, U2, U1, S2, bias,
+    y, _ = _ops().sketched_linear(x.reshape(math.prod(lead), x.shape[-1]), S1, U2, U1, S2, bias,
                                   int(num_terms))
     return y.reshape(*lead, U1.shape[1])
 
@@ -123,7 +125,7 @@ def sparse_sketch_apply(x: Tensor, rows: Tensor, values: Tensor, m: int) -> Tens
     if not _use_native("sparse_sketch_apply", [x], same_device=(rows, values)):
         return reference.sparse_sketch_apply(x, rows, values, m)
     lead = x.shape[:-1]
-    out = _ops().sparse_sketch_apply(x.reshape(-1, x.shape[-1]), rows.to(torch.long),
+    out = _ops().sparse_sketch_apply(x.reshape(math.prod(lead), x.shape[-1]), rows.to(torch.long),
                                      values.to(x.dtype), int(m))
     return out.reshape(*lead, int(m))
 

@@ -7,6 +7,8 @@ Every function here is differentiable through ordinary autograd.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -36,11 +38,16 @@ def sketched_linear(
     """
     left = torch.cat([S1, U2], dim=1)  # (in, 2Lk)
     right = torch.cat([U1, S2], dim=0)  # (2Lk, out)
-    y = (x @ left) @ right
-    y = y * (1.0 / (2 * num_terms))
+    scale = 1.0 / (2 * num_terms)
+    lead = x.shape[:-1]
+    t = x.reshape(math.prod(lead), x.shape[-1]) @ left
+    # Scale and bias are fused into the second GEMM, so the (rows, out) output is written once
+    # instead of once per step (GEMM, scale, bias).
     if bias is not None:
-        y = y + bias
-    return y
+        y = torch.addmm(bias, t, right, alpha=scale)
+    else:
+        y = (t * scale) @ right
+    return y.reshape(*lead, right.shape[1])
 
 
 def fwht(x: Tensor) -> Tensor:

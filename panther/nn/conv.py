@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panther.nn.linear import (
+    _SINGULAR_CACHE,
+    _check_finite,
     _check_init,
     _check_size,
     _generator,
     _resolve_seed,
     _sign_matrix,
-    _top_singular,
     _work_dtype,
 )
 
@@ -57,7 +58,11 @@ def _pair(name: str, value: object, minimum: int) -> tuple[int, int]:
 
 
 def _svd_conv_sketch(
-    Wm: Tensor, num_terms: int, low_rank: int, generator: torch.Generator
+    Wm: Tensor,
+    num_terms: int,
+    low_rank: int,
+    generator: torch.Generator,
+    source: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Data-aware ``(U (2Lk, out), S (2Lk, D))`` for the unfolded kernel ``Wm`` (``out x D``).
 
@@ -65,12 +70,13 @@ def _svd_conv_sketch(
     singular vectors of ``Wm`` (orthonormal), so with ``S = U Wm`` the layer computes
     ``1/(2L) U^T S = P Wm``, the rank-``q`` truncated SVD of the kernel along its output
     mode. Spare rows (when ``2Lk > q``) are random unit vectors with zero ``S`` rows: they
-    add nothing at initialisation but can learn.
+    add nothing at initialisation but can learn. ``source`` is the kernel object ``Wm`` was
+    unfolded from, the key of the factorization cache.
     """
     out_c, D = Wm.shape
     m = 2 * num_terms * low_rank
     scale = math.sqrt(2 * num_terms)
-    Ul, _, _ = _top_singular(Wm, min(m, out_c, D), generator)
+    Ul, _, _ = _SINGULAR_CACHE.lookup(source, "conv_out_mode", Wm, min(m, out_c, D))
     q = Ul.shape[1]
     U = _sign_matrix(m, out_c, scale / math.sqrt(out_c), generator).to(Wm.device, Wm.dtype)
     U[:q] = Ul.T * scale
@@ -229,6 +235,7 @@ class SKConv2d(nn.Module):
         expected = (self.out_channels, self.in_channels, *self.kernel_size)
         if tuple(weight.shape) != expected:
             raise ValueError(f"weight must have shape {expected}, got {tuple(weight.shape)}")
+        _check_finite(weight)
         work = _work_dtype(self.S.dtype)
         Wm = weight.detach().to(device=self.S.device, dtype=work).reshape(self.out_channels, -1)
         gen = _generator(self.seed)
@@ -238,7 +245,7 @@ class SKConv2d(nn.Module):
             U = U.to(Wm.device, work)
             S = U @ Wm
         else:
-            U, S = _svd_conv_sketch(Wm, self.num_terms, self.low_rank, gen)
+            U, S = _svd_conv_sketch(Wm, self.num_terms, self.low_rank, gen, source=weight)
         self.U.copy_(U)
         self.S.copy_(S.reshape(self.S.shape))
 

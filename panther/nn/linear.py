@@ -23,12 +23,17 @@ dispatched through :func:`panther.native.ops.sketched_linear`.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import numbers
+import threading
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from panther.native import ops
 
@@ -59,6 +64,15 @@ def _check_init(init: object) -> str:
     if not isinstance(init, str) or init not in INIT_METHODS:
         raise ValueError(f"init must be one of {list(INIT_METHODS)}, got {init!r}")
     return init
+
+
+def _check_finite(weight: Tensor) -> None:
+    """Reject a weight with NaN/inf entries: every sketch of it would be NaN everywhere."""
+    if not bool(torch.isfinite(weight.detach()).all()):
+        raise ValueError(
+            "the weight to sketch contains NaN or infinite entries; fix or re-initialise the "
+            "original layer's weight before sketching it"
+        )
 
 
 def _resolve_seed(seed: object) -> int:
@@ -95,35 +109,164 @@ def _sign_matrix(rows: int, cols: int, scale: float, generator: torch.Generator)
     return (signs * 2 - 1).to(torch.float64) * scale
 
 
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Run a block with torch's intra-op pool (OpenMP, MKL/LAPACK) limited to one thread.
+
+    LAPACK's QR and SVD run long sequences of small parallel steps: threads gain little on
+    them, and on a busy machine every OpenMP barrier can wait for a descheduled worker
+    (measured on 2 oversubscribed cores: a 160x64 SVD took ~1 s instead of ~1 ms; the
+    range finder of a 1024x1024 weight at rank 32 took 0.55-2.0 s instead of 0.18 s). The
+    GEMMs of the range finder stay outside this block: they do scale with threads.
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# The range finder's test matrix comes from a fixed seed, not the layer's: the result then
+# depends on the weight alone, so it can be cached across layers built with different seeds.
+_RANGE_FINDER_SEED = 0x5EED
+
+
 def _top_singular(
-    W: Tensor, q: int, generator: torch.Generator, oversample: int = 10, power_iters: int = 4
+    W: Tensor, q: int, oversample: int = 10, power_iters: int = 4
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``q`` singular triplets ``(U (m, q), s (q,), Vh (q, n))`` of ``W`` (``m x n``).
 
     Uses a thin exact SVD when ``q`` is a sizeable fraction of the rank, and otherwise a
     randomized range finder with ``power_iters`` subspace iterations (Halko, Martinsson and
-    Tropp, 2011), seeded by ``generator`` so it is reproducible.
+    Tropp, 2011) whose test matrix is drawn from a fixed seed, so the result is a
+    deterministic function of ``W``.
     """
     m, n = W.shape
     r = min(m, n)
     q = min(q, r)
     if 2 * (q + oversample) >= r:
-        U, s, Vh = torch.linalg.svd(W, full_matrices=False)
+        with _single_threaded():
+            U, s, Vh = torch.linalg.svd(W, full_matrices=False)
         return U[:, :q], s[:q], Vh[:q]
     p = q + oversample
-    omega = torch.randn(n, p, generator=generator, dtype=torch.float64).to(W.device, W.dtype)
-    Q = torch.linalg.qr(W @ omega).Q
+    omega = torch.randn(n, p, generator=_generator(_RANGE_FINDER_SEED), dtype=torch.float64)
+    omega = omega.to(W.device, W.dtype)
+    Y = W @ omega
+    with _single_threaded():
+        Q = torch.linalg.qr(Y).Q
     for _ in range(power_iters):
         # Re-orthonormalising each half-step keeps the small singular directions from being
         # washed out by rounding (the power scheme alone loses them in float32).
-        Z = torch.linalg.qr(W.T @ Q).Q
-        Q = torch.linalg.qr(W @ Z).Q
-    Ub, s, Vh = torch.linalg.svd(Q.T @ W, full_matrices=False)
+        Z = W.T @ Q
+        with _single_threaded():
+            Z = torch.linalg.qr(Z).Q
+        Y = W @ Z
+        with _single_threaded():
+            Q = torch.linalg.qr(Y).Q
+    B = Q.T @ W
+    with _single_threaded():
+        Ub, s, Vh = torch.linalg.svd(B, full_matrices=False)
     return (Q @ Ub)[:, :q], s[:q], Vh[:q]
 
 
+class _SingularCache:
+    """Top singular factors of weights already factorized, so rebuilding is cheap.
+
+    The tuner builds many sketched layers from one original layer (one per trial); with
+    ``init="svd"`` each build would repeat the same factorization (0.1-0.5 s at width 1024,
+    seconds at 4096). Entries are keyed weakly on the caller's weight object, so they die
+    with it, and per weight on everything the factors depend on: its ``_version`` (bumped by
+    every in-place change, optimizer steps and ``load_state_dict`` included), storage
+    pointer, shape, stride, dtype, device, the view of it that was factorized and the rank.
+    Changes that bypass the version counter (``weight.data.normal_()``) are caught by a
+    fingerprint (sum, sum of squares and a strided sample of the entries) checked on every hit.
+    At most :attr:`per_weight` entries are kept for each weight (least recently used first out).
+    """
+
+    per_weight = 4
+
+    def __init__(self) -> None:
+        self._entries: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._lock = threading.Lock()
+        self.enabled = True
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _fingerprint(W: Tensor) -> Tensor:
+        # Read the entries in memory order: a transposed view is not copied.
+        base = W.mT if not W.is_contiguous() and W.mT.is_contiguous() else W
+        flat = base.reshape(-1)
+        step = max(1, flat.numel() // 1024)
+        stats = torch.stack([flat.sum(dtype=torch.float64),
+                             torch.dot(flat, flat).to(torch.float64)])
+        return torch.cat([stats, flat[::step].to(torch.float64)])
+
+    def top_singular(
+        self, source: Tensor, view: str, W: Tensor, q: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``_top_singular(W, q)`` where ``W`` is ``view`` (a label) of the weight ``source``."""
+        if not self.enabled:
+            return _top_singular(W, q)
+        key = (
+            view, q, source._version, source.data_ptr(), tuple(source.shape), source.stride(),
+            source.dtype, W.dtype, W.device, tuple(W.shape),
+        )
+        fingerprint = self._fingerprint(W)
+        with self._lock:
+            per_source = self._entries.get(source)
+            hit = per_source.get(key) if per_source is not None else None
+            if hit is not None and torch.equal(hit[0], fingerprint):
+                per_source.move_to_end(key)
+                self.hits += 1
+                return hit[1]
+            self.misses += 1
+        # Factorize outside the lock: two threads may both miss on one weight, and the second
+        # result simply replaces the first (they are equal).
+        factors = _top_singular(W, q)
+        with self._lock:
+            per_source = self._entries.get(source)
+            if per_source is None:
+                per_source = collections.OrderedDict()
+                self._entries[source] = per_source
+            per_source[key] = (fingerprint, factors)
+            per_source.move_to_end(key)
+            while len(per_source) > self.per_weight:
+                per_source.popitem(last=False)
+        return factors
+
+    def lookup(
+        self, source: Tensor | None, view: str, W: Tensor, q: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Cached :meth:`top_singular` when ``source`` can be keyed, else a fresh factorization.
+
+        Inference tensors have no version counter, so they are never cached.
+        """
+        if source is None or source.is_inference():
+            return _top_singular(W, q)
+        return self.top_singular(source, view, W, q)
+
+    def clear(self) -> None:
+        """Drop every entry and reset the hit/miss counters."""
+        with self._lock:
+            self._entries = WeakIdKeyDictionary()
+            self.hits = self.misses = 0
+
+
+#: Process-wide cache used by ``init="svd"`` in :class:`SKLinear` and ``SKConv2d``.
+_SINGULAR_CACHE = _SingularCache()
+
+
 def _svd_linear_factors(
-    W: Tensor, num_terms: int, low_rank: int, generator: torch.Generator
+    W: Tensor,
+    num_terms: int,
+    low_rank: int,
+    generator: torch.Generator,
+    source: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Data-aware stacked ``(S1, U2, U1, S2)`` for ``W`` (``in x out``).
 
@@ -135,13 +278,14 @@ def _svd_linear_factors(
     truncated SVD of ``W``: the two halves cover *different* singular blocks, so nothing
     is counted twice and no noise is added. When ``2n`` exceeds the rank bound the spare
     sketch rows/columns are random unit vectors whose ``S`` entries start at zero: they
-    add nothing to the output but still learn if the layer is trained.
+    add nothing to the output but still learn if the layer is trained. ``source`` is the
+    weight object ``W`` was derived from, the key of the factorization cache.
     """
     in_f, out_f = W.shape
     n = num_terms * low_rank
     scale = math.sqrt(2 * num_terms)
     q = min(2 * n, in_f, out_f)
-    Ul, _, Vh = _top_singular(W, q, generator)
+    Ul, _, Vh = _SINGULAR_CACHE.lookup(source, "linear", W, q)
     q = Vh.shape[0]
     a = min(n, q)
     b = q - a
@@ -185,6 +329,8 @@ class SKLinear(nn.Module):
             ``"svd"`` for sketches taken from the weight's dominant singular subspaces,
             which makes the layer the rank-``min(2*L*k, in, out)`` truncated SVD of the
             weight (far more accurate for trained weights, same structure and cost).
+            The factorization is cached per weight object and version, so building many
+            layers from one trained layer (as the tuner does) factorizes it once.
 
     Attributes:
         S1: learnable ``(in, L*k)``; column block ``i`` is ``S1_i``.
@@ -296,6 +442,7 @@ class SKLinear(nn.Module):
         expected = (self.out_features, self.in_features)
         if tuple(weight.shape) != expected:
             raise ValueError(f"weight must have shape {expected}, got {tuple(weight.shape)}")
+        _check_finite(weight)
         work = _work_dtype(self.S1.dtype)
         W = weight.detach().to(device=self.S1.device, dtype=work).T  # (in, out)
         gen = _generator(self.seed)
@@ -307,7 +454,9 @@ class SKLinear(nn.Module):
             S1 = W @ U1.T
             S2 = U2.T @ W
         else:
-            S1, U2, U1, S2 = _svd_linear_factors(W, self.num_terms, self.low_rank, gen)
+            S1, U2, U1, S2 = _svd_linear_factors(
+                W, self.num_terms, self.low_rank, gen, source=weight
+            )
         self.S1.copy_(S1)
         self.S2.copy_(S2)
         self.U1.copy_(U1)
@@ -351,7 +500,9 @@ class SKLinear(nn.Module):
         """Sketch an existing ``nn.Linear``: copies its weight and bias, device, dtype and mode."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        weight = linear.weight.detach()
+        # The parameter itself (not a detached alias) keys the init="svd" factorization cache,
+        # so building many layers from one original factorizes its weight once.
+        weight = linear.weight
         layer = cls(
             linear.in_features,
             linear.out_features,
