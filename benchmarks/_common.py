@@ -23,6 +23,7 @@ API:
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -98,26 +99,40 @@ def time_fns(
     repeats: int = 10,
     sync: Callable[[], None] | None = None,
     stat: str = "median",
+    min_block_s: float = 0.02,
 ) -> dict[str, float]:
-    """Median (or ``stat="min"``) seconds of each named function, timed interleaved."""
+    """Median (or ``stat="min"``) seconds per call of each named function, timed interleaved.
+
+    Each repeat times a block of back-to-back calls lasting at least ``min_block_s``
+    (the count is calibrated per function after warm-up), so sub-millisecond functions are
+    measured in steady state rather than cold after the previous function evicted the
+    caches, and timer resolution does not matter. Blocks of the functions alternate, so
+    background load affects all of them alike.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if stat not in ("median", "min"):
         raise ValueError(f"stat must be 'median' or 'min', got {stat!r}")
     reduce = statistics.median if stat == "median" else min
-    for fn in fns.values():
+
+    def run_block(fn: Callable[[], Any], calls: int) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if sync is not None:
+            sync()
+        return time.perf_counter() - start
+
+    calls: dict[str, int] = {}
+    for name, fn in fns.items():
         for _ in range(warmup):
             fn()
-    if sync is not None:
-        sync()
+        one = max(run_block(fn, 1), 1e-7)
+        calls[name] = max(1, min(10_000, math.ceil(min_block_s / one)))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if sync is not None:
-                sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(run_block(fn, calls[name]) / calls[name])
     return {name: reduce(ts) for name, ts in times.items()}
 
 

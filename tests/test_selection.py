@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 import pytest
@@ -116,6 +117,56 @@ def test_no_match_lists_close_names(transformer):
         select_layers(transformer, "encoder.layers.0.linear3")
     msg = str(err.value)
     assert "encoder.layers.0.linear3" in msg and "encoder.layers.0.linear1" in msg
+
+
+def _close_names(msg: str) -> list[str]:
+    found = re.search(r"close layer names: (\[[^\]]*\])", msg)
+    assert found, msg
+    return ast.literal_eval(found.group(1))
+
+
+def _error(model: nn.Module, selector) -> str:
+    with pytest.raises(ValueError) as err:
+        select_layers(model, selector)
+    return str(err.value)
+
+
+def test_close_names_prefer_layers_with_parameters():
+    model = _mlp()  # Linear at even positions, ReLU at odd ones
+    close = _close_names(_error(model, "30"))
+    assert close and len(close) <= 5
+    assert all(isinstance(model[int(n)], nn.Linear) for n in close)
+
+
+def test_close_names_leave_out_containers(transformer):
+    modules = dict(transformer.named_modules())
+    close = _close_names(_error(transformer, "encoder.layer.1"))
+    assert close and len(close) <= 5
+    # encoder, encoder.layers and encoder.layers.<i> only hold other modules
+    assert not any(next(modules[n].children(), None) is not None and not list(modules[n].parameters(False))
+                   for n in close)
+    assert not {"encoder", "encoder.layers", "encoder.layers.1"} & set(close)
+
+
+def test_close_names_prefer_requested_type(transformer):
+    modules = dict(transformer.named_modules())
+    msg = _error(transformer, {"type": "LayerNorm", "pattern": r"encoder\.layers\.0\.linear9"})
+    close = _close_names(msg)
+    assert close and all(type(modules[n]) is nn.LayerNorm for n in close)
+    # the listed types are the layers', not the containers'
+    assert "LayerNorm" in msg and "ModuleList" not in msg and "TransformerEncoderLayer" not in msg
+
+
+def test_parameter_free_leaves_only_when_nothing_better():
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict(act=nn.ReLU(), block=nn.Sequential(nn.Tanh()), proj=nn.Linear(2, 2)))
+    assert _close_names(_error(model, "projj")) == ["proj"]
+    assert _close_names(_error(model, "actt")) == ["act"]  # nothing with parameters is close
+    # the container itself is never offered, the leaf inside it is
+    assert _close_names(_error(model, "blockk")) == ["block.0"]
+    msg = _error(model, "zzz")  # nothing close: the preview lists layers with parameters
+    assert "close layer names" not in msg and "layer names include: ['proj']" in msg
 
 
 def test_unknown_type_lists_present_types(transformer):
@@ -276,3 +327,29 @@ def test_union_and_intersection_laws(model, a, b, c):
     if sa:
         got = select_layers(model, {"type": a})
         assert select_layers(model, got) == got
+
+
+@_SETTINGS
+@given(model=_models(), data=st.data())
+def test_suggestions_are_short_and_never_containers(model, data):
+    names = _names(model)
+    # a near miss of a real name: one character dropped or doubled
+    target = data.draw(st.sampled_from(names))
+    query = target + target[-1] if data.draw(st.booleans()) else target[:-1] + "x"
+    if query in names:
+        return
+    try:
+        select_layers(model, query)
+    except ValueError as err:
+        msg = str(err)
+    else:  # the near miss happens to be a regex matching something
+        return
+    if "close layer names" not in msg:
+        return
+    modules = dict(model.named_modules())
+    close = _close_names(msg)
+    assert 1 <= len(close) <= 5
+    assert not any(next(modules[n].children(), None) is not None for n in close)
+    has_params = [n for n in close if list(modules[n].parameters(False))]
+    # parameter-free leaves only appear when no layer with parameters is close
+    assert not has_params or len(has_params) == len(close)

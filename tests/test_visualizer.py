@@ -221,7 +221,9 @@ def _results(seed: int = 0, n: int = 12) -> pd.DataFrame:
         for t in range(n):
             terms, rank = int(rng.choice([1, 2, 3])), int(rng.choice([8, 16, 32]))
             acc = 0.85 + 0.03 * terms + 0.001 * rank
-            status, score, speed = "ok", 1000.0 / (terms * rank), 1000.0 / (terms * rank)
+            # score is not the speed here (accuracy-weighted), so both panels are drawn
+            speed = 1000.0 / (terms * rank)
+            status, score = "ok", speed * acc
             if acc < 0.93:
                 status, score, speed = "rejected", -np.inf, np.nan
             if t == 3:
@@ -294,6 +296,76 @@ def test_param_columns_override_and_errors():
         plot_tuning_results(df.iloc[:0])
     with pytest.raises(TypeError):
         plot_tuning_results(df.to_dict())
+
+
+def _drawn_points(ax, label: str) -> int:
+    return sum(len(ln.get_xdata()) for ln in ax.get_lines() if ln.get_label() == label)
+
+
+def test_speed_panel_dropped_when_it_repeats_the_score():
+    df = _results()
+    # speed-only tuning: score is the speed on every measured trial, -inf/NaN elsewhere
+    df["score"] = np.where(df["status"] == "ok", df["speed"], df["score"])
+    fig = plot_tuning_results(df, accuracy_threshold=0.93)
+    # per group: score, accuracy + num_terms, low_rank, init (no separate speed panel)
+    assert len(_visible(fig)) == 2 * 5
+    ylabels = [ax.get_ylabel() for ax in _visible(fig)]
+    assert "speed" not in ylabels and ylabels[0] == "score (= speed)"
+    # one row whose speed differs from its score brings the speed panel back
+    df.loc[df.index[df["status"] == "ok"][0], "speed"] += 1.0
+    fig = plot_tuning_results(df)
+    assert len(_visible(fig)) == 2 * 6 and "speed" in [ax.get_ylabel() for ax in _visible(fig)]
+
+
+def test_single_valued_numeric_param_is_one_slot():
+    df = pd.DataFrame({"layer_name": "a", "trial_number": range(4), "score": [1.0, 2.0, 3.0, -np.inf],
+                       "status": ["ok", "ok", "ok", "rejected"], "num_terms": [1, 1, 1, 1],
+                       "low_rank": [2, 8, 32, 64]})
+    fig = plot_tuning_results(df)
+    terms_ax, rank_ax = fig.axes[1], fig.axes[2]
+    assert terms_ax.get_xlabel() == "num_terms"
+    assert [t.get_text() for t in terms_ax.get_xticklabels()] == ["1"]
+    assert terms_ax.get_xlim() == (-0.5, 0.5)
+    # few integer values spread over factors: a tick at each value on a log axis
+    assert rank_ax.get_xscale() == "log"
+    assert list(rank_ax.get_xticks()) == [2, 8, 32, 64]
+    assert [t.get_text() for t in rank_ax.get_xticklabels()] == ["2", "8", "32", "64"]
+
+
+def test_cached_rows_are_not_drawn_and_are_counted():
+    df = pd.DataFrame({
+        "layer_name": "fc",
+        "trial_number": range(6),
+        "low_rank": [8, 16, 8, 16, 4, 32],
+        "score": [1.0, 2.0, 1.0, 2.0, -np.inf, -np.inf],
+        "accuracy": [0.9, 0.95, 0.9, 0.95, np.nan, np.nan],
+        "speed": [3.0, 2.0, 3.0, 2.0, np.nan, np.nan],
+        "status": ["ok", "ok", "cached", "cached", "skipped", "skipped"],
+    })
+    fig = plot_tuning_results(df)
+    score_ax, acc_ax, speed_ax, rank_ax = _visible(fig)
+    assert score_ax.get_ylabel() == "score" and speed_ax.get_ylabel() == "speed"
+    title = score_ax.get_title()
+    assert "2 evaluated" in title and "2 skipped" in title and "2 cached repeats not drawn" in title
+    assert _drawn_points(score_ax, "trial") == 2
+    assert list(next(ln for ln in score_ax.get_lines() if ln.get_label() == "trial").get_xdata()) == [0, 1]
+    # skipped proposals keep their own marker where they say something: score and params
+    assert _drawn_points(score_ax, "skipped (not evaluated)") == 2
+    assert _drawn_points(rank_ax, "skipped (not evaluated)") == 2
+    assert _drawn_points(rank_ax, "trial") == 2
+    # ... but not on the accuracy/speed panels, which have no value for them
+    for ax in (acc_ax, speed_ax):
+        assert _drawn_points(ax, "skipped (not evaluated)") == 0 and _drawn_points(ax, "trial") == 2
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert "skipped (not evaluated)" in labels and not any("cached" in lab for lab in labels)
+
+
+def test_tuner_extra_columns_are_not_params():
+    df = _results(n=3)
+    df["cached_from"] = 1
+    df["eval_time_s"] = 0.1
+    fig = plot_tuning_results(df)
+    assert {ax.get_xlabel() for ax in _visible(fig)} == {"trial", "num_terms", "low_rank", "init"}
 
 
 def test_show_plot_calls_pyplot_show(monkeypatch):

@@ -34,7 +34,10 @@ sorted in *natural* order: digit runs compare as numbers, so ``"layers.2"`` come
 before ``"layers.10"``; ``indices`` and ``range`` count in that order too.
 
 Errors are ``ValueError``/``TypeError`` that name the selector and, when nothing
-matched, list the closest layer names (and for ``type``, the types in the model).
+matched, list the closest layer names (and for ``type``, the layer types in the
+model). Suggestions favour modules of the requested ``type``, then modules that
+hold parameters; pure containers (``Sequential``, ``ModuleList``, blocks) are never
+suggested and parameter-free leaves (``ReLU``) only when nothing better is close.
 """
 
 from __future__ import annotations
@@ -285,6 +288,62 @@ def _preview(names: Sequence[str], limit: int = 8) -> str:
     return f"{shown}{more}"
 
 
+def _is_container(module: nn.Module) -> bool:
+    """A module that only groups others (``Sequential``, ``ModuleList``, a block)."""
+    return next(module.children(), None) is not None and next(module.parameters(recurse=False), None) is None
+
+
+def _suggestion_tiers(modules: dict[str, nn.Module], selector: Any) -> dict[str, int]:
+    """Rank the names worth suggesting: lower is better; pure containers are left out.
+
+    0: modules of the requested ``type`` (when it names one present in the model),
+    otherwise modules holding parameters (what can be sketched); 1: modules with
+    parameters when a type ranks first; 2: parameter-free leaves such as ``ReLU``.
+    A container is only kept when it is of the requested type.
+    """
+    wanted = None
+    if isinstance(selector, dict) and "type" in selector:
+        try:
+            matchers = [_type_matcher(t, selector) for t in _as_list(selector["type"], "type", selector)]
+        except (TypeError, ValueError):
+            matchers = []
+        if any(f(type(m)) for m in modules.values() for f in matchers):
+            wanted = matchers
+    tiers: dict[str, int] = {}
+    for name, module in modules.items():
+        if wanted is not None and any(f(type(module)) for f in wanted):
+            tiers[name] = 0
+        elif _is_container(module):
+            continue
+        elif next(module.parameters(recurse=False), None) is not None:
+            tiers[name] = 0 if wanted is None else 1
+        else:
+            tiers[name] = 2
+    return tiers
+
+
+def _close_names(queries: list[str], tiers: dict[str, int], limit: int = 5, cutoff: float = 0.5) -> list[str]:
+    """Names similar to any query, preferred tiers first, then by similarity.
+
+    Parameter-free leaves (tier 2) are only offered when nothing better is close.
+    """
+    scored: list[tuple[int, float, tuple[Any, ...], str]] = []
+    matchers = [difflib.SequenceMatcher(b=q, autojunk=False) for q in queries]
+    for name, tier in tiers.items():
+        best = 0.0
+        for sm in matchers:
+            sm.set_seq1(name)
+            # the cheap upper bounds first, as difflib.get_close_matches does
+            if sm.real_quick_ratio() >= cutoff and sm.quick_ratio() >= cutoff:
+                best = max(best, sm.ratio())
+        if best >= cutoff:
+            scored.append((tier, -best, natural_key(name), name))
+    scored.sort()
+    if scored and scored[0][0] < 2:
+        scored = [entry for entry in scored if entry[0] < 2]
+    return [name for *_, name in scored[:limit]]
+
+
 def _no_match(
     model: nn.Module,
     modules: dict[str, nn.Module],
@@ -297,22 +356,23 @@ def _no_match(
     if counts and len(counts) > 1 and all(c > 0 for c in counts.values()):
         detail = ", ".join(f"{k!r} alone matches {c}" for k, c in counts.items())
         parts.append(f"each key matches on its own ({detail}) but no module matches all of them")
-    close: list[str] = []
-    for q in queries:
-        for c in difflib.get_close_matches(q, names, n=5, cutoff=0.5):
-            if c not in close:
-                close.append(c)
+    tiers = _suggestion_tiers(modules, selector)
+    close = _close_names(queries, tiers)
     if close:
-        parts.append(f"close layer names: {close[:8]}")
+        parts.append(f"close layer names: {close}")
     elif queries or not (isinstance(selector, dict) and "type" in selector):
         # for a type-only selector the list of types below is the useful hint
-        parts.append(f"layer names include: {_preview(names)}")
+        ranked = [n for n in tiers if tiers[n] < 2] or list(tiers) or names
+        ranked.sort(key=lambda n: (tiers.get(n, 0), natural_key(n)))
+        parts.append(f"layer names include: {_preview(ranked, limit=6)}")
     if isinstance(selector, dict) and "type" in selector:
         present = sorted({type(m).__name__ for m in modules.values()})
+        layer_types = sorted({type(m).__name__ for m in modules.values() if not _is_container(m)})
         wanted = [t for t in _as_list(selector["type"], "type", selector) if isinstance(t, str)]
         guesses = [g for t in wanted for g in difflib.get_close_matches(t.split(".")[-1], present, n=3)]
         if guesses and not set(guesses) & {t.split(".")[-1] for t in wanted}:
             parts.append(f"did you mean type {sorted(set(guesses))}?")
-        parts.append(f"module types in the model: {present}")
+        # containers cannot be sketched; listing them only lengthens the message
+        parts.append(f"layer types in the model: {layer_types or present}")
     parts.append("use ModelVisualizer.print_module_tree(model) to see all names")
     return ValueError("; ".join(parts))

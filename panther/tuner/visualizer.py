@@ -316,7 +316,8 @@ META_COLUMNS = frozenset(
     {
         "layer_name", "trial_number", "score", "accuracy", "speed", "status", "error",
         "wall_time_s", "wall_time", "speed_median", "seed", "reason", "group", "datetime",
-        "constraint", "penalty", "run",
+        "constraint", "penalty", "run", "eval_time_s", "told", "seeds", "cached_from",
+        "cached_status", "resumed",
     }
 )
 
@@ -324,8 +325,10 @@ _STATUS_STYLE = {
     # status: (label, marker, colour)
     "rejected": ("rejected (below threshold)", "v", "tab:red"),
     "failed": ("failed", "X", "black"),
-    "skipped": ("skipped", "s", "tab:gray"),
+    "skipped": ("skipped (not evaluated)", "s", "tab:gray"),
 }
+#: Statuses of rows that repeat an earlier evaluation instead of being one.
+_REPEAT_STATUSES = ("cached",)
 
 
 def _new_figure(figsize: tuple[float, float], show_plot: bool) -> Figure:
@@ -361,11 +364,12 @@ def _statuses(group: pd.DataFrame) -> pd.Series:
     return status.fillna(derived).astype(str)
 
 
-def _band(values: np.ndarray) -> tuple[float, tuple[float, float]]:
+def _band(values: np.ndarray, with_band: bool = True) -> tuple[float, tuple[float, float]]:
     """Where to draw trials without a finite value, and the y-limits that fit them.
 
     -inf and NaN cannot be drawn; they go on a band just below the finite data so
-    they stay visible without stretching the axis.
+    they stay visible without stretching the axis. Without ``with_band`` the limits
+    only fit the finite data.
     """
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -375,6 +379,8 @@ def _band(values: np.ndarray) -> tuple[float, tuple[float, float]]:
     # as 1/FLOPs can be ~1e-5)
     span = hi - lo if hi > lo else (abs(hi) * 0.2 if hi != 0 else 1.0)
     band = lo - 0.15 * span
+    if not with_band:
+        return band, (lo - 0.1 * span, hi + 0.1 * span)
     return band, (band - 0.1 * span, hi + 0.1 * span)
 
 
@@ -394,16 +400,23 @@ def _plot_metric(
     label: str,
     best_so_far: bool = False,
     threshold: float | None = None,
+    mark_missing: bool = True,
 ) -> None:
+    """Scatter ``values`` against ``x``, one marker style per status.
+
+    With ``mark_missing`` the rows without a finite value (rejected, failed,
+    skipped) are drawn on a shaded band below the data; the accuracy and speed
+    panels leave them out, since the score panel of the same row already shows them.
+    """
     finite = np.isfinite(values)
-    band, ylim = _band(values)
+    missing = ~finite if mark_missing else np.zeros_like(finite)
+    band, ylim = _band(values, with_band=bool(missing.any()))
     ok = finite & (status != "rejected")
     ax.plot(x[ok], values[ok], "o", color="tab:blue", ms=4, label="trial")
     rejected_finite = finite & (status == "rejected")
     if rejected_finite.any():  # e.g. the accuracy of a rejected trial is a real number
         label_r, marker, colour = _STATUS_STYLE["rejected"]
         ax.plot(x[rejected_finite], values[rejected_finite], marker, color=colour, ms=5, label=label_r)
-    missing = ~finite
     for st, (lab, marker, colour) in _STATUS_STYLE.items():
         sel = missing & (status == st)
         if st == "failed":
@@ -419,7 +432,9 @@ def _plot_metric(
         ax.step(x[order][shown], running[shown], where="post", color="tab:orange", lw=1.5, label="best so far")
     if threshold is not None and math.isfinite(threshold):
         ax.axhline(threshold, color="tab:red", ls="--", lw=1, label="threshold")
-        ylim = (min(ylim[0], threshold), max(ylim[1], threshold))
+        # keep the line off the frame: it is hard to see on the axis edge
+        pad = 0.05 * max(ylim[1] - ylim[0], abs(threshold) * 1e-3, 1e-12)
+        ylim = (min(ylim[0], threshold - pad), max(ylim[1], threshold + pad))
     if not finite.any():
         ax.text(0.5, 0.5, f"no finite {label}", ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_ylim(*ylim)
@@ -434,29 +449,84 @@ def _is_numeric(series: pd.Series) -> bool:
     )
 
 
-def _plot_param(ax: Axes, series: pd.Series, score: np.ndarray, status: np.ndarray, name: str) -> None:
+def _value_label(value: Any) -> str:
+    """Short tick text for a parameter value: ``8`` not ``np.int64(8)``, ``0.5`` not ``0.5000``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):g}"
+    return repr(value)
+
+
+#: Numeric parameters with at most this many distinct values get a tick at each value.
+_MAX_VALUE_TICKS = 8
+
+
+def _plot_param(
+    ax: Axes, series: pd.Series, score: np.ndarray, status: np.ndarray, name: str, score_label: str = "score"
+) -> None:
     present = series.notna().to_numpy()
-    if _is_numeric(series):
-        x = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
-    else:
-        # categorical: one slot per distinct value, in a stable (sortable or first-seen) order
+    numeric = _is_numeric(series)
+    x = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float) if numeric else None
+    distinct = np.unique(x[np.isfinite(x)]) if x is not None else None
+    if x is None or distinct.size <= 1:
+        # categorical, or a numeric parameter that never changed (an axis such as
+        # 0.96..1.04 around it says nothing): one slot per distinct value, in a stable
+        # (sortable or first-seen) order
         raw = [v for v in series[series.notna()]]
-        labels = list(dict.fromkeys(repr(v) if not isinstance(v, str) else v for v in raw))
+        labels = list(dict.fromkeys(_value_label(v) for v in raw))
         try:
             labels = sorted(labels, key=natural_key)
         except TypeError:
             pass
         slot = {lab: i for i, lab in enumerate(labels)}
         x = np.array(
-            [slot[repr(v) if not isinstance(v, str) else v] if ok else np.nan for v, ok in zip(series, present)],
+            [slot[_value_label(v)] if ok else np.nan for v, ok in zip(series, present)],
             dtype=float,
         )
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30 if max((len(s) for s in labels), default=0) > 4 else 0)
         ax.set_xlim(-0.5, len(labels) - 0.5)
+    else:
+        # ranks such as 2..64 are spaced by factors: a log axis keeps the small ones apart
+        if distinct.size >= 3 and distinct[0] > 0 and distinct[-1] / distinct[0] >= 16:
+            ax.set_xscale("log", base=2)
+        if distinct.size <= _MAX_VALUE_TICKS:
+            ax.set_xticks(distinct)
+            ax.set_xticklabels([_value_label(v) for v in distinct])
+            ax.minorticks_off()
     keep = present & np.isfinite(x)
-    _plot_metric(ax, x[keep], score[keep], status[keep], "score")
+    _plot_metric(ax, x[keep], score[keep], status[keep], score_label)
     ax.set_xlabel(name)
+
+
+def _speed_is_score(df: pd.DataFrame) -> bool:
+    """Whether the ``speed`` column only repeats the score (speed-only tuning).
+
+    True when every row with a finite speed has that same value as its score; rows
+    without a speed (rejected, failed, skipped) do not count against it.
+    """
+    speed = pd.to_numeric(df["speed"], errors="coerce").to_numpy(dtype=float)
+    score = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=float)
+    measured = np.isfinite(speed)
+    return bool(measured.any()) and bool(np.allclose(speed[measured], score[measured], rtol=1e-9, atol=0.0))
+
+
+def _group_title(name: Any, status: np.ndarray, n_repeats: int) -> str:
+    counts = pd.Series(status).value_counts()
+    n_skipped = int(counts.get("skipped", 0))
+    n_eval = len(status) - n_skipped
+    extra = ", ".join(f"{counts[s]} {s}" for s in ("rejected", "failed") if s in counts)
+    text = f"{name}\n{n_eval} evaluated" + (f" ({extra})" if extra else "")
+    if n_skipped:
+        text += f", {n_skipped} skipped"
+    if n_repeats:
+        text += f"\n{n_repeats} cached repeat{'s' if n_repeats != 1 else ''} not drawn"
+    return text
 
 
 def plot_tuning_results(
@@ -472,10 +542,17 @@ def plot_tuning_results(
 
     Each row shows the score over trials with the best-so-far line, the accuracy
     and speed over trials (when the DataFrame has them), and one scatter of score
-    against each tuned parameter (categorical parameters get one slot per value).
-    Trials without a finite score -- rejected (``-inf``), failed, skipped -- are
-    drawn with their own markers on a shaded band below the data, so they stay
-    visible without breaking the axes.
+    against each tuned parameter (categorical parameters, and numeric ones that
+    took a single value, get one slot per value). Trials without a finite score --
+    rejected (``-inf``), failed, skipped (not evaluated, e.g. the cost model saw no
+    saving) -- are drawn with their own markers on a shaded band below the data of
+    the score and parameter plots, so they stay visible without breaking the axes.
+
+    Rows with status ``"cached"`` (a repeated proposal that reused an earlier
+    evaluation) are not drawn; their number is given in the group's title. When
+    the speed equals the score on every measured trial (tuning for speed alone)
+    the speed plot would repeat the score plot, so it is left out and the score
+    axis is labelled ``score (= speed)``.
 
     Args:
         df: one row per trial with ``layer_name`` and ``score``; optionally
@@ -492,6 +569,8 @@ def plot_tuning_results(
     Returns:
         The matplotlib figure.
     """
+    from matplotlib.ticker import MaxNLocator
+
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"plot_tuning_results needs a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in ("layer_name", "score") if c not in df.columns]
@@ -509,33 +588,42 @@ def plot_tuning_results(
             raise ValueError(f"param_columns {unknown} are not columns of the DataFrame ({list(df.columns)})")
         param_columns = list(param_columns)
 
+    all_status = _statuses(df)
+    repeat = all_status.isin(_REPEAT_STATUSES)
+    drawn = df[~repeat]
     metrics = ["score"] + [
-        m for m in ("accuracy", "speed") if m in df and pd.to_numeric(df[m], errors="coerce").notna().any()
+        m for m in ("accuracy", "speed") if m in df and pd.to_numeric(drawn[m], errors="coerce").notna().any()
     ]
+    score_label = "score"
+    if "speed" in metrics and _speed_is_score(drawn):
+        metrics.remove("speed")
+        score_label = "score (= speed)"
     groups = [(name, g) for name, g in df.groupby("layer_name", sort=False)]
     group_params = [[p for p in param_columns if g[p].notna().any()] for _, g in groups]
     ncols = len(metrics) + max((len(p) for p in group_params), default=0)
-    fig = _new_figure((3.6 * ncols, 2.9 * len(groups) + 0.4), show_plot)
+    fig = _new_figure((3.6 * ncols, 3.1 * len(groups) + 0.4), show_plot)
     axes = np.atleast_2d(fig.subplots(len(groups), ncols, squeeze=False))
 
-    for row, ((name, group), params) in enumerate(zip(groups, group_params)):
-        status = _statuses(group).to_numpy()
+    for row, ((name, full), params) in enumerate(zip(groups, group_params)):
+        group = full[~repeat.loc[full.index]]
+        n_repeats = len(full) - len(group)
+        status = all_status.loc[group.index].to_numpy()
         x = _trial_axis(group)
         score = pd.to_numeric(group["score"], errors="coerce").to_numpy(dtype=float)
         for col, metric in enumerate(metrics):
             ax = axes[row, col]
             values = score if metric == "score" else pd.to_numeric(group[metric], errors="coerce").to_numpy(dtype=float)
             _plot_metric(
-                ax, x, values, status, metric,
+                ax, x, values, status, score_label if metric == "score" else metric,
                 best_so_far=metric == "score",
                 threshold=accuracy_threshold if metric == "accuracy" else None,
+                mark_missing=metric == "score",
             )
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if metric == "score":
-                counts = pd.Series(status).value_counts()
-                extra = ", ".join(f"{counts[s]} {s}" for s in ("rejected", "failed", "skipped") if s in counts)
-                ax.set_title(f"{name}\n{len(group)} trials" + (f" ({extra})" if extra else ""), fontsize=9)
+                ax.set_title(_group_title(name, status, n_repeats), fontsize=9)
         for j, param in enumerate(params):
-            _plot_param(axes[row, len(metrics) + j], group[param], score, status, param)
+            _plot_param(axes[row, len(metrics) + j], group[param], score, status, param, score_label)
         for col in range(len(metrics) + len(params), ncols):
             axes[row, col].set_visible(False)
 
