@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = sorted(DOCS.glob("*.md"))
+# The README is a page too: its example must run like the rest.
+PAGES = sorted(DOCS.glob("*.md")) + [DOCS.parent / "README.md"]
 
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _SKIP = re.compile(r"^<!--\s*skip:\s*(.*?)\s*-->$")
