@@ -30,6 +30,7 @@ class Conv2dLayerType(LowRankLayerType):
 
     name = "Conv2d"
     module_types = (nn.Conv2d,)
+    requirements = "groups=1 and padding_mode='zeros'"
 
     @property
     def sketched_type(self) -> type[nn.Module]:  # type: ignore[override]
@@ -54,45 +55,22 @@ class Conv2dLayerType(LowRankLayerType):
         kh, kw = original.kernel_size
         return original.in_channels * kh * kw, original.out_channels
 
-    def build(
-        self, original: nn.Module, params: dict[str, Any], copy_weights: bool = True
-    ) -> nn.Module:
-        """An ``SKConv2d`` with ``original``'s geometry (kernel copied when ``copy_weights``)."""
-        if not self.handles(original):
-            raise ValueError(
-                f"Conv2d layer type cannot sketch {original!r}: it needs groups=1 and "
-                "padding_mode='zeros'"
-            )
-        self.validate_params(original, params)
-        p = self.full_params(original, params)
-        cls = self.sketched_type
-        extra = {"init": p["init"]} if "init" in self.param_names else {}
+    def _sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
+                     **options: Any) -> nn.Module:
+        return self.sketched_type.from_conv2d(original, num_terms, low_rank, **options)
+
+    def _sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
+                      **options: Any) -> nn.Module:
         weight = original.weight
-        if copy_weights:
-            layer = cls.from_conv2d(
-                original, p["num_terms"], p["low_rank"], seed=p.get("seed"), **extra
-            )
-        else:
-            layer = cls(
-                original.in_channels,
-                original.out_channels,
-                kernel_size=tuple(original.kernel_size),
-                stride=tuple(original.stride),
-                padding=original.padding
-                if isinstance(original.padding, str)
-                else tuple(original.padding),
-                bias=original.bias is not None,
-                num_terms=p["num_terms"],
-                low_rank=p["low_rank"],
-                dtype=weight.dtype,
-                device=weight.device,
-                seed=p.get("seed"),
-                dilation=tuple(original.dilation),
-                **extra,
-            )
-        layer = layer.to(device=weight.device, dtype=weight.dtype)
-        layer.train(original.training)
-        return layer
+        padding = original.padding
+        return self.sketched_type(
+            original.in_channels, original.out_channels,
+            kernel_size=tuple(original.kernel_size), stride=tuple(original.stride),
+            padding=padding if isinstance(padding, str) else tuple(padding),
+            bias=original.bias is not None, num_terms=num_terms, low_rank=low_rank,
+            dtype=weight.dtype, device=weight.device, dilation=tuple(original.dilation),
+            **options,
+        )
 
     def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
         """Learnable parameters and multiply-adds per output position (module docstring)."""

@@ -81,10 +81,47 @@ class LowRankLayerType(LayerType):
     """Shared logic of layer types tuned by ``num_terms``/``low_rank``/``init``.
 
     Subclasses set ``name``/``module_types``, :meth:`factory_signature_source`,
-    :meth:`_fans` (the ``fan_in, fan_out`` of the equivalent matrix) and
-    :meth:`build`/:meth:`cost`. Parameters missing from a configuration default
-    to ``num_terms=1``, the middle of the auto ranks and ``init="svd"``.
+    :meth:`_fans` (the ``fan_in, fan_out`` of the equivalent matrix),
+    :meth:`_sketch_copy`/:meth:`_sketch_empty` (the two ways :meth:`build` makes a
+    layer) and :meth:`cost`. Parameters missing from a configuration default to
+    ``num_terms=1``, the middle of the auto ranks and ``init="svd"``.
     """
+
+    #: What :meth:`handles` needs beyond the module type, for the error :meth:`build` raises.
+    requirements: str = ""
+
+    def build(
+        self, original: nn.Module, params: dict[str, Any], copy_weights: bool = True
+    ) -> nn.Module:
+        """Validate ``params``, fill in defaults and build the sketch of ``original``.
+
+        The result has ``original``'s device, dtype and train/eval mode; with
+        ``copy_weights`` it is initialised from ``original``'s weights.
+        """
+        if not self.handles(original):
+            needs = f": it needs {self.requirements}" if self.requirements else ""
+            raise ValueError(f"{self.name} layer type cannot sketch {original!r}{needs}")
+        self.validate_params(original, params)
+        p = self.full_params(original, params)
+        options: dict[str, Any] = {"seed": p.get("seed")}
+        if "init" in self.param_names:
+            options["init"] = p["init"]
+        make = self._sketch_copy if copy_weights else self._sketch_empty
+        layer = make(original, p["num_terms"], p["low_rank"], **options)
+        weight = original.weight
+        layer = layer.to(device=weight.device, dtype=weight.dtype)
+        layer.train(original.training)
+        return layer
+
+    def _sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
+                     **options: Any) -> nn.Module:
+        """The sketched layer initialised from ``original``'s weights."""
+        raise NotImplementedError
+
+    def _sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
+                      **options: Any) -> nn.Module:
+        """A freshly initialised sketched layer with ``original``'s geometry."""
+        raise NotImplementedError
 
     def factory_signature_source(self) -> Any:
         """The callable whose signature says whether ``init`` is supported."""
@@ -162,34 +199,17 @@ class LinearLayerType(LowRankLayerType):
     def _fans(self, original: nn.Module) -> tuple[int, int]:
         return original.in_features, original.out_features
 
-    def build(
-        self, original: nn.Module, params: dict[str, Any], copy_weights: bool = True
-    ) -> nn.Module:
-        """An ``SKLinear`` for ``original`` (weights copied when ``copy_weights``)."""
-        self.validate_params(original, params)
-        p = self.full_params(original, params)
-        cls = self.sketched_type
-        extra = {"init": p["init"]} if "init" in self.param_names else {}
+    def _sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
+                     **options: Any) -> nn.Module:
+        return self.sketched_type.from_linear(original, num_terms, low_rank, **options)
+
+    def _sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
+                      **options: Any) -> nn.Module:
         weight = original.weight
-        if copy_weights:
-            layer = cls.from_linear(
-                original, p["num_terms"], p["low_rank"], seed=p.get("seed"), **extra
-            )
-        else:
-            layer = cls(
-                original.in_features,
-                original.out_features,
-                p["num_terms"],
-                p["low_rank"],
-                bias=original.bias is not None,
-                dtype=weight.dtype,
-                device=weight.device,
-                seed=p.get("seed"),
-                **extra,
-            )
-        layer = layer.to(device=weight.device, dtype=weight.dtype)
-        layer.train(original.training)
-        return layer
+        return self.sketched_type(
+            original.in_features, original.out_features, num_terms, low_rank,
+            bias=original.bias is not None, dtype=weight.dtype, device=weight.device, **options,
+        )
 
     def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
         """Learnable parameters and multiply-adds per input row (see the module docstring)."""

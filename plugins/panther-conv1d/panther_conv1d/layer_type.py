@@ -28,6 +28,7 @@ class Conv1dLayerType(LowRankLayerType):
     name = "Conv1d"
     module_types = (nn.Conv1d,)
     sketched_type = SKConv1d
+    requirements = "groups=1 and padding_mode='zeros'"
 
     def factory_signature_source(self) -> Any:
         """``SKConv1d.from_conv1d``."""
@@ -40,42 +41,22 @@ class Conv1dLayerType(LowRankLayerType):
     def _fans(self, original: nn.Module) -> tuple[int, int]:
         return original.in_channels * original.kernel_size[0], original.out_channels
 
-    def build(
-        self, original: nn.Module, params: dict[str, Any], copy_weights: bool = True
-    ) -> nn.Module:
-        """An :class:`SKConv1d` for ``original`` (kernel copied when ``copy_weights``)."""
-        if not self.handles(original):
-            raise ValueError(
-                f"Conv1d layer type cannot sketch {original!r}: needs groups=1, zero padding"
-            )
-        self.validate_params(original, params)
-        p = self.full_params(original, params)
+    def _sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
+                     **options: Any) -> nn.Module:
+        return SKConv1d.from_conv1d(original, num_terms, low_rank, **options)
+
+    def _sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
+                      **options: Any) -> nn.Module:
         weight = original.weight
-        if copy_weights:
-            layer = SKConv1d.from_conv1d(
-                original, p["num_terms"], p["low_rank"], seed=p.get("seed"), init=p["init"]
-            )
-        else:
-            layer = SKConv1d(
-                original.in_channels,
-                original.out_channels,
-                original.kernel_size[0],
-                stride=original.stride[0],
-                padding=original.padding
-                if isinstance(original.padding, str)
-                else original.padding[0],
-                dilation=original.dilation[0],
-                bias=original.bias is not None,
-                num_terms=p["num_terms"],
-                low_rank=p["low_rank"],
-                dtype=weight.dtype,
-                device=weight.device,
-                seed=p.get("seed"),
-                init=p["init"],
-            )
-        layer = layer.to(device=weight.device, dtype=weight.dtype)
-        layer.train(original.training)
-        return layer
+        padding = original.padding
+        return SKConv1d(
+            original.in_channels, original.out_channels, original.kernel_size[0],
+            stride=original.stride[0],
+            padding=padding if isinstance(padding, str) else padding[0],
+            dilation=original.dilation[0], bias=original.bias is not None,
+            num_terms=num_terms, low_rank=low_rank,
+            dtype=weight.dtype, device=weight.device, **options,
+        )
 
     def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
         """Learnable parameters and multiply-adds per output position (module docstring)."""
