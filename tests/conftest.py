@@ -29,6 +29,19 @@ def pytest_report_header(config):
     return f"panther.native: {panther.native.status()}"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread.
+
+    Tuning tests do many tiny products, which run fastest single-threaded (and far faster
+    when the machine is busy); results are the same.
+    """
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

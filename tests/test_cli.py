@@ -45,13 +45,7 @@ seed = 0
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process runs use one torch thread: faster on a shared machine, same results."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env() -> dict[str, str]:

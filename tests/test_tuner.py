@@ -117,13 +117,7 @@ class ToyNet(nn.Module):
         return self.head(x)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small matrices run fastest single-threaded, and much faster on a loaded machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True, scope="module")

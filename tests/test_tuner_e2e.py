@@ -30,14 +30,7 @@ from panther.tuner import (
 from panther.tuner.evaluators import agreement, flops
 from panther.tuner.tuner import TuningWarning
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small matrices run fastest single-threaded, and much faster on a loaded machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def low_rank_linear(n_in: int, n_out: int, rank: int) -> nn.Linear:

@@ -166,13 +166,7 @@ _mlp_loader_cache = _mlp_loader()
 
 
 # ----------------------------------------------------------------------------- tests
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small matrices run fastest single-threaded, and much faster on a loaded machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
