@@ -661,3 +661,237 @@ def test_property_matches_explicit_reference(batch, tgt_len, src_len, num_heads,
     assert out.shape == (batch, tgt_len, embed)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-10)
+
+
+# ---------------------------------------------------------------- chunked inference path
+
+
+def _chunk_pair(kernel_fn: str, causal: bool, dtype: torch.dtype, embed_dim: int = 16,
+                num_heads: int = 4, m: int = 12, batch_first: bool = True):
+    torch.manual_seed(0)
+    layer = RandMultiHeadAttention(embed_dim, num_heads, m, kernel_fn=kernel_fn,
+                                   iscausal=causal, batch_first=batch_first, dtype=dtype, seed=11)
+    with torch.no_grad():
+        layer.in_proj_bias.normal_(0, 0.2)
+        layer.out_proj.bias.normal_(0, 0.2)
+    return layer.eval()
+
+
+def _run(layer: RandMultiHeadAttention, chunk: int | None, *args, **kwargs) -> torch.Tensor:
+    layer._inference_chunk_size = chunk
+    with torch.no_grad():
+        return layer(*args, **kwargs)[0]
+
+
+@pytest.fixture
+def chunk_calls(monkeypatch):
+    calls = []
+    original = RandMultiHeadAttention._chunked_attention
+
+    def spy(self, *args, **kwargs):
+        calls.append(args[-1])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RandMultiHeadAttention, "_chunked_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("kernel_fn", ["softmax", "relu"])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+@pytest.mark.parametrize("inputs", ["self", "shared_kv", "cross"])
+def test_chunked_equals_unchunked_noncausal(dtype, kernel_fn, mask_kind, inputs, chunk_calls):
+    layer = _chunk_pair(kernel_fn, False, dtype)
+    gen = torch.Generator().manual_seed(1)
+    tgt_len, src_len = (13, 13) if inputs == "self" else (10, 17)
+    # Growing key norms make the running key stabiliser increase from block to block, so the
+    # rescaling of the accumulated state is exercised.
+    ramp = torch.linspace(0.2, 3.0, src_len, dtype=dtype)[None, :, None]
+    query = torch.randn(2, tgt_len, 16, generator=gen, dtype=dtype)
+    key = query if inputs == "self" else torch.randn(2, src_len, 16, generator=gen,
+                                                     dtype=dtype) * ramp
+    value = key if inputs != "cross" else torch.randn(2, src_len, 16, generator=gen, dtype=dtype)
+    mask = None
+    if mask_kind is not None:
+        blocked = torch.zeros(2, src_len, dtype=torch.bool)
+        blocked[0, :7] = True  # whole first blocks removed: the running max starts at -inf
+        blocked[1, -3:] = True
+        mask = blocked if mask_kind == "bool" else torch.randn(2, src_len, generator=gen,
+                                                                dtype=dtype).masked_fill(
+                                                                    blocked, float("-inf"))
+    expected = _run(layer, None, query, key, value, key_padding_mask=mask)
+    assert not chunk_calls
+    for chunk in (1, 3, 5, 12):
+        got = _run(layer, chunk, query, key, value, key_padding_mask=mask)
+        tol = 1e-12 if dtype == F64 else 2e-5
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    assert chunk_calls == [1, 3, 5, 12]
+
+
+@pytest.fixture
+def causal_chunk_calls(monkeypatch):
+    calls = []
+    original = RandMultiHeadAttention._chunked_causal_attention
+
+    def spy(self, *args, **kwargs):
+        calls.append(args[-1])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RandMultiHeadAttention, "_chunked_causal_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("kernel_fn", ["softmax", "relu"])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+@pytest.mark.parametrize("inputs", ["self", "cross"])
+def test_chunked_equals_unchunked_causal(dtype, kernel_fn, mask_kind, inputs,
+                                         causal_chunk_calls):
+    layer = _chunk_pair(kernel_fn, True, dtype)
+    gen = torch.Generator().manual_seed(2)
+    seq = 13
+    ramp = torch.linspace(0.2, 3.0, seq, dtype=dtype)[None, :, None]
+    query = torch.randn(2, seq, 16, generator=gen, dtype=dtype)
+    key = query if inputs == "self" else torch.randn(2, seq, 16, generator=gen,
+                                                     dtype=dtype) * ramp
+    value = key if inputs == "self" else torch.randn(2, seq, 16, generator=gen, dtype=dtype)
+    mask = None
+    if mask_kind is not None:
+        blocked = torch.zeros(2, seq, dtype=torch.bool)
+        blocked[0, :7] = True  # queries before the first kept key attend to nothing
+        blocked[1, 5:9] = True
+        mask = blocked if mask_kind == "bool" else torch.randn(2, seq, generator=gen,
+                                                                dtype=dtype).masked_fill(
+                                                                    blocked, float("-inf"))
+    expected = _run(layer, None, query, key, value, key_padding_mask=mask)
+    if mask_kind != "float":
+        reference = explicit_reference(layer, query, key, value, causal=True,
+                                       key_padding_mask=mask)
+        torch.testing.assert_close(expected, reference, rtol=1e-5, atol=1e-5)
+    # The default threshold keeps short sequences unchunked.
+    _run(layer, 3, query, key, value, key_padding_mask=mask)
+    assert not causal_chunk_calls
+    layer._causal_chunk_min_len = 0
+    for chunk in (1, 3, 5, 12):
+        got = _run(layer, chunk, query, key, value, key_padding_mask=mask)
+        # Early blocks use a smaller (running) key stabiliser than the global one, which
+        # changes only the tiny eps's share of the normaliser.
+        tol = 1e-7 if dtype == F64 else 2e-5
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    assert causal_chunk_calls == [1, 3, 5, 12]
+
+
+def test_chunked_causal_path_fully_masked_row_and_is_causal_flag(causal_chunk_calls):
+    layer = _chunk_pair("softmax", False, F64)
+    layer._causal_chunk_min_len = 0
+    x = torch.randn(2, 10, 16, generator=torch.Generator().manual_seed(6), dtype=F64)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0] = True
+    causal_mask = torch.ones(10, 10, dtype=torch.bool).triu(1)
+    expected = _run(layer, None, x, x, x, key_padding_mask=mask, attn_mask=causal_mask)
+    got = _run(layer, 4, x, x, x, key_padding_mask=mask, attn_mask=causal_mask)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[0], layer.out_proj.bias.expand(10, 16))
+    torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
+    assert causal_chunk_calls == [4]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seq=st.integers(1, 12),
+    chunk=st.integers(1, 6),
+    # Much larger keys push the unchunked path's early normalisers (scaled by the global key
+    # maximum) down towards eps, where the two paths legitimately differ.
+    key_scale=st.floats(0.1, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_property_chunked_causal_equals_unchunked(seq, chunk, key_scale, seed):
+    layer = _chunk_pair("softmax", True, F64, embed_dim=8, num_heads=2, m=6)
+    layer._causal_chunk_min_len = 0
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(2, seq, 8, generator=gen, dtype=F64)
+    key = torch.randn(2, seq, 8, generator=gen, dtype=F64) * key_scale
+    value = torch.randn(2, seq, 8, generator=gen, dtype=F64)
+    mask = torch.rand(2, seq, generator=gen) < 0.3
+    expected = _run(layer, None, query, key, value, key_padding_mask=mask)
+    got = _run(layer, chunk, query, key, value, key_padding_mask=mask)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_chunked_path_layouts_and_unbatched(batch_first, chunk_calls):
+    layer = _chunk_pair("softmax", False, F64, batch_first=batch_first)
+    seq_first = torch.randn(9, 3, 16, generator=torch.Generator().manual_seed(3), dtype=F64)
+    x = seq_first.transpose(0, 1) if batch_first else seq_first
+    expected = _run(layer, None, x, x, x)
+    torch.testing.assert_close(_run(layer, 4, x, x, x), expected, rtol=1e-12, atol=1e-12)
+    single = seq_first[:, 0]
+    expected_single = _run(layer, None, single, single, single)
+    torch.testing.assert_close(_run(layer, 4, single, single, single), expected_single,
+                               rtol=1e-12, atol=1e-12)
+    assert chunk_calls == [4, 4]
+
+
+def test_chunked_path_fully_masked_row_is_zero_and_half_precision_runs(chunk_calls):
+    layer = _chunk_pair("softmax", False, F64)
+    x = torch.randn(2, 10, 16, generator=torch.Generator().manual_seed(4), dtype=F64)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0] = True
+    out = _run(layer, 3, x, x, x, key_padding_mask=mask)
+    assert torch.isfinite(out).all()
+    # Zero attention leaves only the output projection's bias.
+    torch.testing.assert_close(out[0], layer.out_proj.bias.expand(10, 16))
+    torch.testing.assert_close(out[1], _run(layer, None, x, x, x, key_padding_mask=mask)[1],
+                               rtol=1e-12, atol=1e-12)
+
+    half = _chunk_pair("softmax", False, torch.bfloat16)
+    xb = x.to(torch.bfloat16)
+    got = _run(half, 3, xb, xb, xb)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, _run(half, None, xb, xb, xb), rtol=2e-2, atol=2e-2)
+    assert len(chunk_calls) == 2
+
+
+def test_chunked_path_only_without_autograd_or_active_dropout(chunk_calls):
+    layer = _chunk_pair("softmax", False, F64)
+    layer._inference_chunk_size = 3
+    x = torch.randn(2, 10, 16, generator=torch.Generator().manual_seed(5), dtype=F64)
+    out = layer(x, x, x)[0]  # grad mode with trainable parameters: the unchunked graph
+    assert out.grad_fn is not None
+    out.sum().backward()
+    assert layer.in_proj_weight.grad is not None
+    assert not chunk_calls
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x, x, x)[0], out.detach(), rtol=1e-12, atol=1e-12)
+    assert chunk_calls == [3]
+
+    dropped = RandMultiHeadAttention(16, 4, 12, dropout=0.5, batch_first=True, dtype=F64,
+                                     seed=1)
+    dropped._inference_chunk_size = 3
+    with torch.no_grad():
+        dropped.train()
+        dropped(x, x, x)  # dropout active: unchunked, so the RNG stream matches training
+        dropped.eval()
+        dropped(x, x, x)
+    assert chunk_calls == [3, 3]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    tgt_len=st.integers(1, 12),
+    src_len=st.integers(1, 12),
+    chunk=st.integers(1, 6),
+    kernel_fn=st.sampled_from(["softmax", "relu"]),
+    key_scale=st.floats(0.1, 20.0),
+    seed=st.integers(0, 2**16),
+)
+def test_property_chunked_equals_unchunked(tgt_len, src_len, chunk, kernel_fn, key_scale, seed):
+    layer = _chunk_pair(kernel_fn, False, F64, embed_dim=8, num_heads=2, m=6)
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(2, tgt_len, 8, generator=gen, dtype=F64)
+    key = torch.randn(2, src_len, 8, generator=gen, dtype=F64) * key_scale
+    value = torch.randn(2, src_len, 8, generator=gen, dtype=F64)
+    mask = torch.rand(2, src_len, generator=gen) < 0.3
+    expected = _run(layer, None, query, key, value, key_padding_mask=mask)
+    got = _run(layer, chunk, query, key, value, key_padding_mask=mask)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
