@@ -768,7 +768,7 @@ def test_chunked_equals_unchunked_causal(dtype, kernel_fn, mask_kind, inputs,
         reference = explicit_reference(layer, query, key, value, causal=True,
                                        key_padding_mask=mask)
         torch.testing.assert_close(expected, reference, rtol=1e-5, atol=1e-5)
-    # The default threshold keeps short sequences unchunked.
+    # By default causal attention is never chunked.
     _run(layer, 3, query, key, value, key_padding_mask=mask)
     assert not causal_chunk_calls
     layer._causal_chunk_min_len = 0
