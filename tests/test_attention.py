@@ -768,7 +768,7 @@ def test_chunked_equals_unchunked_causal(dtype, kernel_fn, mask_kind, inputs,
         reference = explicit_reference(layer, query, key, value, causal=True,
                                        key_padding_mask=mask)
         torch.testing.assert_close(expected, reference, rtol=1e-5, atol=1e-5)
-    # By default causal attention is never chunked.
+    # Short sequences are not chunked by default (only those above _causal_chunk_min_len).
     _run(layer, 3, query, key, value, key_padding_mask=mask)
     assert not causal_chunk_calls
     layer._causal_chunk_min_len = 0
@@ -794,6 +794,25 @@ def test_chunked_causal_path_fully_masked_row_and_is_causal_flag(causal_chunk_ca
     torch.testing.assert_close(got[0], layer.out_proj.bias.expand(10, 16))
     torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
     assert causal_chunk_calls == [4]
+
+
+def test_long_causal_sequence_chunked_by_default(causal_chunk_calls):
+    """Above the default threshold the causal path runs blockwise and matches the one-shot one."""
+    layer = _chunk_pair("softmax", True, F64, embed_dim=8, num_heads=2, m=6)
+    threshold = RandMultiHeadAttention._causal_chunk_min_len
+    assert threshold is not None
+    seq = threshold + 37  # a short last block after full ones
+    gen = torch.Generator().manual_seed(12)
+    ramp = torch.linspace(0.2, 2.0, seq, dtype=F64)[None, :, None]
+    x = torch.randn(1, seq, 8, generator=gen, dtype=F64) * ramp
+    with torch.no_grad():
+        got = layer(x, x, x)[0]
+    assert causal_chunk_calls == [layer._inference_chunk_size]
+    layer._causal_chunk_min_len = None
+    with torch.no_grad():
+        expected = layer(x, x, x)[0]
+    assert causal_chunk_calls == [layer._inference_chunk_size]
+    torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
 
 
 @settings(max_examples=15, deadline=None)

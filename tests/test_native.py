@@ -206,6 +206,103 @@ def test_causal_attention_cache_blocked_shapes():
     _assert_same(*_both_paths(ops.causal_linear_attention, [q, k, v]), torch.float64)
 
 
+def _stateful_inputs(B, H, n, m, d, dtype, seed, strided=False):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.rand(B, H, n, m, dtype=dtype, generator=gen) + 0.05
+    k = torch.rand(B, H, n, m, dtype=dtype, generator=gen) + 0.05
+    v = _maybe_strided(torch.randn(B, H, n, d, dtype=dtype, generator=gen), strided)
+    kv0 = _maybe_strided(torch.randn(B, H, m, d, dtype=dtype, generator=gen), strided)
+    z0 = torch.rand(B, H, m, dtype=dtype, generator=gen) * 3 + 0.1
+    if strided:
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)  # non-contiguous head stride
+        z0 = z0.transpose(0, 1).contiguous().transpose(0, 1)
+    return q, k, v, kv0, z0
+
+
+def _stateful_both(inputs, eps=1e-6):
+    with native.use_backend("native"):
+        got = ops.causal_linear_attention_stateful(*inputs, eps)
+    with native.use_backend("reference"):
+        want = ops.causal_linear_attention_stateful(*inputs, eps)
+    return got, want
+
+
+@needs_native
+@HYP
+@given(B=st.integers(1, 2), H=st.integers(1, 3), n=st.integers(0, 40), m=st.integers(1, 20),
+       d=st.integers(1, 40), dtype=dtypes, strided=st.booleans())
+def test_causal_stateful_matches_reference(B, H, n, m, d, dtype, strided):
+    inputs = _stateful_inputs(B, H, n, m, d, dtype, n * 13 + m * 7 + d, strided)
+    if strided and H > 1 and n > 1 and d > 1:
+        assert not inputs[0].is_contiguous() and not inputs[3].is_contiguous()
+    got, want = _stateful_both(inputs)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == dtype
+        _close(a, b, dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_causal_stateful_definition_and_blocked_shapes(dtype):
+    """Direct O(n^2) formula, with m*d beyond the L1 block so the state is split in columns."""
+    q, k, v, kv0, z0 = _stateful_inputs(1, 2, 23, 130, 70, dtype, 5)
+    eps = 1e-3
+    with native.use_backend("native"):
+        out, kv1, z1 = ops.causal_linear_attention_stateful(q, k, v, kv0, z0, eps)
+    kv_t = kv0.unsqueeze(2) + torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=2)
+    z_t = z0.unsqueeze(2) + k.cumsum(2)
+    num = torch.einsum("bhtm,bhtmd->bhtd", q, kv_t)
+    den = (q * z_t).sum(-1, keepdim=True) + eps
+    _close(out, num / den, dtype)
+    _close(kv1, kv_t[:, :, -1], dtype)
+    _close(z1, z_t[:, :, -1], dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_causal_stateful_zero_state_and_split(dtype):
+    """Zero state is the plain op; two blocks carrying the state equal one pass."""
+    q, k, v, _, _ = _stateful_inputs(2, 3, 37, 9, 11, dtype, 8)
+    kv0 = torch.zeros(2, 3, 9, 11, dtype=dtype)
+    z0 = torch.zeros(2, 3, 9, dtype=dtype)
+    with native.use_backend("native"):
+        whole = ops.causal_linear_attention(q, k, v)
+        out, kv1, z1 = ops.causal_linear_attention_stateful(q, k, v, kv0, z0)
+        a, kv_a, z_a = ops.causal_linear_attention_stateful(q[:, :, :15], k[:, :, :15],
+                                                            v[:, :, :15], kv0, z0)
+        b, kv_b, z_b = ops.causal_linear_attention_stateful(q[:, :, 15:], k[:, :, 15:],
+                                                            v[:, :, 15:], kv_a, z_a)
+    _close(out, whole, dtype)
+    _close(torch.cat([a, b], dim=2), whole, dtype)
+    _close(kv_b, kv1, dtype)
+    _close(z_b, z1, dtype)
+    _close(z1, k.sum(2), dtype)
+
+
+@needs_native
+def test_causal_stateful_grad_and_bad_inputs():
+    """Inputs needing grad take the differentiable reference; bad state shapes raise."""
+    q, k, v, kv0, z0 = _stateful_inputs(1, 2, 6, 3, 4, torch.float64, 9)
+    q.requires_grad_()
+    with native.use_backend("native"):
+        out, kv1, z1 = ops.causal_linear_attention_stateful(q, k, v, kv0, z0)
+        assert out.requires_grad
+        out.sum().backward()
+        assert q.grad is not None and torch.isfinite(q.grad).all()
+        with torch.no_grad():
+            out2, _, _ = ops.causal_linear_attention_stateful(q, k, v, kv0, z0)
+    _close(out2, out.detach(), torch.float64)
+    with pytest.raises(ValueError, match="kv0"):
+        ops.causal_linear_attention_stateful(q, k, v, kv0[..., :2], z0)
+    with pytest.raises(ValueError, match="z0"):
+        ops.causal_linear_attention_stateful(q, k, v, kv0, z0[..., :2])
+    with pytest.raises(ValueError, match="q_feat"):
+        ops.causal_linear_attention_stateful(q[0], k, v, kv0, z0)
+    with pytest.raises((ValueError, TypeError), match="kv0"):
+        torch.ops.panther.causal_linear_attention_stateful(q.detach(), k, v, kv0.float(), z0,
+                                                           1e-6)
+
+
 @needs_native
 def test_gradcheck_float64():
     """Finite-difference check of every hand-written backward (the scans especially)."""
@@ -249,6 +346,9 @@ def test_opcheck_registrations():
     torch.library.opcheck(P.sketched_linear, (x, S1, U2, U1, S2, None, 1), test_utils=tests)
     torch.library.opcheck(P.causal_linear_attention, (q.requires_grad_(), k, v, 1e-6),
                           test_utils=tests)
+    kv0, z0 = torch.randn(1, 2, 3, 4, generator=gen), torch.rand(1, 2, 3, generator=gen)
+    torch.library.opcheck(P.causal_linear_attention_stateful, (q.detach(), k, v, kv0, z0, 1e-6),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @needs_native

@@ -115,6 +115,10 @@ def _causal_backward(ctx, grad_out, grad_den):
     return (*[g if need else None for g, need in zip(grads, mask)], None)
 
 
+def _causal_stateful_fake(q, k, v, kv0, z0, eps):
+    return v.new_empty(v.shape), kv0.new_empty(kv0.shape), z0.new_empty(z0.shape)
+
+
 # --- FLOP formulas (torch.utils.flop_counter) ------------------------------------------------
 #
 # Counted the way torch counts its own ops: 2 per multiply-add of a product, 1 per addition;
@@ -167,6 +171,10 @@ def _causal_flop(q, k, v, eps, *args, out_shape=None, **kwargs):
     return batch * heads * n * (4 * m * d + 3 * m)
 
 
+def _causal_stateful_flop(q, k, v, kv0, z0, eps, *args, out_shape=None, **kwargs):
+    return _causal_flop(q, k, v, eps)
+
+
 def _causal_backward_flop(grad, q, k, v, out, den, output_mask, *args, out_shape=None, **kwargs):
     batch, heads, n, m = q
     d = v[-1]
@@ -195,6 +203,7 @@ def _register_flop_formulas() -> None:
         ops.sparse_sketch_apply_backward: _sparse_backward_flop,
         ops.causal_linear_attention: _causal_flop,
         ops.causal_linear_attention_backward: _causal_backward_flop,
+        ops.causal_linear_attention_stateful: _causal_stateful_flop,
     }
     from torch.utils.flop_counter import flop_registry
 
@@ -223,5 +232,8 @@ def register() -> None:
     lib.register_fake("panther::causal_linear_attention_backward", _causal_backward_fake)
     lib.register_autograd("panther::causal_linear_attention", _causal_backward,
                           setup_context=_causal_setup)
+    # Inference only (no autograd formula): ops.causal_linear_attention_stateful takes the
+    # reference path whenever an input needs grad.
+    lib.register_fake("panther::causal_linear_attention_stateful", _causal_stateful_fake)
     _register_flop_formulas()
     _REGISTERED = True

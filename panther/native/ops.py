@@ -20,7 +20,8 @@ from torch import Tensor
 
 from panther.native import _build, backend, reference
 
-__all__ = ["sketched_linear", "fwht", "sparse_sketch_apply", "causal_linear_attention"]
+__all__ = ["sketched_linear", "fwht", "sparse_sketch_apply", "causal_linear_attention",
+           "causal_linear_attention_stateful"]
 
 _FLOATS = (torch.float32, torch.float64)
 _CUDA_SHARED_BYTES = 48 * 1024
@@ -146,3 +147,34 @@ def causal_linear_attention(q_feat: Tensor, k_feat: Tensor, v: Tensor, eps: floa
         return reference.causal_linear_attention(q_feat, k_feat, v, eps)
     out, _ = _ops().causal_linear_attention(q_feat, k_feat, v, float(eps))
     return out
+
+
+def causal_linear_attention_stateful(q_feat: Tensor, k_feat: Tensor, v: Tensor, kv0: Tensor,
+                                     z0: Tensor, eps: float = 1e-6
+                                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """See :func:`panther.native.reference.causal_linear_attention_stateful`.
+
+    Meant for inference: the compiled kernel has no backward, so inputs that require grad
+    (with grad mode on) take the differentiable reference path, as do CUDA tensors.
+    """
+    if q_feat.dim() != 4 or k_feat.shape != q_feat.shape or v.dim() != 4 \
+            or v.shape[:3] != q_feat.shape[:3]:
+        raise ValueError(
+            "causal_linear_attention_stateful expects q_feat, k_feat of shape (B, H, n, m) and v "
+            f"of shape (B, H, n, d); got {tuple(q_feat.shape)}, {tuple(k_feat.shape)}, "
+            f"{tuple(v.shape)}")
+    B, H, _, m = q_feat.shape
+    d = v.shape[-1]
+    if tuple(kv0.shape) != (B, H, m, d) or tuple(z0.shape) != (B, H, m):
+        raise ValueError(
+            f"causal_linear_attention_stateful expects kv0 of shape (B, H, m, d) = {(B, H, m, d)} "
+            f"and z0 of shape (B, H, m) = {(B, H, m)}; got {tuple(kv0.shape)} and "
+            f"{tuple(z0.shape)}")
+    tensors = [q_feat, k_feat, v, kv0, z0]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    # No CUDA kernel: the reference's chunked GEMMs are the GPU path.
+    native = (not needs_grad and q_feat.device.type == "cpu"
+              and _use_native("causal_linear_attention_stateful", tensors))
+    if not native:
+        return reference.causal_linear_attention_stateful(q_feat, k_feat, v, kv0, z0, eps)
+    return _ops().causal_linear_attention_stateful(q_feat, k_feat, v, kv0, z0, float(eps))

@@ -17,6 +17,7 @@ __all__ = [
     "fwht",
     "sparse_sketch_apply",
     "causal_linear_attention",
+    "causal_linear_attention_stateful",
 ]
 
 
@@ -106,6 +107,35 @@ def causal_linear_attention(
         return v[:, :, :0] + 0 * (q_feat.sum() + k_feat.sum())
     state = q_feat.new_zeros(B, H, m, d)
     norm = q_feat.new_zeros(B, H, m)
+    out, _, _ = _causal_scan(q_feat, k_feat, v, state, norm, eps, chunk_size)
+    return out
+
+
+def causal_linear_attention_stateful(
+    q_feat: Tensor,
+    k_feat: Tensor,
+    v: Tensor,
+    kv0: Tensor,
+    z0: Tensor,
+    eps: float = 1e-6,
+    chunk_size: int = 128,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Causal random-feature attention continuing from a prefix state.
+
+    ``kv0`` (``(B, H, m, d)``) and ``z0`` (``(B, H, m)``) are ``sum k_s v_s^T`` and
+    ``sum k_s`` over the tokens before this block. Returns ``(out, kv1, z1)`` with
+    ``out[t] = (q_t . (kv0 + sum_{s<=t} k_s v_s^T)) / (q_t . (z0 + sum_{s<=t} k_s) + eps)`` and
+    the state after the block's last token, so a long sequence can be processed block by block.
+    With zero state this is :func:`causal_linear_attention`.
+    """
+    return _causal_scan(q_feat, k_feat, v, kv0, z0, eps, chunk_size)
+
+
+def _causal_scan(
+    q_feat: Tensor, k_feat: Tensor, v: Tensor, state: Tensor, norm: Tensor, eps: float,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    n = q_feat.shape[2]
     outs = []
     for start in range(0, n, chunk_size):
         end = min(start + chunk_size, n)
@@ -118,4 +148,5 @@ def causal_linear_attention(
         outs.append(num / (den.unsqueeze(-1) + eps))
         state = state + k.transpose(-1, -2) @ vc
         norm = norm + k.sum(-2)
-    return torch.cat(outs, dim=2)
+    out = torch.cat(outs, dim=2) if outs else v[:, :, :0].clone()
+    return out, state, norm

@@ -178,12 +178,15 @@ class RandMultiHeadAttention(nn.Module):
     # slowing down once the full-sequence intermediates spill out of L2/L3.
     # 1024 measured best among 256..2048 (embed 512, 8 heads, m = 64, two cores).
     _inference_chunk_size: int | None = 1024
-    # Causal attention is chunked only for sequences longer than this; None (the default)
-    # never chunks it. The native causal scan already keeps only O(m * d) state per head, and
-    # repeated measurements (embed 512, 8 heads, m = 64, two cores) found the unchunked path
-    # as fast or faster at n = 2048..8192 (e.g. 106-113 ms vs 120-124 ms at 8192), because
-    # each block must recover its own normaliser. Kept as an opt-in for smaller caches.
-    _causal_chunk_min_len: int | None = None
+    # Causal attention is chunked only for sequences longer than this (None never chunks it).
+    # Each block continues the native scan from the carried prefix state
+    # (ops.causal_linear_attention_stateful), so chunking costs nothing extra per token; it pays
+    # off once the full-sequence projections and feature maps (~48 MB at n = 4096) spill out of
+    # L3. bench_layers.py (embed 512, 8 heads, m = 64, two cores, two runs): n = 8192 116/103 ms
+    # chunked vs 131 ms unchunked, growth 2048->4096 2.12/2.07x (2.23x unchunked) and
+    # 4096->8192 1.99/1.99x (2.24x). At n <= 2048 the two paths measured within noise
+    # (2048: 27.8 vs 29.4 ms median, 26.8 vs 25.6 ms best), so short sequences stay unchunked.
+    _causal_chunk_min_len: int | None = 2048
 
     def __init__(
         self,
@@ -614,8 +617,8 @@ class RandMultiHeadAttention(nn.Module):
         src_len = key.shape[1]
         h, d = self.num_heads, self.head_dim
         chunk = self._inference_chunk_size
-        # Causal blocks carry the prefix state and recover the block's own normaliser, an
-        # overhead that only pays off on long sequences (see _causal_chunk_min_len).
+        # Causal blocks carry the prefix state; that only pays off on long sequences (see
+        # _causal_chunk_min_len).
         min_len = self._causal_chunk_min_len if causal else chunk
         if (
             chunk is not None
@@ -754,10 +757,10 @@ class RandMultiHeadAttention(nn.Module):
 
         Block ``c`` attends to the earlier blocks through the carried state
         ``kv = sum_s phi(k_s) v_s^T`` and ``k_sum = sum_s phi(k_s)`` of all keys before it, and
-        to itself through :func:`panther.native.ops.causal_linear_attention`, whose normalised
-        output is turned back into numerator and denominator (the denominator is the block's
-        own prefix sum of key features). The softmax key stabiliser is the running maximum of
-        the key logits; the state is rescaled whenever it grows.
+        to itself in one scan of :func:`panther.native.ops.causal_linear_attention_stateful`,
+        which starts from the carried state and returns the state after the block. The softmax
+        key stabiliser is the running maximum of the key logits; the carried state is rescaled
+        whenever it grows.
         """
         batch, seq, _ = query.shape
         h, d, e = self.num_heads, self.head_dim, self.embed_dim
@@ -777,7 +780,7 @@ class RandMultiHeadAttention(nn.Module):
             b_q, b_k, b_v = bias.chunk(3)
         dev = query.device
         kv = torch.zeros(batch, h, m, d, dtype=work, device=dev)
-        k_sum = torch.zeros(batch, h, m, 1, dtype=work, device=dev)
+        k_sum = torch.zeros(batch, h, m, dtype=work, device=dev)
         run_max = torch.full((batch, h, 1, 1), float("-inf"), dtype=work, device=dev)
         out = torch.empty(batch, seq, e, dtype=out_dtype, device=dev)
         for s0 in range(0, seq, chunk):
@@ -802,26 +805,15 @@ class RandMultiHeadAttention(nn.Module):
                     torch.exp(_finite_or_zero(run_max) - _finite_or_zero(new_max)),
                 )
                 kv.mul_(grow)
-                k_sum.mul_(grow)
+                k_sum.mul_(grow.squeeze(-1))
                 run_max = new_max
                 k_feat = self._key_features_from_logits(k_log, _finite_or_zero(run_max))
             else:
                 k_feat = self._relu_key_features(k_c, w_feat, bias_c, relu_top)
-            v_c = v_c.contiguous()
-            intra = ops.causal_linear_attention(q_feat, k_feat, v_c, eps)
-            den_intra = (q_feat * k_feat.cumsum(dim=-2)).sum(dim=-1, keepdim=True)
-            num = torch.baddbmm(
-                intra.reshape(batch * h, n, d) * (den_intra + eps).reshape(batch * h, n, 1),
-                q_feat.reshape(batch * h, n, m),
-                kv.view(batch * h, m, d),
-            ).view(batch, h, n, d)
-            den = den_intra + q_feat @ k_sum
-            attn = (num / (den + eps)).to(out_dtype).transpose(1, 2).reshape(batch, n, e)
+            attn, kv, k_sum = ops.causal_linear_attention_stateful(
+                q_feat, k_feat, v_c, kv, k_sum, eps)
+            attn = attn.to(out_dtype).transpose(1, 2).reshape(batch, n, e)
             out[:, s0:s1] = self.out_proj(attn)
-            kv.view(batch * h, m, d).baddbmm_(
-                k_feat.reshape(batch * h, n, m).transpose(1, 2), v_c.view(batch * h, n, d)
-            )
-            k_sum.add_(k_feat.sum(dim=-2).unsqueeze(-1))
         return out
 
     def _forward_nested(

@@ -123,14 +123,31 @@ struct Head {
   int64_t n, m, d;
 };
 
-// Forward on value columns [c0, c0 + width).
+// Prefix state of one head for the stateful forward: the initial S (m x d, row-major) and z (m)
+// are read, the final ones written. All null for the plain forward, which starts from zero.
+template <typename T>
+struct State {
+  const T* kv0 = nullptr;
+  const T* z0 = nullptr;
+  T* kv1 = nullptr;
+  T* z1 = nullptr;
+};
+
+// Forward on value columns [c0, c0 + width). den_out may be null (the stateful forward does not
+// keep the normaliser: it has no backward).
 template <typename T>
 void forward_block(const Head<T>& h, T* __restrict__ out, T* __restrict__ den_out, int64_t c0,
-                   int64_t width, T eps) {
+                   int64_t width, T eps, const State<T>& st = State<T>{}) {
   const int64_t m = h.m, d = h.d;
   std::vector<T> X(static_cast<size_t>(m * width), T(0));
   std::vector<T> z(static_cast<size_t>(m), T(0));
   std::vector<T> y(static_cast<size_t>(width));
+  if (st.kv0 != nullptr) {
+    for (int64_t r = 0; r < m; ++r) {
+      std::copy(st.kv0 + r * d + c0, st.kv0 + r * d + c0 + width, X.begin() + r * width);
+    }
+    std::copy(st.z0, st.z0 + m, z.begin());
+  }
   for (int64_t t = 0; t < h.n; ++t) {
     const T* qt = h.q + t * m;
     const T* kt = h.k + t * m;
@@ -141,11 +158,18 @@ void forward_block(const Head<T>& h, T* __restrict__ out, T* __restrict__ den_ou
       den += qt[i] * z[i];
     }
     den += eps;
-    if (c0 == 0) den_out[t] = den;
+    if (c0 == 0 && den_out != nullptr) den_out[t] = den;
     scan_step<T>(X.data(), width, m, width, kt, qt, h.v + t * d + c0, y.data());
     const T inv = T(1) / den;
     T* ot = out + t * d + c0;
     for (int64_t c = 0; c < width; ++c) ot[c] = y[c] * inv;
+  }
+  if (st.kv1 != nullptr) {
+    for (int64_t r = 0; r < m; ++r) {
+      std::copy(X.begin() + r * width, X.begin() + (r + 1) * width, st.kv1 + r * d + c0);
+    }
+    // Every column block recomputes z; the first one publishes it.
+    if (c0 == 0) std::copy(z.begin(), z.end(), st.z1);
   }
 }
 
@@ -251,6 +275,72 @@ std::tuple<at::Tensor, at::Tensor> causal_forward_cpu(const at::Tensor& q_in,
   return {out, den};
 }
 
+// Forward from a given prefix state (kv0 = sum k_s v_s^T, z0 = sum k_s over the earlier tokens),
+// returning the output and the state after the last token. Inference only: no normaliser is
+// kept and no backward exists, which lets a caller process a long sequence block by block.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_forward_stateful_cpu(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& kv0_in, const at::Tensor& z0_in, double eps) {
+  check_attention(q_in, k_in, v_in);
+  const int64_t B = q_in.size(0), H = q_in.size(1), n = q_in.size(2), m = q_in.size(3);
+  const int64_t d = v_in.size(3);
+  TORCH_CHECK_VALUE(kv0_in.dim() == 4 && kv0_in.size(0) == B && kv0_in.size(1) == H &&
+                        kv0_in.size(2) == m && kv0_in.size(3) == d,
+                    "kv0 must have shape (B, H, m, d) = (", B, ", ", H, ", ", m, ", ", d,
+                    "), got ", kv0_in.sizes());
+  TORCH_CHECK_VALUE(z0_in.dim() == 3 && z0_in.size(0) == B && z0_in.size(1) == H &&
+                        z0_in.size(2) == m,
+                    "z0 must have shape (B, H, m) = (", B, ", ", H, ", ", m, "), got ",
+                    z0_in.sizes());
+  TORCH_CHECK_TYPE(kv0_in.scalar_type() == q_in.scalar_type() &&
+                       z0_in.scalar_type() == q_in.scalar_type(),
+                   "kv0 and z0 must have the dtype of q_feat");
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const at::Tensor kv0 = kv0_in.contiguous(), z0 = z0_in.contiguous();
+  const int64_t heads = B * H;
+  at::Tensor out = at::empty({B, H, n, d}, v.options());
+  at::Tensor kv1 = at::empty({B, H, m, d}, v.options());
+  at::Tensor z1 = at::empty({B, H, m}, v.options());
+  if (heads == 0) return {out, kv1, z1};
+  if (n == 0 || d == 0 || m == 0) {
+    // Nothing for the scan to do: the state only gains the (possibly empty) block's sums.
+    kv1.copy_(kv0 + at::matmul(k.transpose(-1, -2), v));
+    z1.copy_(z0 + k.sum(2));
+    out.zero_();  // m == 0: no features, so a zero numerator over eps
+    return {out, kv1, z1};
+  }
+  const int64_t threads = at::get_num_threads();
+  int64_t block = block_width(m, d, q.element_size());
+  block = balance(block, d, heads, threads);
+  std::vector<Item> items;
+  add_items(items, heads, 0, d, block);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "panther_causal_forward_stateful", [&] {
+    const scalar_t* qp = q.data_ptr<scalar_t>();
+    const scalar_t* kp = k.data_ptr<scalar_t>();
+    const scalar_t* vp = v.data_ptr<scalar_t>();
+    const scalar_t* kv0p = kv0.data_ptr<scalar_t>();
+    const scalar_t* z0p = z0.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* kv1p = kv1.data_ptr<scalar_t>();
+    scalar_t* z1p = z1.data_ptr<scalar_t>();
+    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const Item& it = items[u];
+        const int64_t hh = it.head;
+        const Head<scalar_t> head{qp + hh * n * m, kp + hh * n * m, vp + hh * n * d, n, m, d};
+        State<scalar_t> st;
+        st.kv0 = kv0p + hh * m * d;
+        st.z0 = z0p + hh * m;
+        st.kv1 = kv1p + hh * m * d;
+        st.z1 = z1p + hh * m;
+        forward_block<scalar_t>(head, op + hh * n * d, nullptr, it.c0, it.width,
+                                static_cast<scalar_t>(eps), st);
+      }
+    });
+  });
+  return {out, kv1, z1};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& den_in,
@@ -307,6 +397,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_backward_cpu(
 TORCH_LIBRARY_IMPL(panther, CPU, m) {
   m.impl("causal_linear_attention", &causal_forward_cpu);
   m.impl("causal_linear_attention_backward", &causal_backward_cpu);
+  m.impl("causal_linear_attention_stateful", &causal_forward_stateful_cpu);
 }
 
 }  // namespace panther

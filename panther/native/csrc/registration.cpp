@@ -26,4 +26,10 @@ TORCH_LIBRARY(panther, m) {
   m.def(
       "causal_linear_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, "
       "Tensor den, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Inference-only causal attention from a prefix state: kv0 (B, H, m, d) = sum k_s v_s^T and
+  // z0 (B, H, m) = sum k_s over earlier tokens. Returns (out, kv1, z1), the state after the last
+  // token. No autograd formula: the Python wrapper never calls it on inputs that need grad.
+  m.def(
+      "causal_linear_attention_stateful(Tensor q, Tensor k, Tensor v, Tensor kv0, Tensor z0, "
+      "float eps) -> (Tensor, Tensor, Tensor)");
 }
