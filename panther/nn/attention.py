@@ -712,22 +712,8 @@ class RandMultiHeadAttention(nn.Module):
             k_c = k_c.reshape(batch, n, h, d).transpose(1, 2).to(work)
             v_c = v_c.reshape(batch, n, h, d).transpose(1, 2).to(work)
             bias_c = None if key_bias is None else key_bias[:, s0:s1]
-            if softmax:
-                k_log = self._key_logits(k_c, w_feat, bias_c)
-                new_max = torch.maximum(run_max, k_log.amax(dim=(-2, -1), keepdim=True))
-                # Accumulators are still empty while the running max is -inf (all keys so far
-                # masked); the factor is then irrelevant but must not be inf * 0 = NaN.
-                grow = torch.where(
-                    torch.isinf(run_max),
-                    torch.zeros_like(run_max),
-                    torch.exp(_finite_or_zero(run_max) - _finite_or_zero(new_max)),
-                )
-                kv.mul_(grow)
-                k_sum.mul_(grow.squeeze(-1))
-                run_max = new_max
-                k_feat = self._key_features_from_logits(k_log, _finite_or_zero(run_max))
-            else:
-                k_feat = self._relu_key_features(k_c, w_feat, bias_c, relu_top)
+            k_feat, run_max = self._block_key_features(
+                k_c, w_feat, bias_c, relu_top, run_max, kv, k_sum)
             kv.add_(torch.einsum("bhsm,bhsd->bhmd", k_feat, v_c))
             k_sum.add_(k_feat.sum(dim=-2))
 
@@ -744,6 +730,37 @@ class RandMultiHeadAttention(nn.Module):
             attn = attn.transpose(1, 2).reshape(batch, n, e)
             out[:, l0:l1] = self.out_proj(attn)
         return out
+
+    def _block_key_features(
+        self,
+        k_c: Tensor,
+        w_feat: Tensor,
+        bias_c: Tensor | None,
+        relu_top: Tensor | None,
+        run_max: Tensor,
+        kv: Tensor,
+        k_sum: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Key features of one block of the chunked paths, and the new running stabiliser.
+
+        The softmax stabiliser is the running maximum of the key logits seen so far; when a
+        block raises it, the carried ``kv``/``k_sum`` are rescaled in place so every block
+        shares one stabiliser. The ReLU kernel needs none and returns ``run_max`` unchanged.
+        """
+        if self.kernel_fn != "softmax":
+            return self._relu_key_features(k_c, w_feat, bias_c, relu_top), run_max
+        k_log = self._key_logits(k_c, w_feat, bias_c)
+        new_max = torch.maximum(run_max, k_log.amax(dim=(-2, -1), keepdim=True))
+        # The accumulators are still empty while the running max is -inf (every key so far
+        # masked); the factor is then irrelevant but must not be inf * 0 = NaN.
+        grow = torch.where(
+            torch.isinf(run_max),
+            torch.zeros_like(run_max),
+            torch.exp(_finite_or_zero(run_max) - _finite_or_zero(new_max)),
+        )
+        kv.mul_(grow)
+        k_sum.mul_(grow.squeeze(-1))
+        return self._key_features_from_logits(k_log, _finite_or_zero(new_max)), new_max
 
     def _chunked_causal_attention(
         self,
@@ -796,20 +813,8 @@ class RandMultiHeadAttention(nn.Module):
                              for t in (q_c, k_c, v_c))
             q_feat = self._query_features(q_c, w_feat)
             bias_c = None if key_bias is None else key_bias[:, s0:s1]
-            if softmax:
-                k_log = self._key_logits(k_c, w_feat, bias_c)
-                new_max = torch.maximum(run_max, k_log.amax(dim=(-2, -1), keepdim=True))
-                grow = torch.where(
-                    torch.isinf(run_max),
-                    torch.zeros_like(run_max),
-                    torch.exp(_finite_or_zero(run_max) - _finite_or_zero(new_max)),
-                )
-                kv.mul_(grow)
-                k_sum.mul_(grow.squeeze(-1))
-                run_max = new_max
-                k_feat = self._key_features_from_logits(k_log, _finite_or_zero(run_max))
-            else:
-                k_feat = self._relu_key_features(k_c, w_feat, bias_c, relu_top)
+            k_feat, run_max = self._block_key_features(
+                k_c, w_feat, bias_c, relu_top, run_max, kv, k_sum)
             attn, kv, k_sum = ops.causal_linear_attention_stateful(
                 q_feat, k_feat, v_c, kv, k_sum, eps)
             attn = attn.to(out_dtype).transpose(1, 2).reshape(batch, n, e)
