@@ -914,3 +914,15 @@ def test_property_chunked_equals_unchunked(tgt_len, src_len, chunk, kernel_fn, k
     expected = _run(layer, None, query, key, value, key_padding_mask=mask)
     got = _run(layer, chunk, query, key, value, key_padding_mask=mask)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_empty_sequences(causal):
+    layer = RandMultiHeadAttention(16, 2, 8, seed=0)
+    x = torch.randn(0, 2, 16)
+    out, weights = layer(x, x, x, is_causal=causal,
+                         attn_mask=torch.ones(0, 0, dtype=torch.bool).triu(1) if causal else None)
+    assert out.shape == (0, 2, 16) and weights is None
+    q = torch.randn(3, 2, 16)
+    out, _ = layer(q, x, x)  # no keys at all: like a fully masked row, only the output bias
+    torch.testing.assert_close(out, layer.out_proj.bias.expand(3, 2, 16))

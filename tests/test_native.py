@@ -324,8 +324,14 @@ def test_gradcheck_float64():
                                         (x, vals))
         assert torch.autograd.gradcheck(
             lambda *a: ops.sketched_linear(*a, 2), (x, S1, U2, U1, S2, b))
-        # fwht's backward is fwht itself, so it is twice differentiable.
+        # fwht's backward is fwht itself, so it is twice differentiable; the other ops
+        # differentiate their gradients through the reference under create_graph=True.
         assert torch.autograd.gradgradcheck(ops.fwht, (x,))
+        assert torch.autograd.gradgradcheck(ops.causal_linear_attention, (q, k, v))
+        assert torch.autograd.gradgradcheck(lambda a, w: ops.sparse_sketch_apply(a, rows, w, 5),
+                                            (x, vals))
+        assert torch.autograd.gradgradcheck(
+            lambda *a: ops.sketched_linear(*a, 2), (x, S1, U2, U1, S2, b))
 
 
 @needs_native
@@ -367,6 +373,22 @@ def test_torch_compile_uses_ops():
     torch.testing.assert_close(out, f(x))
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_layers_compile_without_graph_breaks():
+    """Dispatch reads the load state lock-free, so whole layers compile as one graph."""
+    from panther.nn import RandMultiHeadAttention, SKLinear
+
+    torch._dynamo.reset()
+    layer = SKLinear(16, 12, 2, 3, seed=0)
+    x = torch.randn(5, 16)
+    layer(x)  # an eager call loads the extension first, as in real use
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), layer(x))
+    attn = RandMultiHeadAttention(16, 2, 8, iscausal=True, batch_first=True, seed=0)
+    xa = torch.randn(2, 10, 16)
+    compiled_attn = torch.compile(attn, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled_attn(xa, xa, xa)[0], attn(xa, xa, xa)[0])
 
 
 # --- validation -----------------------------------------------------------------------------------

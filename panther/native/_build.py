@@ -55,6 +55,7 @@ class NativeStatus(NamedTuple):
 @dataclass
 class _State:
     attempted: bool = False
+    finished: bool = False  # the first load() has returned: its result can be read lock-free
     cpu_loaded: bool = False
     cuda_loaded: bool = False
     reason: str = "not loaded yet (loads on first use or with `python -m panther.native build`)"
@@ -192,6 +193,17 @@ def load(*, verbose: bool = False, force: bool = False) -> NativeStatus:
     Safe to call repeatedly: after the first attempt it only reports. ``force`` retries after a
     failed attempt (libraries already loaded stay loaded).
     """
+    # Every op call lands here: once loading is over, answer without the lock, which also
+    # keeps torch.compile(fullgraph=True) from breaking the graph on it.
+    if _STATE.finished and not force:
+        return status()
+    try:
+        return _load_locked(verbose=verbose, force=force)
+    finally:
+        _STATE.finished = True
+
+
+def _load_locked(*, verbose: bool, force: bool) -> NativeStatus:
     with _LOCK:
         if _STATE.attempted and not (force and not _STATE.cpu_loaded):
             return status()

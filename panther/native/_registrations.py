@@ -18,6 +18,21 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty((0,))
 
 
+def _grads_through_reference(forward, inputs: list[Tensor], needs: list[bool],
+                             grad_output: Tensor) -> list[Tensor | None]:
+    """Input gradients of ``forward(*inputs)`` that are differentiable themselves.
+
+    Used when a backward runs with ``create_graph=True``: the compiled backward ops have no
+    derivatives of their own, so they would cut (or silently zero) the second-order graph.
+    Recomputing the forward on the saved inputs through the reference gives ordinary autograd
+    all it needs for gradient penalties, Hessian-vector products and the like.
+    """
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    found = iter(torch.autograd.grad(forward(*inputs), wanted, grad_output, create_graph=True,
+                                     allow_unused=True))
+    return [next(found) if need else None for need in needs]
+
+
 # --- sketched linear ---------------------------------------------------------------------------
 
 
@@ -42,6 +57,14 @@ def _sketched_linear_backward(ctx, grad_y, grad_t):
     x, t, S1, U2, U1, S2 = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:6])
     needs[5] = needs[5] and ctx.has_bias
+    if torch.is_grad_enabled():  # create_graph=True
+        from panther.native import reference
+
+        num_terms = ctx.num_terms
+        grads = _grads_through_reference(
+            lambda *a: reference.sketched_linear(*a, None, num_terms),
+            [x, S1, U2, U1, S2], needs[:5], grad_y)
+        return (*grads, grad_y.sum(0) if needs[5] else None, None)
     grads = torch.ops.panther.sketched_linear_backward(
         grad_y, x, t, S1, U2, U1, S2, ctx.num_terms, needs)
     out = [g if need else None for g, need in zip(grads, needs)]
@@ -80,11 +103,19 @@ def _sparse_backward_fake(grad, x, rows, values, output_mask):
 def _sparse_setup(ctx, inputs, output):
     x, rows, values, m = inputs
     ctx.save_for_backward(x, rows, values)
+    ctx.m = m
 
 
 def _sparse_backward(ctx, grad):
     x, rows, values = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2]]
+    if torch.is_grad_enabled():  # create_graph=True
+        from panther.native import reference
+
+        m = ctx.m
+        gx, gv = _grads_through_reference(
+            lambda a, w: reference.sparse_sketch_apply(a, rows, w, m), [x, values], mask, grad)
+        return (gx, None, gv, None)
     gx, gv = torch.ops.panther.sparse_sketch_apply_backward(grad, x, rows, values, mask)
     return (gx if mask[0] else None, None, gv if mask[1] else None, None)
 
@@ -105,12 +136,21 @@ def _causal_setup(ctx, inputs, output):
     q, k, v, eps = inputs
     out, den = output
     ctx.save_for_backward(q, k, v, out, den)
+    ctx.eps = eps
 
 
 def _causal_backward(ctx, grad_out, grad_den):
     # grad_den is always zero/None: den is internal to the Python wrapper.
     q, k, v, out, den = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:3])
+    if torch.is_grad_enabled():  # create_graph=True
+        from panther.native import reference
+
+        eps = ctx.eps
+        grads = _grads_through_reference(
+            lambda a, b, c: reference.causal_linear_attention(a, b, c, eps), [q, k, v], mask,
+            grad_out)
+        return (*grads, None)
     grads = torch.ops.panther.causal_linear_attention_backward(grad_out, q, k, v, out, den, mask)
     return (*[g if need else None for g, need in zip(grads, mask)], None)
 

@@ -41,7 +41,9 @@ def _use_native(op: str, tensors: list[Tensor], cuda_generic: bool = False,
     mode = backend()
     if mode == "reference":
         return False
-    st = _build.load()
+    # Loading takes a lock, which torch.compile cannot trace: while compiling, use whatever is
+    # already loaded (the reference if nothing is yet; an eager call loads the extension).
+    st = _build.status() if torch.compiler.is_compiling() else _build.load()
     first = tensors[0]
     device, dtype = first.device, first.dtype
     problem = None
@@ -66,7 +68,7 @@ def _use_native(op: str, tensors: list[Tensor], cuda_generic: bool = False,
         raise RuntimeError(
             f"panther.native.ops.{op}: PANTHER_NATIVE=1 forces the native kernels, but {problem}. "
             "Unset PANTHER_NATIVE (or set it to 0) to use the reference path.")
-    if not st.cpu_loaded:
+    if not st.cpu_loaded and not torch.compiler.is_compiling():
         _build.warn_once_unavailable()
     return False
 

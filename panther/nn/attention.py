@@ -615,6 +615,9 @@ class RandMultiHeadAttention(nn.Module):
         """Core attention on batch-first ``(N, L, E)`` / ``(N, S, E)`` tensors."""
         batch, tgt_len, _ = query.shape
         src_len = key.shape[1]
+        if tgt_len == 0 or src_len == 0:
+            # Nothing to attend to: the attention output is 0, as for a fully masked row.
+            return self.out_proj(query.new_zeros(batch, tgt_len, self.embed_dim))
         h, d = self.num_heads, self.head_dim
         chunk = self._inference_chunk_size
         # Causal blocks carry the prefix state; that only pays off on long sequences (see
