@@ -757,16 +757,21 @@ def _print_files(output: Path, files: dict[str, str]) -> None:
 
 
 # ---- subcommands -------------------------------------------------------------------------
-def _tune_keeping_results(tuner: Any) -> bool:
+def _tune_keeping_results(tuner: Any, output: Path) -> bool:
     """Run ``tuner.tune()``; on Ctrl-C keep what was found. Returns whether it was interrupted.
 
-    The tuner restores the model and keeps the trials so far when interrupted, so the
-    caller can still write them out before exiting with status 130.
+    The tuner restores the model and keeps the trials so far when interrupted. They are
+    written to ``output`` at once, before anything else runs, so a second Ctrl-C or a failure
+    while the caller finishes its report cannot lose them.
     """
     try:
         tuner.tune()
     except KeyboardInterrupt:
-        print("\ninterrupted: writing the results found so far (unverified)", file=sys.stderr)
+        output.mkdir(parents=True, exist_ok=True)
+        tuner.save_tuning_results(str(output / RESULTS_JSON))
+        tuner.get_results_dataframe().to_csv(output / RESULTS_CSV, index=False)
+        print(f"\ninterrupted: the trials so far are saved in {output}; writing the rest "
+              "(unverified)", file=sys.stderr)
         return True
     return False
 
@@ -804,23 +809,26 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(spec.path, "layers", str(exc), "fix the [[layers]] tables") from exc
-    interrupted = _tune_keeping_results(tuner)
+    output = Path(args.output or spec.output or "panther-tune-output")
+    interrupted = _tune_keeping_results(tuner, output)
     tuned = tuner.apply_best_params().eval()
     info = tuner.report
     before_acc = info.get("baseline_accuracy")
     before_speed = info.get("baseline_speed")
     after_acc = info.get("final_accuracy")
     after_speed = info.get("final_speed")
-    # The tuner verifies the combined model; measure ourselves when it did not.
-    if before_acc is None:
-        before_acc = float(spec.accuracy_fn(original))
-    if after_acc is None:
-        after_acc = float(spec.accuracy_fn(tuned))
-    if spec.speed_fn is not None:
-        if before_speed is None:
-            before_speed = float(spec.speed_fn(original))
-        if after_speed is None:
-            after_speed = float(spec.speed_fn(tuned))
+    # The tuner verifies the combined model; measure ourselves when it did not, except after
+    # Ctrl-C, when the user asked to stop: the report then says "not measured".
+    if not interrupted:
+        if before_acc is None:
+            before_acc = float(spec.accuracy_fn(original))
+        if after_acc is None:
+            after_acc = float(spec.accuracy_fn(tuned))
+        if spec.speed_fn is not None:
+            if before_speed is None:
+                before_speed = float(spec.speed_fn(original))
+            if after_speed is None:
+                after_speed = float(spec.speed_fn(tuned))
     summary = {
         "title": f"panther-tune {spec.path.name}",
         "config": str(spec.path.resolve()),
@@ -836,7 +844,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         "interrupted": interrupted,
     }
     print_report(summary)
-    output = Path(args.output or spec.output or "panther-tune-output")
     files = write_outputs(tuner, tuned, summary, output)
     _print_files(output, files)
     return 130 if interrupted else 0
@@ -956,7 +963,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # choices irreproducible. The final table measures real throughput either way.
         speed_precheck=bool(args.speed_check),
     )
-    interrupted = _tune_keeping_results(tuner)
+    interrupted = _tune_keeping_results(tuner, output)
     tuned = tuner.apply_best_params().eval()
 
     after_acc = accuracy_fn(tuned)

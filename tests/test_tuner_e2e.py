@@ -353,3 +353,65 @@ def test_resume_after_real_kill(tmp_path):
         assert sum(s not in ("skipped", "cached") for s in statuses) == 5
     assert optuna.trial.TrialState.FAIL in [
         t.state for t in optuna.load_study(study_name="kill/2", storage=storage).trials]
+
+
+def test_fresh_weights_rebuild_exactly(tmp_path):
+    """copy_weights=False: the recorded seed fixes every random draw of the build."""
+    model = make_mlp().eval()
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(5))
+    tuner = SKAutoTuner(
+        model, TuningConfigs([LayerConfig(["2"], {"num_terms": [1], "low_rank": [4, 8]},
+                                          copy_weights=False)]),
+        accuracy_eval_func=lambda m: 1.0, optmization_eval_func=flops(x[:1], inverse=True),
+        search_algorithm=GridSearch(),
+    )
+    tuner.tune()
+    first = tuner.apply_best_params()
+    second = tuner.apply_best_params()
+    torch.testing.assert_close(first(x), second(x), rtol=0, atol=0)
+    tuner.save_tuning_results(tmp_path / "fresh.json")
+    rebuilt = load_tuning_results(tmp_path / "fresh.json").apply(make_mlp().eval())
+    torch.testing.assert_close(rebuilt(x), first(x), rtol=0, atol=0)
+
+
+def test_remeasured_candidates_beat_single_samples():
+    """A candidate measured once cannot win on a lucky first sample over re-measured ones."""
+    model = make_mlp().eval()
+    seen: dict[int, int] = {}
+
+    def speed(m: nn.Module) -> float:
+        rank = getattr(m[2], "low_rank", None)
+        if rank is None:
+            return 1.0
+        seen[rank] = seen.get(rank, 0) + 1
+        return 10.0 + rank if seen[rank] == 1 else 2.0 + rank / 100  # first sample is a spike
+
+    tuner = SKAutoTuner(
+        model, TuningConfigs([LayerConfig(["2"], {"num_terms": [1], "low_rank": [1, 2, 3, 4]})]),
+        accuracy_eval_func=lambda m: 1.0, optmization_eval_func=speed,
+        search_algorithm=GridSearch(), remeasure_top=3, verify=False,
+    )
+    best = tuner.tune()["2"]
+    assert best["params"]["low_rank"] == 4  # the fastest re-measured, not the unre-measured rank 1
+    assert tuner.get_best_params()["2"]["params"]["low_rank"] == 4
+
+
+def test_relative_tolerance_with_negative_scores():
+    """-loss style accuracy: a relative tolerance still sits below the original."""
+    model = make_mlp().eval()
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        target = model(x)
+
+    def neg_mse(m: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(((m(x) - target) ** 2).mean()) - 1.0  # original scores -1.0
+
+    tuner = SKAutoTuner(
+        model, TuningConfigs([LayerConfig(["2"], {"num_terms": [1], "low_rank": [8]})]),
+        accuracy_eval_func=neg_mse, optmization_eval_func=flops(x[:1], inverse=True),
+        accuracy_tolerance=0.5, tolerance_mode="relative", search_algorithm=GridSearch(),
+    )
+    tuner.tune()
+    assert tuner.report["effective_threshold"] == pytest.approx(-1.5)
+    assert tuner.get_results_dataframe()["status"].tolist() == ["ok"]

@@ -101,8 +101,17 @@ def build_layer(layer_type: Any, original: nn.Module, params: dict[str, Any],
     The result is moved to the original's device and floating dtype and put in its
     train/eval mode, so a third-party layer type that forgets to cannot change them.
     """
-    module = layer_type.build(original, params, copy_weights=copy_weights)
     device, dtype = module_device_dtype(original)
+    seed = params.get("seed")
+    if seed is None:
+        module = layer_type.build(original, params, copy_weights=copy_weights)
+    else:
+        # Everything random in the build (fresh weights with copy_weights=False, a third-party
+        # type's own draws) then follows the recorded seed, so every rebuild is the same layer.
+        devices = [device] if device is not None and device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            module = layer_type.build(original, params, copy_weights=copy_weights)
     if device is not None:
         module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
     module.train(original.training)

@@ -217,7 +217,8 @@ class SKAutoTuner:
         optimization_eval_func: correctly spelled alias of ``optmization_eval_func``.
         accuracy_tolerance: instead of ``accuracy_threshold``, allowed loss relative to
             the original model's accuracy, measured once at the start of ``tune()``.
-        tolerance_mode: ``"relative"``: threshold = original * (1 - tolerance);
+        tolerance_mode: ``"relative"``: threshold = original - |original| * tolerance
+            (99% of the original for a positive score and tolerance 0.01);
             ``"absolute"``: threshold = original - tolerance.
         multi_objective: search accuracy and speed together (needs an optimisation
             function and a backend that accepts two objectives, e.g. Optuna with
@@ -791,7 +792,8 @@ class SKAutoTuner:
                 self._restore_modes()
         if self.accuracy_tolerance is not None:
             if self.tolerance_mode == "relative":
-                self._threshold = acc * (1.0 - self.accuracy_tolerance)
+                # |acc| keeps the threshold below the original for negative scores (-loss).
+                self._threshold = acc - abs(acc) * self.accuracy_tolerance
             else:
                 self._threshold = acc - self.accuracy_tolerance
         else:
@@ -1236,7 +1238,7 @@ class SKAutoTuner:
         if remeasure:
             self._remeasure(group)
         options = self._options(group)
-        best = self._pick_winner(options)
+        best = self._group_winner(group, options)
         summary = {
             "layers": list(group.layers),
             "layer_types": {n: group.layer_types[n].name for n in group.layers},
@@ -1260,6 +1262,16 @@ class SKAutoTuner:
             self._log(f"[{group.key}] best {best.params} score={best.score:.4g}")
         plugins.emit("panther_layer_finished", layer_name=group.key,
                      best_params=summary["best_params"], best_score=summary["best_score"])
+
+    def _group_winner(self, group: _Group, options: list[_Option]) -> _Option | None:
+        """The group's winner; once its top candidates were re-measured, only they compete.
+
+        A row measured once would otherwise win on a lucky first sample that the re-measured
+        rows gave up when their median was taken.
+        """
+        remeasured = {r["trial_number"] for r in self._results.trials
+                      if r["layer_name"] == group.key and r.get("speed_median") is not None}
+        return self._pick_winner([o for o in options if o.trial_number in remeasured] or options)
 
     def _pick_winner(self, options: list[_Option]) -> _Option | None:
         if not options:
@@ -1314,7 +1326,7 @@ class SKAutoTuner:
         info = self._results.info
         finished = [g for g in self.groups if g.key in self._results.groups]
         per_group = {g.key: self._options(g) for g in finished}
-        winners = {g.key: self._pick_winner(per_group[g.key]) for g in finished}
+        winners = {g.key: self._group_winner(g, per_group[g.key]) for g in finished}
         info["stopped_by"] = self._stop_reason
         if not self.verify:
             self._results.selection = self._winner_selection()
