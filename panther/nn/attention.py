@@ -685,13 +685,8 @@ class RandMultiHeadAttention(nn.Module):
         src_len = key.shape[1]
         h, d, e = self.num_heads, self.head_dim, self.embed_dim
         weight, bias = self.in_proj_weight, self.in_proj_bias
-        out_dtype = torch.result_type(query, weight)
-        work = _compute_dtype(out_dtype)
-        w_feat = self._feature_weights(work)
-        m = w_feat.shape[1]
-        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
-        softmax = self.kernel_fn == "softmax"
-        relu_top = None if softmax else _relu_bias_top(key_bias)
+        out_dtype, work, w_feat, key_bias, relu_top, kv, k_sum, run_max = self._chunk_start(
+            query, key_padding_mask, src_len)
         # Keys and values are the same tensor in self-attention: one GEMM with the packed k/v
         # rows then reads each block once.
         same_kv = key is value
@@ -700,9 +695,6 @@ class RandMultiHeadAttention(nn.Module):
             b_q, b_k, b_v = bias[:e], bias[e : 2 * e], bias[2 * e :]
             b_kv = bias[e:]
 
-        kv = torch.zeros(batch, h, m, d, dtype=work, device=query.device)
-        k_sum = torch.zeros(batch, h, m, dtype=work, device=query.device)
-        run_max = torch.full((batch, h, 1, 1), float("-inf"), dtype=work, device=query.device)
         for s0 in range(0, src_len, chunk):
             s1 = min(s0 + chunk, src_len)
             n = s1 - s0
@@ -733,6 +725,28 @@ class RandMultiHeadAttention(nn.Module):
             attn = attn.transpose(1, 2).reshape(batch, n, e)
             out[:, l0:l1] = self.out_proj(attn)
         return out
+
+    def _chunk_start(
+        self, query: Tensor, key_padding_mask: Tensor | None, src_len: int
+    ) -> tuple[torch.dtype, torch.dtype, Tensor, Tensor | None, Tensor | None, Tensor, Tensor,
+               Tensor]:
+        """What both chunked paths start from.
+
+        Returns the output and working dtypes, the feature weights, the key bias, the ReLU
+        kernel's bias bound (``None`` for softmax) and the empty carried state: ``kv``
+        ``(B, H, m, d)``, ``k_sum`` ``(B, H, m)`` and the running key stabiliser ``(B, H, 1, 1)``.
+        """
+        batch, h, dev = query.shape[0], self.num_heads, query.device
+        out_dtype = torch.result_type(query, self.in_proj_weight)
+        work = _compute_dtype(out_dtype)
+        w_feat = self._feature_weights(work)
+        m = w_feat.shape[1]
+        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        relu_top = None if self.kernel_fn == "softmax" else _relu_bias_top(key_bias)
+        kv = torch.zeros(batch, h, m, self.head_dim, dtype=work, device=dev)
+        k_sum = torch.zeros(batch, h, m, dtype=work, device=dev)
+        run_max = torch.full((batch, h, 1, 1), float("-inf"), dtype=work, device=dev)
+        return out_dtype, work, w_feat, key_bias, relu_top, kv, k_sum, run_max
 
     def _block_key_features(
         self,
@@ -785,24 +799,14 @@ class RandMultiHeadAttention(nn.Module):
         batch, seq, _ = query.shape
         h, d, e = self.num_heads, self.head_dim, self.embed_dim
         weight, bias = self.in_proj_weight, self.in_proj_bias
-        out_dtype = torch.result_type(query, weight)
-        work = _compute_dtype(out_dtype)
-        w_feat = self._feature_weights(work)
-        m = w_feat.shape[1]
-        eps = self.eps
-        key_bias = self._key_bias(key_padding_mask, batch, seq, work)
-        softmax = self.kernel_fn == "softmax"
-        relu_top = None if softmax else _relu_bias_top(key_bias)
+        out_dtype, work, w_feat, key_bias, relu_top, kv, k_sum, run_max = self._chunk_start(
+            query, key_padding_mask, seq)
         packed = key is query and value is query
         w_q, w_k, w_v = weight.chunk(3)
         b_q = b_k = b_v = None
         if bias is not None:
             b_q, b_k, b_v = bias.chunk(3)
-        dev = query.device
-        kv = torch.zeros(batch, h, m, d, dtype=work, device=dev)
-        k_sum = torch.zeros(batch, h, m, dtype=work, device=dev)
-        run_max = torch.full((batch, h, 1, 1), float("-inf"), dtype=work, device=dev)
-        out = torch.empty(batch, seq, e, dtype=out_dtype, device=dev)
+        out = torch.empty(batch, seq, e, dtype=out_dtype, device=query.device)
         for s0 in range(0, seq, chunk):
             s1 = min(s0 + chunk, seq)
             n = s1 - s0
@@ -819,7 +823,7 @@ class RandMultiHeadAttention(nn.Module):
             k_feat, run_max = self._block_key_features(
                 k_c, w_feat, bias_c, relu_top, run_max, kv, k_sum)
             attn, kv, k_sum = ops.causal_linear_attention_stateful(
-                q_feat, k_feat, v_c, kv, k_sum, eps)
+                q_feat, k_feat, v_c, kv, k_sum, self.eps)
             attn = attn.to(out_dtype).transpose(1, 2).reshape(batch, n, e)
             out[:, s0:s1] = self.out_proj(attn)
         return out
