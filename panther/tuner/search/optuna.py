@@ -333,9 +333,8 @@ class OptunaSearch(SearchAlgorithm):
             self._tell(trial.number, state=state.FAIL)
         for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE,)):
             try:
-                params = {
-                    name: self._codecs[name].decode(trial.params[name]) for name in self._codecs
-                }
+                stored = trial.params
+                params = {name: self._codecs[name].decode(stored[name]) for name in self._codecs}
             except KeyError as exc:
                 raise ValueError(
                     f"study {study.study_name!r} holds trials over different parameters "
@@ -373,7 +372,8 @@ class OptunaSearch(SearchAlgorithm):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             trial = self._study.ask({n: c.distribution for n, c in self._codecs.items()})
-        params = {name: codec.decode(trial.params[name]) for name, codec in self._codecs.items()}
+        asked = trial.params  # a fresh copy on every access: read it once
+        params = {name: codec.decode(asked[name]) for name, codec in self._codecs.items()}
         self._pending.append((trial, params))
         return params
 
@@ -526,7 +526,8 @@ class OptunaSearch(SearchAlgorithm):
         codecs = search._codecs if search is not None else {}
         front = []
         for trial in study.best_trials:
-            params = {n: c.decode(trial.params[n]) for n, c in codecs.items() if n in trial.params}
+            stored = trial.params
+            params = {n: c.decode(stored[n]) for n, c in codecs.items() if n in stored}
             front.append((params, tuple(trial.values)))
         return front
 
