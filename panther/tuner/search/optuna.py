@@ -91,17 +91,21 @@ def _per_trial_constraints() -> bool:
     return hasattr(_optuna().trial.Trial, "set_constraint")
 
 
-# Storage engines by URL, shared by every search on one storage (never stored on the
-# user's search object, which spawning leaves unchanged).
-_STORAGES: dict[str, Any] = {}
+# Storage engines shared by every search on one storage (never stored on the user's
+# search object, which spawning leaves unchanged). Keyed by the working directory too:
+# a relative SQLite URL ("sqlite:///tuning.db") names a different file in another folder.
+_STORAGES: dict[tuple[str, str], Any] = {}
 
 
 def _storage_for(storage: Any) -> Any:
     if not isinstance(storage, str):
         return storage
-    if storage not in _STORAGES:
-        _STORAGES[storage] = _optuna().storages.RDBStorage(storage)
-    return _STORAGES[storage]
+    import os
+
+    key = (storage, os.getcwd())
+    if key not in _STORAGES:
+        _STORAGES[key] = _optuna().storages.RDBStorage(storage)
+    return _STORAGES[key]
 
 
 CONSTRAINT_KEY = "accuracy"
