@@ -217,8 +217,6 @@ class OptunaSearch(SearchAlgorithm):
         directions: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
         if direction not in _DIRECTIONS:
             raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
         if directions is not None:
@@ -236,7 +234,7 @@ class OptunaSearch(SearchAlgorithm):
                     "sampler must be an optuna sampler instance or a registered name such as "
                     f"'tpe'; got {type(sampler).__name__}"
                 )
-        self.n_trials = n_trials
+        self.n_trials = self.checked_n_trials(n_trials)
         self.sampler = sampler
         self.direction = direction
         self.directions = directions
