@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from panther.cli import ConfigError, load_tune_config, main
+from panther.tuner.settings import AccuracyConstraint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -378,7 +379,7 @@ def test_evaluator_options_call_and_reference_model(tmp_path, monkeypatch):
     spec = load_tune_config(config)
     assert spec.accuracy_fn(spec.model) == pytest.approx(1.0)  # the original agrees with itself
     assert spec.speed_fn(spec.model) > 0
-    assert spec.threshold == ("absolute", 0.9)
+    assert spec.threshold == AccuracyConstraint("absolute", 0.9)
     assert spec.configs[0].separate is False
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from panther.cli.build import build_function, build_search, import_object
 from panther.cli.errors import ConfigError
@@ -27,11 +26,10 @@ from panther.cli.schema import (
     suggest,
 )
 
+if TYPE_CHECKING:
+    from panther.tuner.settings import AccuracyConstraint
+
 __all__ = ["TuneSpec", "load_tune_config"]
-
-#: Trials per search when ``[search]`` gives no ``n_trials``.
-DEFAULT_N_TRIALS = 20
-
 
 @dataclasses.dataclass
 class TuneSpec:
@@ -42,8 +40,7 @@ class TuneSpec:
         model: the model built by the factory.
         accuracy_fn: ``model -> float``, higher is better.
         speed_fn: ``model -> float`` to maximise under the threshold, or ``None``.
-        threshold: ``("absolute", value)``, ``("drop", value)``, ``("relative", value)``
-            or ``None``.
+        threshold: the accuracy constraint (absolute, drop or relative), or ``None``.
         configs: the ``TuningConfigs`` to tune.
         search: the search algorithm instance.
         search_settings: the ``[search]`` values used (for the summary).
@@ -57,7 +54,7 @@ class TuneSpec:
     model: Any
     accuracy_fn: Callable[[Any], float]
     speed_fn: Callable[[Any], float] | None
-    threshold: tuple[str, float] | None
+    threshold: AccuracyConstraint | None
     configs: Any
     search: Any
     search_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -128,20 +125,27 @@ def _build_model(path: Path, raw: dict[str, Any]) -> Any:
     return model
 
 
-def _parse_threshold(path: Path, value: Any) -> tuple[str, float]:
+def _parse_threshold(path: Path, value: Any) -> AccuracyConstraint:
+    """The accuracy constraint of ``threshold``, every mistake pinned to its key."""
+    from panther.tuner.settings import AccuracyConstraint
+
+    key = "threshold"
     if isinstance(value, dict):
         check_keys(path, "threshold", value, THRESHOLD_KEYS)
         if len(value) != 1:
             raise ConfigError(path, "threshold", "give exactly one of drop or relative",
                               "write threshold = {drop = 0.01} or threshold = {relative = 0.01}")
         (kind, amount), = value.items()
-        expect(path, f"threshold.{kind}", amount, (int, float), "a number")
-        if not 0 <= amount < (1 if kind == "relative" else math.inf):
-            raise ConfigError(path, f"threshold.{kind}", f"{kind} must be >= 0 (and < 1 when relative), got {amount}",
-                              "use e.g. 0.01 for one percent")
-        return kind, float(amount)
-    expect(path, "threshold", value, (int, float), "a number or {drop = x} / {relative = x}")
-    return "absolute", float(value)
+        key = f"threshold.{kind}"
+        expect(path, key, amount, (int, float), "a number")
+    else:
+        expect(path, key, value, (int, float), "a number or {drop = x} / {relative = x}")
+    try:
+        return AccuracyConstraint.from_config(value)
+    except (TypeError, ValueError) as exc:  # nan, inf, a negative loss, relative >= 1
+        raise ConfigError(path, key, str(exc),
+                          "write a finite number: a minimum accuracy such as 0.9, or an allowed "
+                          "loss such as {drop = 0.01} or {relative = 0.01}") from exc
 
 
 def _parse_layers(path: Path, model: Any, layers: Any) -> Any:
@@ -206,6 +210,8 @@ def load_tune_config(path: str | os.PathLike[str]) -> TuneSpec:
                               'add speed = {evaluator = "throughput", ...} or remove threshold')
 
     configs = _parse_layers(path, model, raw["layers"])
+    from panther.tuner.settings import DEFAULT_N_TRIALS
+
     search, settings = build_search(path, raw.get("search"), DEFAULT_N_TRIALS)
     runs = raw.get("num_runs_per_param", 1)
     expect(path, "num_runs_per_param", runs, (int,), "a positive integer")

@@ -10,35 +10,43 @@ from typing import Any
 from panther.cli.commands import Command
 from panther.cli.config import load_tune_config
 from panther.cli.errors import ConfigError
-from panther.cli.outputs import print_files, tune_keeping_results, write_outputs
-from panther.cli.report import layer_choices, param_count, print_report
+from panther.cli.options import add_run_options, apply_threads
+from panther.cli.outputs import finish_run, prepare_output, tune_keeping_results
+from panther.cli.report import layer_choices, param_count
 
 __all__ = ["COMMAND"]
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the TOML config file")
-    parser.add_argument("--output", default=None, help="output folder (default: the config's output or "
-                        "panther-tune-output)")
+    parser.add_argument("--output", default=None, help="output folder, created and checked before tuning "
+                        "(default: the config's output or panther-tune-output)")
+    add_run_options(parser)
+
+
+def _constraint_kwargs(constraint: Any) -> dict[str, Any]:
+    """The tuner's keyword arguments for ``constraint``, as the constraint itself spells them.
+
+    A drop or relative constraint is resolved by the tuner, which measures the original
+    model once; the CLI never computes a threshold of its own.
+    """
+    if constraint is None:
+        return {}
+    return {k: v for k, v in constraint.legacy_info().items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
     """Load and check the config, tune, print the report and write the outputs."""
     from panther.tuner import SKAutoTuner
 
+    apply_threads(args)
     spec = load_tune_config(args.config)
     model = spec.model
     original = copy.deepcopy(model).eval()
     print(f"config {spec.path}: {len(spec.configs)} layer config(s), search {spec.search_settings}")
-    constraint: dict[str, Any] = {}
-    if spec.threshold is not None:
-        kind, amount = spec.threshold
-        if kind == "absolute":
-            constraint["accuracy_threshold"] = amount
-        else:
-            # The tuner measures the original once and derives the threshold from it.
-            constraint.update(accuracy_tolerance=amount,
-                              tolerance_mode="absolute" if kind == "drop" else "relative")
+    # Checked after the config (whose errors come first) and before any tuning: a run
+    # must never end unable to save what it found.
+    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
     seed = spec.search_settings.get("seed")
     try:
         tuner = SKAutoTuner(
@@ -51,11 +59,10 @@ def run(args: argparse.Namespace) -> int:
             num_runs_per_param=spec.num_runs_per_param,
             progress=True,
             seed=seed if isinstance(seed, int) else 0,
-            **constraint,
+            **_constraint_kwargs(spec.threshold),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(spec.path, "layers", str(exc), "fix the [[layers]] tables") from exc
-    output = Path(args.output or spec.output or "panther-tune-output")
     interrupted = tune_keeping_results(tuner, output)
     tuned = tuner.apply_best_params().eval()
     info = tuner.report
@@ -89,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "best_params": tuner.get_best_params(),
         "interrupted": interrupted,
     }
-    print_report(summary)
-    files = write_outputs(tuner, tuned, summary, output)
-    print_files(output, files)
-    return 130 if interrupted else 0
+    return finish_run(tuner, tuned, summary, output, plots=args.plots)
 
 
 COMMAND = Command(
