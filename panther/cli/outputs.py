@@ -149,14 +149,17 @@ def finish_run(tuner: Any, tuned: Any, summary: dict[str, Any], output: Path, pl
     """Print the report of a finished (or interrupted) run, save its outputs, list them.
 
     ``summary`` gains the trial counts by status, which the report uses to say why no
-    layer was replaced. Returns the exit status: 130 after Ctrl-C, else 0.
+    layer was replaced. Returns the exit status: 130 after Ctrl-C; 1 when the outputs had
+    to go to a rescue folder (the requested folder does not hold them); else 0.
     """
     summary = {**summary, "trials": trial_counts(tuner.get_results_dataframe())}
     print_report(summary)
-    output, files = save_or_rescue(output, lambda folder: write_outputs(tuner, tuned, summary, folder,
-                                                                        plots=plots))
-    print_files(output, files)
-    return EXIT_INTERRUPTED if summary.get("interrupted") else 0
+    saved, files = save_or_rescue(output, lambda folder: write_outputs(tuner, tuned, summary, folder,
+                                                                       plots=plots))
+    print_files(saved, files)
+    if summary.get("interrupted"):
+        return EXIT_INTERRUPTED
+    return EXIT_RUNTIME if saved != output else 0
 
 
 def print_files(output: Path, files: dict[str, str]) -> None:

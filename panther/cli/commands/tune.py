@@ -37,6 +37,8 @@ def _constraint_kwargs(constraint: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Load and check the config, tune, print the report and write the outputs."""
+    import torch
+
     from panther.tuner import SKAutoTuner
 
     apply_threads(args)
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         "layers": layer_choices(original, tuned),
         "best_params": tuner.get_best_params(),
         "interrupted": interrupted,
+        "torch_threads": torch.get_num_threads(),
     }
     return finish_run(tuner, tuned, summary, output, plots=args.plots)
 
