@@ -786,3 +786,62 @@ def test_show_names_a_corrupt_summary(tuned_run, tmp_path, capsys, text):
     assert main(["show", str(copy_dir)]) == 2
     err = capsys.readouterr().err
     assert str(copy_dir / "summary.json") in err and "Traceback" not in err
+
+
+# ---- the report asks each layer type what to show ---------------------------------------------
+def test_report_shows_what_each_layer_type_describes(capsys):
+    """A plugin's layer type appears in the report with its own settings, no CLI edits needed."""
+    from torch import nn
+
+    from panther.cli.report import layer_choices, print_report
+    from panther.tuner import plugins
+    from panther.tuner.layers.base import Cost, LayerType
+
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(8, 8))
+
+    class Narrow(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.width, self.seed = width, 5
+            self.weight = nn.Parameter(torch.zeros(8, width))
+
+    class NarrowType(LayerType):
+        name = "Narrowing"
+        module_types = (Wide,)
+        sketched_type = Narrow
+        param_names = ("width",)
+
+        def build(self, original, params, copy_weights=True):
+            return Narrow(params["width"])
+
+        def auto_space(self, original):
+            return {}
+
+        def cost(self, original, params=None):
+            return Cost(1, 1)
+
+    class Plugin:
+        @staticmethod
+        @plugins.hookspecs.hookimpl
+        def panther_layer_types():
+            return [NarrowType()]
+
+    name = plugins.register_plugin(Plugin(), name="narrowing-for-report")
+    try:
+        original = nn.Sequential(Wide(), nn.Linear(16, 64))
+        from panther.nn import SKLinear
+
+        tuned = nn.Sequential(Narrow(2), SKLinear.from_linear(original[1], 1, 4, seed=3))
+        rows = layer_choices(original, tuned)
+    finally:
+        plugins.unregister_plugin(name)
+    assert rows[0]["width"] == 2 and rows[0]["seed"] == 5
+    assert rows[1]["low_rank"] == 4 and rows[1]["num_terms"] == 1 and rows[1]["seed"] == 3
+    print_report({"before": {"params": 1000}, "after": {"params": 100}, "layers": rows})
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("layer"))
+    assert header.split()[:6] == ["layer", "original", "sketched", "width", "num_terms", "low_rank"]
+    assert "Narrow" in table and "seed" not in header

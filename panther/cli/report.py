@@ -15,26 +15,32 @@ def param_count(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+#: The keys of a ``layer_choices`` row that are not the layer type's own settings.
+_ROW_KEYS = ("layer", "original", "sketched", "params_before", "params_after")
+
+
 def layer_choices(original: Any, tuned: Any) -> list[dict[str, Any]]:
-    """Per replaced module: its name, old and new class, and the sketch's settings."""
+    """Per replaced module: its name, old and new class, and the settings its layer type reports.
+
+    The settings come from the layer type's :meth:`~panther.tuner.layers.base.LayerType.describe`,
+    so a plugin's layer type shows up in the report without edits here.
+    """
+    from panther.tuner import plugins
+
     before = dict(original.named_modules())
     rows = []
     for name, module in tuned.named_modules():
         old = before.get(name)
         if not name or old is None or type(old) is type(module):
             continue
-        settings = {
-            attr: getattr(module, attr)
-            for attr in ("num_terms", "low_rank", "num_random_features", "kernel_fn", "init", "seed")
-            if isinstance(getattr(module, attr, None), (int, float, str, bool))
-        }
+        layer_type = plugins.layer_type_for(old)
         rows.append({
             "layer": name,
             "original": type(old).__name__,
             "sketched": type(module).__name__,
             "params_before": param_count(old),
             "params_after": param_count(module),
-            **settings,
+            **(layer_type.describe(module) if layer_type is not None else {}),
         })
     return rows
 
@@ -114,7 +120,8 @@ def print_report(summary: dict[str, Any]) -> None:
     layers = summary.get("layers", [])
     print()
     if layers:
-        keys = [k for k in ("num_terms", "low_rank", "num_random_features", "init") if any(k in r for r in layers)]
+        # Every setting a layer type reported, in first-seen order; the seed is in results.json.
+        keys = list(dict.fromkeys(k for r in layers for k in r if k not in (*_ROW_KEYS, "seed")))
         _print_table(["layer", "original", "sketched", *keys, "params"],
                      [[r["layer"], r["original"], r["sketched"], *(r.get(k, "-") for k in keys),
                        f"{r['params_before']:,} -> {r['params_after']:,}"] for r in layers])

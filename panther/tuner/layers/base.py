@@ -107,3 +107,14 @@ class LayerType(ABC):
     def sketch_seed(self, sketched: nn.Module) -> int | None:
         """The seed of ``sketched``'s random sketches, recorded in saved results."""
         return getattr(sketched, "seed", None)
+
+    def describe(self, sketched: nn.Module) -> dict[str, Any]:
+        """The settings of ``sketched`` that reports show, as ``{parameter: value}``.
+
+        By default each tunable parameter read as an attribute of the sketched layer
+        (the ``flops`` evaluator relies on those attributes too) and the sketch seed,
+        keeping plain values only. Override when a parameter is stored differently.
+        """
+        out = {name: getattr(sketched, name, None) for name in self.param_names}
+        out["seed"] = self.sketch_seed(sketched)
+        return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool))}
