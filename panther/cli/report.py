@@ -22,8 +22,8 @@ _ROW_KEYS = ("layer", "original", "sketched", "params_before", "params_after")
 def layer_choices(original: Any, tuned: Any) -> list[dict[str, Any]]:
     """Per replaced module: its name, old and new class, and the settings its layer type reports.
 
-    The settings come from the layer type's :meth:`~panther.tuner.layers.base.LayerType.describe`,
-    so a plugin's layer type shows up in the report without edits here.
+    The settings come from the layer type (:meth:`~panther.tuner.layers.base.LayerType.sketched_params`
+    and ``sketch_seed``), so a plugin's layer type shows up in the report without edits here.
     """
     from panther.tuner import plugins
 
@@ -34,13 +34,16 @@ def layer_choices(original: Any, tuned: Any) -> list[dict[str, Any]]:
         if not name or old is None or type(old) is type(module):
             continue
         layer_type = plugins.layer_type_for(old)
+        settings = {} if layer_type is None else {
+            **layer_type.sketched_params(module), "seed": layer_type.sketch_seed(module)}
         rows.append({
             "layer": name,
             "original": type(old).__name__,
             "sketched": type(module).__name__,
             "params_before": param_count(old),
             "params_after": param_count(module),
-            **(layer_type.describe(module) if layer_type is not None else {}),
+            # Plain values only: the summary is JSON and the report a text table.
+            **{k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool))},
         })
     return rows
 

@@ -108,13 +108,11 @@ class LayerType(ABC):
         """The seed of ``sketched``'s random sketches, recorded in saved results."""
         return getattr(sketched, "seed", None)
 
-    def describe(self, sketched: nn.Module) -> dict[str, Any]:
-        """The settings of ``sketched`` that reports show, as ``{parameter: value}``.
+    def sketched_params(self, sketched: nn.Module) -> dict[str, Any]:
+        """The configuration a sketched layer was built with, read back from it.
 
-        By default each tunable parameter read as an attribute of the sketched layer
-        (the ``flops`` evaluator relies on those attributes too) and the sketch seed,
-        keeping plain values only. Override when a parameter is stored differently.
+        The default reads each of :attr:`param_names` as an attribute of
+        ``sketched`` (so a sketched class should expose its tunables, as
+        ``SKLinear.num_terms`` does); override it when they live elsewhere.
         """
-        out = {name: getattr(sketched, name, None) for name in self.param_names}
-        out["seed"] = self.sketch_seed(sketched)
-        return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool))}
+        return {p: getattr(sketched, p) for p in self.param_names if hasattr(sketched, p)}
