@@ -19,6 +19,7 @@ each sketched layer is rebuilt from its recorded layer type, params and seed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -356,10 +357,20 @@ class TuningResults:
         """Write the JSON manifest to ``path`` (any suffix; the content is always JSON)."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default)
         tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        # Atomic replace: a crash while saving never leaves a truncated manifest behind.
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                # On disk before the rename, so a power loss cannot leave an empty manifest.
+                os.fsync(fh.fileno())
+            # Atomic replace: a crash while saving never leaves a truncated manifest behind.
+            os.replace(tmp, path)
+        except BaseException:
+            # A full disk or an interrupt: the previous manifest stays, and no half-written
+            # temporary file is left next to it.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TuningResults:
