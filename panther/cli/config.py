@@ -64,30 +64,45 @@ class TuneSpec:
     speed_label: str = "speed"
 
 
-def _check_layer_params(path: Path, key: str, model: Any, names: list[str], params: Any) -> None:
-    """Reject parameters the selected layers' types do not have, before any tuning starts."""
-    from panther.tuner import plugins
+def _check_layers(path: Path, index: int, model: Any, names: list[str], table: dict[str, Any],
+                  params: Any) -> None:
+    """Check one ``[[layers]]`` table's layers with the tuner's own checks, pinned to keys.
 
+    The tuner's :mod:`~panther.tuner.groups` decides what a layer type can sketch and which
+    values fit a layer; the CLI only adds the key and a "did you mean" for misspelt names.
+    """
+    from panther.tuner.groups import check_joint_types, resolve_layer_type, validate_space
+
+    key = f"layers[{index}]"
+    resolved = {}
     for name in names:
-        module = model.get_submodule(name)
-        layer_type = plugins.layer_type_for(module)
-        if layer_type is None:
-            known = ", ".join(sorted({lt.name for lt in plugins.layer_types()}))
-            raise ConfigError(
-                path, key.replace(".params", ".selector"),
-                f"layer '{name}' is a {type(module).__name__}, which no installed layer type can sketch",
-                f"narrow the selector (e.g. add type = \"Linear\"); sketchable types: {known}",
-            )
+        try:
+            layer_type = resolved[name] = resolve_layer_type(model, name)
+        except ValueError as exc:
+            raise ConfigError(path, f"{key}.selector", str(exc),
+                              'narrow the selector (e.g. add type = "Linear") or install a layer '
+                              "type for it") from exc
         if params == "auto":
             continue
         unknown = sorted(set(params) - set(layer_type.param_names))
         if unknown:
             raise ConfigError(
-                path, f"{key}.{unknown[0]}",
+                path, f"{key}.params.{unknown[0]}",
                 f"{layer_type.name} layers (e.g. '{name}') have no parameter '{unknown[0]}'",
                 f"{suggest(unknown[0], layer_type.param_names)}"
                 f"their parameters are: {', '.join(layer_type.param_names)}",
             )
+        try:
+            validate_space(model, name, layer_type, params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(path, f"{key}.params", str(exc),
+                              "choose values every selected layer accepts") from exc
+    if params != "auto" and not table.get("separate", True):
+        try:
+            check_joint_types(index, names, resolved, params)
+        except ValueError as exc:
+            raise ConfigError(path, f"{key}.separate", str(exc),
+                              "set separate = true, or split the table by layer type") from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -175,12 +190,20 @@ def _parse_layers(path: Path, model: Any, layers: Any) -> Any:
             raise ConfigError(path, f"{key}.selector", str(exc),
                               "change the selector: a module name, a regex matching whole names, "
                               'a list of those, or a table such as {type = "Linear"}') from exc
-        _check_layer_params(path, f"{key}.params", model, names, params)
+        _check_layers(path, i, model, names, table, params)
         try:
             configs.append(LayerConfig(selector, params, separate=table.get("separate", True),
                                        copy_weights=table.get("copy_weights", True)))
         except (TypeError, ValueError) as exc:
             raise ConfigError(path, key, str(exc), "fix this [[layers]] table") from exc
+    # What only the tables together can get wrong (a layer selected twice, two groups of
+    # one name), by the tuner's own group forming.
+    from panther.tuner.groups import form_groups
+
+    try:
+        form_groups(model, configs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(path, "layers", str(exc), "select each layer in one [[layers]] table only") from exc
     return configs
 
 
