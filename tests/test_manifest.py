@@ -137,3 +137,21 @@ def test_any_corrupted_field_loads_or_raises_value_error(tmp_path_factory, field
         results.apply(nn.Sequential(nn.Linear(32, 64)))
     except ValueError:
         pass
+
+
+def test_a_tuning_run_records_shapes_so_its_manifest_refuses_other_shapes(tmp_path):
+    """End to end: tune Linear(32, 64), save, and the manifest refuses Linear(32, 48)."""
+    from panther.tuner import Categorical, GridSearch, LayerConfig, SKAutoTuner, TuningConfigs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64))
+    tuner = SKAutoTuner(model, TuningConfigs([LayerConfig("0", {"low_rank": Categorical([2, 4])})]),
+                        lambda m: 1.0, search_algorithm=GridSearch())
+    tuner.tune()
+    path = tmp_path / "tuned.json"
+    tuner.save_tuning_results(str(path))
+    results = load_tuning_results(path)
+    assert results.selection["0"].shapes == {"weight": [64, 32], "bias": [64]}
+    results.apply(nn.Sequential(nn.Linear(32, 64)))
+    with pytest.raises(ValueError, match="other shapes"):
+        results.apply(nn.Sequential(nn.Linear(32, 48)))
