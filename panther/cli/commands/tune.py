@@ -12,7 +12,7 @@ from panther.cli.config import load_tune_config
 from panther.cli.errors import ConfigError
 from panther.cli.options import add_run_options, apply_threads
 from panther.cli.outputs import finish_run, prepare_output, tune_keeping_results
-from panther.cli.report import layer_choices, param_count
+from panther.cli.report import param_count
 
 __all__ = ["COMMAND"]
 
@@ -37,7 +37,6 @@ def _constraint_kwargs(constraint: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Load and check the config, tune, print the report and write the outputs."""
-    import torch
 
     from panther.tuner import SKAutoTuner
 
@@ -94,12 +93,9 @@ def run(args: argparse.Namespace) -> int:
         "score_name": f"score = {spec.speed_label}" if spec.speed_fn is not None else "score = accuracy",
         "before": {"accuracy": before_acc, "speed": before_speed, "params": param_count(original)},
         "after": {"accuracy": after_acc, "speed": after_speed, "params": param_count(tuned)},
-        "layers": layer_choices(original, tuned),
         "best_params": tuner.get_best_params(),
-        "interrupted": interrupted,
-        "torch_threads": torch.get_num_threads(),
     }
-    return finish_run(tuner, tuned, summary, output, plots=args.plots)
+    return finish_run(tuner, original, tuned, summary, output, interrupted=interrupted, plots=args.plots)
 
 
 COMMAND = Command(
