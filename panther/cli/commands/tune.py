@@ -99,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
     spec = load_tune_config(args.config)
     original = copy.deepcopy(spec.model).eval()
     print(f"config {spec.path}: {len(spec.configs)} layer config(s), search {spec.search_settings}")
-    # Checked after the config (whose errors come first) and before any tuning: a run
-    # must never end unable to save what it found.
-    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
     tuner = build_tuner(spec)
+    # Checked after the config and the tuner (whose errors come first, leaving no folder
+    # behind) and before any tuning: a run must never end unable to save what it found.
+    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
     interrupted = tune_keeping_results(tuner, output)
     return report_run(tuner, spec, original, output, interrupted, plots=args.plots)
 
