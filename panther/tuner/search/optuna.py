@@ -91,17 +91,21 @@ def _per_trial_constraints() -> bool:
     return hasattr(_optuna().trial.Trial, "set_constraint")
 
 
-# Storage engines by URL, shared by every search on one storage (never stored on the
-# user's search object, which spawning leaves unchanged).
-_STORAGES: dict[str, Any] = {}
+# Storage engines shared by every search on one storage (never stored on the user's
+# search object, which spawning leaves unchanged). Keyed by the working directory too:
+# a relative SQLite URL ("sqlite:///tuning.db") names a different file in another folder.
+_STORAGES: dict[tuple[str, str], Any] = {}
 
 
 def _storage_for(storage: Any) -> Any:
     if not isinstance(storage, str):
         return storage
-    if storage not in _STORAGES:
-        _STORAGES[storage] = _optuna().storages.RDBStorage(storage)
-    return _STORAGES[storage]
+    import os
+
+    key = (storage, os.getcwd())
+    if key not in _STORAGES:
+        _STORAGES[key] = _optuna().storages.RDBStorage(storage)
+    return _STORAGES[key]
 
 
 CONSTRAINT_KEY = "accuracy"
@@ -333,9 +337,8 @@ class OptunaSearch(SearchAlgorithm):
             self._tell(trial.number, state=state.FAIL)
         for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE,)):
             try:
-                params = {
-                    name: self._codecs[name].decode(trial.params[name]) for name in self._codecs
-                }
+                stored = trial.params
+                params = {name: self._codecs[name].decode(stored[name]) for name in self._codecs}
             except KeyError as exc:
                 raise ValueError(
                     f"study {study.study_name!r} holds trials over different parameters "
@@ -373,7 +376,8 @@ class OptunaSearch(SearchAlgorithm):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             trial = self._study.ask({n: c.distribution for n, c in self._codecs.items()})
-        params = {name: codec.decode(trial.params[name]) for name, codec in self._codecs.items()}
+        asked = trial.params  # a fresh copy on every access: read it once
+        params = {name: codec.decode(asked[name]) for name, codec in self._codecs.items()}
         self._pending.append((trial, params))
         return params
 
@@ -526,7 +530,8 @@ class OptunaSearch(SearchAlgorithm):
         codecs = search._codecs if search is not None else {}
         front = []
         for trial in study.best_trials:
-            params = {n: c.decode(trial.params[n]) for n, c in codecs.items() if n in trial.params}
+            stored = trial.params
+            params = {n: c.decode(stored[n]) for n, c in codecs.items() if n in stored}
             front.append((params, tuple(trial.values)))
         return front
 
