@@ -30,6 +30,7 @@ __all__ = ["RandMultiHeadAttention", "orthogonal_gaussian_projection"]
 
 KernelName = Literal["softmax", "relu"]
 _KERNELS = ("softmax", "relu")
+_GPU_BACKENDS = ("auto", "triton", "torch", "off")
 
 # Added to the ReLU features (before the 1/sqrt(m) scaling) so that the attention denominator
 # stays positive even when every projection of a query or key is negative.
@@ -187,6 +188,14 @@ class RandMultiHeadAttention(nn.Module):
     # 4096->8192 1.99/1.99x (2.24x). At n <= 2048 the two paths measured within noise
     # (2048: 27.8 vs 29.4 ms median, 26.8 vs 25.6 ms best), so short sequences stay unchunked.
     _causal_chunk_min_len: int | None = 2048
+
+    #: Which implementation runs the attention core. ``"auto"`` (default): on CUDA tensors the
+    #: Triton kernels of :mod:`panther.native.triton` (the vectorised chunked torch form when
+    #: ``triton`` is not installed), on other devices the CPU paths above. ``"triton"`` and
+    #: ``"torch"`` force that GPU path on any device (Triton on CPU tensors needs
+    #: ``TRITON_INTERPRET=1``); ``"off"`` always takes the CPU-oriented paths (never the CPU's
+    #: token blocking on a GPU, though). Set it on an instance or on the class.
+    gpu_backend: Literal["auto", "triton", "torch", "off"] = "auto"
 
     def __init__(
         self,
@@ -618,13 +627,16 @@ class RandMultiHeadAttention(nn.Module):
         if tgt_len == 0 or src_len == 0:
             # Nothing to attend to: the attention output is 0, as for a fully masked row.
             return self.out_proj(query.new_zeros(batch, tgt_len, self.embed_dim))
-        h, d = self.num_heads, self.head_dim
+        fused = self._fused_backend_for(query, key_padding_mask)
+        if fused is not None:
+            return self._fused_attention(query, key, value, key_padding_mask, causal, fused)
         chunk = self._inference_chunk_size
         # Causal blocks carry the prefix state; that only pays off on long sequences (see
-        # _causal_chunk_min_len).
+        # _causal_chunk_min_len). The blocking is sized for a CPU's caches: never on a GPU.
         min_len = self._causal_chunk_min_len if causal else chunk
         if (
-            chunk is not None
+            not query.is_cuda
+            and chunk is not None
             and min_len is not None
             and max(tgt_len, src_len) > max(chunk, min_len)
             and not (self.training and self.dropout > 0.0)
@@ -633,6 +645,23 @@ class RandMultiHeadAttention(nn.Module):
             if causal:
                 return self._chunked_causal_attention(query, key, value, key_padding_mask, chunk)
             return self._chunked_attention(query, key, value, key_padding_mask, chunk)
+        q, k, v = self._project(query, key, value)
+        out_dtype = q.dtype
+        work = _compute_dtype(out_dtype)
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        q_feat, k_feat = self.feature_maps(q, k, key_bias)
+        attn = self._attend(q_feat, k_feat, v, causal).to(out_dtype)  # (B, H, L, d)
+
+        attn = attn.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
+        attn = F.dropout(attn, p=self.dropout, training=self.training)
+        return self.out_proj(attn)
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-head projections ``(B, H, n, d)`` (strided views of the projection output)."""
+        batch, tgt_len, _ = query.shape
+        src_len = key.shape[1]
+        h, d = self.num_heads, self.head_dim
         if key is query and value is query:
             # Self-attention: one GEMM with the packed weight beats three thin ones.
             q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
@@ -647,15 +676,49 @@ class RandMultiHeadAttention(nn.Module):
         q = q.reshape(batch, tgt_len, h, d).transpose(1, 2)
         k = k.reshape(batch, src_len, h, d).transpose(1, 2)
         v = v.reshape(batch, src_len, h, d).transpose(1, 2)
+        return q, k, v
 
-        out_dtype = q.dtype
-        work = _compute_dtype(out_dtype)
-        q, k, v = q.to(work), k.to(work), v.to(work)
-        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
-        q_feat, k_feat = self.feature_maps(q, k, key_bias)
-        attn = self._attend(q_feat, k_feat, v, causal).to(out_dtype)  # (B, H, L, d)
+    def _fused_backend_for(self, query: Tensor, key_padding_mask: Tensor | None) -> str | None:
+        """``"triton"``, ``"torch"`` or None (the CPU paths) for this call; see ``gpu_backend``."""
+        backend = self.gpu_backend
+        if backend not in _GPU_BACKENDS:
+            raise ValueError(
+                f"gpu_backend must be one of {_GPU_BACKENDS}, got {backend!r}")
+        if backend == "off" or (backend == "auto" and not query.is_cuda):
+            return None
+        if key_padding_mask is not None and key_padding_mask.requires_grad:
+            # The fused path treats a float padding bias as a constant.
+            return None
+        if backend == "auto":
+            from panther.native.triton import triton_available
 
-        attn = attn.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
+            return "triton" if triton_available() else "torch"
+        return backend
+
+    def _fused_attention(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        backend: str,
+    ) -> Tensor:
+        """The GPU path: Triton kernels (or the chunked torch form), no host synchronisation.
+
+        Half-precision projections stay in half precision; the kernels compute features and
+        carried states in float32. No Python loop over blocks and nothing ``n x n``.
+        """
+        from panther.native.triton import fused_random_feature_attention
+
+        batch, tgt_len, _ = query.shape
+        q, k, v = self._project(query, key, value)
+        key_bias = self._key_bias(key_padding_mask, batch, key.shape[1], torch.float32)
+        attn = fused_random_feature_attention(
+            q, k, v, self._feature_weights(torch.float32), key_bias, self.feature_maps,
+            softmax=self.kernel_fn == "softmax", causal=causal, eps=self.eps,
+            use_triton=backend == "triton")
+        attn = attn.reshape(batch, tgt_len, self.embed_dim)
         attn = F.dropout(attn, p=self.dropout, training=self.training)
         return self.out_proj(attn)
 
