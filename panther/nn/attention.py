@@ -10,6 +10,12 @@ al., "Rethinking Attention with Performers", 2021), so attention becomes
 which costs O(n * m * d) for n tokens, m random features and head size d, and never forms the
 n x n attention matrix. Causal attention uses prefix sums of the same quantities
 (:func:`panther.native.ops.causal_linear_attention`).
+
+``approximation="landmark"`` is a more accurate option at the same ``m``: every query attends
+exactly to the keys of its own segment of ``ceil(S/m)`` tokens and to one landmark per other
+segment (the segment's mean key and value, weighted by the segment's size), see
+:func:`landmark_attention`. On CUDA the random-feature core runs in the Triton kernels of
+:mod:`panther.native.triton`.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from panther.native import ops
 
-__all__ = ["RandMultiHeadAttention", "orthogonal_gaussian_projection"]
+__all__ = ["RandMultiHeadAttention", "landmark_attention", "orthogonal_gaussian_projection"]
 
 KernelName = Literal["softmax", "relu"]
 _KERNELS = ("softmax", "relu")
+ApproximationName = Literal["random_features", "landmark"]
+_APPROXIMATIONS = ("random_features", "landmark")
 _GPU_BACKENDS = ("auto", "triton", "torch", "off")
 
 # Added to the ReLU features (before the 1/sqrt(m) scaling) so that the attention denominator
@@ -125,6 +133,101 @@ def _relu_bias_top(key_bias: Tensor | None) -> Tensor | None:
     return _finite_or_zero(key_bias.amax(dim=-1, keepdim=True))
 
 
+def landmark_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_bias: Tensor | None,
+    num_landmarks: int,
+    causal: bool,
+    eps: float = _DEFAULT_EPS,
+    local: bool = True,
+) -> Tensor:
+    """Softmax attention with distant keys compressed into segment landmarks.
+
+    ``q`` is ``(B, H, L, d)``, ``k``/``v`` are ``(B, H, S, d)``; ``key_bias`` (``(B, S)``, finite
+    or ``-inf``) is an additive per-key logit bias. The keys are cut into at most
+    ``num_landmarks`` contiguous segments of ``g = ceil(S / num_landmarks)`` tokens. A segment
+    ``j`` is summarised by its landmark: the bias-weighted mean key and value, with logit bias
+    ``log sum_s exp(bias_s)`` (``log`` of its size without padding), so it stands for that many
+    copies of its mean key (a Nystrom-style column sample of the attention matrix by
+    clustering). With ``local`` (needs ``L == S``) query ``t`` of segment ``i`` attends exactly
+    to the keys of segment ``i`` (only those ``<= t`` if ``causal``) and to the landmarks of the
+    other segments (only earlier ones if ``causal``: no landmark summarises a future token).
+    Without ``local`` every query attends to all landmarks.
+
+    Exact when every segment holds one token. Costs ``O((L + S) * (g + S / g) * d)`` with no
+    ``L x S`` matrix; a query whose keys are all removed gets a zero output. Returns
+    ``(B, H, L, d)``. Differentiable; a vectorised torch computation on any device.
+    """
+    if num_landmarks <= 0:
+        raise ValueError(f"num_landmarks must be positive, got {num_landmarks}")
+    B, H, L, d = q.shape
+    S = k.shape[2]
+    if local and L != S:
+        raise ValueError(f"local landmark attention needs L == S, got L={L}, S={S}")
+    if causal and not local:
+        raise ValueError("causal landmark attention needs local=True")
+    neg_inf = float("-inf")
+    g = -(-S // num_landmarks)
+    segs = -(-S // g)
+    pad = segs * g - S
+    bias = k.new_zeros(B, S) if key_bias is None else key_bias.to(k.dtype)
+    if pad:
+        k, v = (F.pad(t, (0, 0, 0, pad)) for t in (k, v))
+        bias = F.pad(bias, (0, pad), value=neg_inf)
+    ks = k.reshape(B, H, segs, g, d)
+    vs = v.reshape(B, H, segs, g, d)
+    bs = bias.reshape(B, segs, g)
+    # Landmark weights: softmax of the biases within a segment; log of their total mass is the
+    # landmark's own bias (-inf for an all-padding segment, whose weights are then all 0).
+    seg_lse = torch.logsumexp(bs, dim=-1)  # (B, segs)
+    alpha = torch.exp(bs - _finite_or_zero(seg_lse).unsqueeze(-1))
+    k_land = torch.einsum("bjg,bhjgd->bhjd", alpha, ks)
+    v_land = torch.einsum("bjg,bhjgd->bhjd", alpha, vs)
+    scale = d**-0.5
+    if not local:
+        scores = (q @ k_land.transpose(-1, -2)) * scale + seg_lse[:, None, None, :]
+        return _stable_softmax_apply([(scores, v_land)], eps)
+    qs = F.pad(q, (0, 0, 0, pad)).reshape(B, H, segs, g, d)
+    local_scores = (qs @ ks.transpose(-1, -2)) * scale + bs[:, None, :, None, :]
+    land_scores = torch.einsum("bhigd,bhjd->bhigj", qs, k_land) * scale
+    land_scores = land_scores + seg_lse[:, None, None, None, :]
+    seg_idx = torch.arange(segs, device=q.device)
+    if causal:
+        blocked = seg_idx[None, :] >= seg_idx[:, None]
+        own = torch.ones(g, g, dtype=torch.bool, device=q.device).triu(1)
+        local_scores = local_scores.masked_fill(own, neg_inf)
+    else:
+        blocked = seg_idx[None, :] == seg_idx[:, None]
+    land_scores = land_scores.masked_fill(blocked[:, None, :], neg_inf)
+    out = _stable_softmax_apply([(local_scores, vs), (land_scores, v_land.unsqueeze(2))], eps)
+    return out.reshape(B, H, segs * g, d)[:, :, :L]
+
+
+def _stable_softmax_apply(parts: list[tuple[Tensor, Tensor]], eps: float) -> Tensor:
+    """Softmax over all key groups of ``parts`` = [(group scores, group values)], applied.
+
+    The row maximum is taken over all groups together; a row with no finite score (every key
+    removed) gets 0 instead of NaN, and without a host sync.
+    """
+    maxima = [group.amax(dim=-1, keepdim=True) for group, _ in parts]
+    row_max = maxima[0]
+    for other in maxima[1:]:
+        row_max = torch.maximum(row_max, other)
+    row_max = _finite_or_zero(row_max.detach())
+    num = None
+    den = None
+    for group, values in parts:
+        p = torch.exp(group - row_max)
+        term = p @ values
+        num = term if num is None else num + term
+        mass = p.sum(dim=-1, keepdim=True)
+        den = mass if den is None else den + mass
+    assert num is not None and den is not None
+    return num / (den + eps)
+
+
 class RandMultiHeadAttention(nn.Module):
     """Multi-head attention with random-feature (Performer / FAVOR+) kernels.
 
@@ -150,6 +253,12 @@ class RandMultiHeadAttention(nn.Module):
         device, dtype: where and in what precision parameters and buffers live.
         seed: seed of the random projections; drawn from torch's global RNG when None and
             stored in ``self.seed`` so the layer can be rebuilt exactly.
+        approximation: ``"random_features"`` (default; the kernels above) or ``"landmark"``:
+            exact softmax attention within segments of ``ceil(S/m)`` tokens plus one landmark
+            (mean key and value) per other segment, ``m`` = ``num_random_features``
+            (:func:`landmark_attention`). Much more accurate at the same ``m`` on trained
+            models (``benchmarks/bench_attention_accuracy.py``); cost grows like
+            ``n * (n/m + m)`` instead of ``n * m``. ``kernel_fn`` does not apply to it.
 
     The random projections are the persistent buffer ``projection`` of shape
     ``(num_heads, m, head_dim)`` (saved in ``state_dict``). ``eps`` (default 1e-12) is added to
@@ -196,6 +305,8 @@ class RandMultiHeadAttention(nn.Module):
     #: ``TRITON_INTERPRET=1``); ``"off"`` always takes the CPU-oriented paths (never the CPU's
     #: token blocking on a GPU, though). Set it on an instance or on the class.
     gpu_backend: Literal["auto", "triton", "torch", "off"] = "auto"
+    # Class-level default so layers pickled before the option existed still load.
+    approximation: ApproximationName = "random_features"
 
     def __init__(
         self,
@@ -210,6 +321,7 @@ class RandMultiHeadAttention(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         seed: int | None = None,
+        approximation: ApproximationName = "random_features",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -228,6 +340,9 @@ class RandMultiHeadAttention(nn.Module):
             )
         if kernel_fn not in _KERNELS:
             raise ValueError(f"kernel_fn must be one of {_KERNELS}, got {kernel_fn!r}")
+        if approximation not in _APPROXIMATIONS:
+            raise ValueError(
+                f"approximation must be one of {_APPROXIMATIONS}, got {approximation!r}")
         if not isinstance(dropout, int | float) or not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -242,6 +357,7 @@ class RandMultiHeadAttention(nn.Module):
         self.num_random_features = num_random_features
         self.dropout = float(dropout)
         self.kernel_fn: KernelName = kernel_fn
+        self.approximation: ApproximationName = approximation
         self.iscausal = bool(iscausal)
         self.batch_first = bool(batch_first)
         self.eps = _DEFAULT_EPS
@@ -318,6 +434,7 @@ class RandMultiHeadAttention(nn.Module):
         kernel_fn: KernelName = "softmax",
         iscausal: bool = False,
         seed: int | None = None,
+        approximation: ApproximationName = "random_features",
     ) -> RandMultiHeadAttention:
         """Build a random-feature layer carrying over an ``nn.MultiheadAttention``'s weights.
 
@@ -357,6 +474,7 @@ class RandMultiHeadAttention(nn.Module):
             device=weight.device,
             dtype=weight.dtype,
             seed=seed,
+            approximation=approximation,
         )
         with torch.no_grad():
             layer.in_proj_weight.copy_(weight)
@@ -372,6 +490,7 @@ class RandMultiHeadAttention(nn.Module):
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
             f"num_random_features={self.num_random_features}, kernel_fn={self.kernel_fn!r}, "
+            f"approximation={self.approximation!r}, "
             f"iscausal={self.iscausal}, dropout={self.dropout}, "
             f"bias={self.in_proj_bias is not None}, batch_first={self.batch_first}, "
             f"seed={self.seed}"
@@ -627,6 +746,8 @@ class RandMultiHeadAttention(nn.Module):
         if tgt_len == 0 or src_len == 0:
             # Nothing to attend to: the attention output is 0, as for a fully masked row.
             return self.out_proj(query.new_zeros(batch, tgt_len, self.embed_dim))
+        if self.approximation == "landmark":
+            return self._landmark_attention(query, key, value, key_padding_mask, causal)
         fused = self._fused_backend_for(query, key_padding_mask)
         if fused is not None:
             return self._fused_attention(query, key, value, key_padding_mask, causal, fused)
@@ -719,6 +840,28 @@ class RandMultiHeadAttention(nn.Module):
             softmax=self.kernel_fn == "softmax", causal=causal, eps=self.eps,
             use_triton=backend == "triton")
         attn = attn.reshape(batch, tgt_len, self.embed_dim)
+        attn = F.dropout(attn, p=self.dropout, training=self.training)
+        return self.out_proj(attn)
+
+    def _landmark_attention(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+    ) -> Tensor:
+        """``approximation="landmark"``: :func:`landmark_attention` on every device."""
+        batch, tgt_len, _ = query.shape
+        src_len = key.shape[1]
+        q, k, v = self._project(query, key, value)
+        out_dtype = q.dtype
+        work = _compute_dtype(out_dtype)
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        attn = landmark_attention(q, k, v, key_bias, self.num_random_features, causal, self.eps,
+                                  local=tgt_len == src_len)
+        attn = attn.to(out_dtype).transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
         attn = F.dropout(attn, p=self.dropout, training=self.training)
         return self.out_proj(attn)
 
