@@ -1,0 +1,209 @@
+"""RandMultiHeadAttention(approximation="landmark") and panther.nn.attention.landmark_attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from panther.nn import RandMultiHeadAttention
+from panther.nn.attention import landmark_attention
+from panther.tuner.layers.attention import AttentionLayerType
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def brute_force(q, k, v, bias, m, causal, local):
+    """The definition, one query at a time: exact own-segment keys plus segment landmarks."""
+    B, H, L, d = q.shape
+    S = k.shape[2]
+    g = math.ceil(S / m)
+    segs = math.ceil(S / g)
+    out = torch.zeros(B, H, L, d, dtype=q.dtype)
+    for b in range(B):
+        for h in range(H):
+            land = []
+            for j in range(segs):
+                idx = list(range(j * g, min((j + 1) * g, S)))
+                w = torch.softmax(bias[b, idx], 0) if torch.isfinite(bias[b, idx]).any() else None
+                if w is None:
+                    land.append(None)
+                    continue
+                mass = torch.logsumexp(bias[b, idx], 0)
+                land.append((w @ k[b, h, idx], w @ v[b, h, idx], mass))
+            for t in range(L):
+                i = t // g
+                logits, values = [], []
+                if local:
+                    for s in range(i * g, min((i + 1) * g, S)):
+                        if causal and s > t:
+                            continue
+                        logits.append(q[b, h, t] @ k[b, h, s] / math.sqrt(d) + bias[b, s])
+                        values.append(v[b, h, s])
+                for j, lm in enumerate(land):
+                    if lm is None or (local and (j >= i if causal else j == i)):
+                        continue
+                    logits.append(q[b, h, t] @ lm[0] / math.sqrt(d) + lm[2])
+                    values.append(lm[1])
+                if not logits:
+                    continue
+                lg = torch.stack(logits)
+                if not torch.isfinite(lg).any():
+                    continue
+                out[b, h, t] = torch.softmax(lg, 0) @ torch.stack(values)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    L=st.integers(1, 13),
+    m=st.integers(1, 6),
+    causal=st.booleans(),
+    masked=st.booleans(),
+    cross=st.integers(0, 5),
+    seed=st.integers(0, 999),
+)
+def test_property_matches_brute_force_definition(L, m, causal, masked, cross, seed):
+    gen = torch.Generator().manual_seed(seed)
+    local = causal or cross == 0
+    S = L if local else L + cross
+    q = torch.randn(2, 2, L, 3, generator=gen, dtype=F64)
+    k = torch.randn(2, 2, S, 3, generator=gen, dtype=F64)
+    v = torch.randn(2, 2, S, 3, generator=gen, dtype=F64)
+    bias = torch.zeros(2, S, dtype=F64)
+    if masked:
+        bias = bias.masked_fill(torch.rand(2, S, generator=gen) < 0.3, float("-inf"))
+        bias[1] = bias[1] + torch.randn(S, generator=gen, dtype=F64)  # float biases too
+    out = landmark_attention(q, k, v, bias, m, causal, eps=0.0 if not masked else 1e-12,
+                             local=local)
+    ref = brute_force(q, k, v, bias, m, causal, local)
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_exact_when_every_segment_is_one_token(causal, batch_first):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 2, batch_first=batch_first, dtype=F64).eval()
+    layer = RandMultiHeadAttention.from_attention(mha, 12, iscausal=causal,
+                                                  approximation="landmark")
+    x = torch.randn(10, 3, 16, dtype=F64)
+    if batch_first:
+        x = x.transpose(0, 1)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[1, 1:4] = True
+    mask[2, 7] = True
+    attn_mask = torch.ones(10, 10, dtype=torch.bool).triu(1) if causal else None
+    ref = mha(x, x, x, key_padding_mask=mask, attn_mask=attn_mask, need_weights=False)[0]
+    out = layer(x, x, x, key_padding_mask=mask)[0]
+    torch.testing.assert_close(out, ref)
+
+
+def test_cross_attention_exact_with_enough_landmarks_and_close_with_fewer():
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(16, 2, batch_first=True, dtype=F64).eval()
+    layer = RandMultiHeadAttention.from_attention(mha, 32, approximation="landmark")
+    query, memory = torch.randn(2, 5, 16, dtype=F64), torch.randn(2, 20, 16, dtype=F64)
+    ref = mha(query, memory, memory, need_weights=False)[0]
+    torch.testing.assert_close(layer(query, memory, memory)[0], ref)
+
+
+def test_more_accurate_than_random_features_on_smooth_sequences():
+    # Neighbouring tokens similar (a random walk): segment means summarise well.
+    torch.manual_seed(2)
+    mha = nn.MultiheadAttention(64, 4, batch_first=True, dtype=F64).eval()
+    x = torch.randn(2, 256, 64, dtype=F64).cumsum(1) / 8
+    for causal in (False, True):
+        attn_mask = (nn.Transformer.generate_square_subsequent_mask(256, dtype=F64)
+                     if causal else None)
+        ref = mha(x, x, x, attn_mask=attn_mask, need_weights=False)[0]
+        errs = {}
+        for approx in ("landmark", "random_features"):
+            layer = RandMultiHeadAttention.from_attention(mha, 16, iscausal=causal, seed=0,
+                                                          approximation=approx)
+            errs[approx] = ((layer(x, x, x)[0] - ref).norm() / ref.norm()).item()
+        assert errs["landmark"] < 0.5 * errs["random_features"], errs
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fully_masked_rows_and_gradients(causal):
+    torch.manual_seed(3)
+    layer = RandMultiHeadAttention(8, 2, 3, iscausal=causal, batch_first=True,
+                                   approximation="landmark", dtype=F64)
+    x = torch.randn(2, 7, 8, dtype=F64, requires_grad=True)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[1] = True
+    out = layer(x, x, x, key_padding_mask=mask)[0]
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], layer.out_proj.bias.expand(7, 8))
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.autograd.gradcheck(
+        lambda t: layer(t, t, t, key_padding_mask=mask)[0], (x.detach().requires_grad_(),))
+
+
+def test_causal_output_ignores_future_tokens():
+    torch.manual_seed(4)
+    layer = RandMultiHeadAttention(8, 2, 4, iscausal=True, batch_first=True,
+                                   approximation="landmark")
+    x = torch.randn(1, 15, 8)
+    y = x.clone()
+    y[:, 9:] = torch.randn(1, 6, 8)
+    torch.testing.assert_close(layer(x, x, x)[0][:, :9], layer(y, y, y)[0][:, :9])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_float32(dtype):
+    torch.manual_seed(5)
+    layer = RandMultiHeadAttention(16, 2, 4, batch_first=True, approximation="landmark")
+    x = torch.randn(2, 30, 16)
+    ref = layer(x, x, x)[0]
+    out = layer.to(dtype)(x.to(dtype), x.to(dtype), x.to(dtype))[0]
+    assert out.dtype == dtype
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 3e-2
+
+
+def test_validation_repr_and_pickle_compatibility():
+    with pytest.raises(ValueError, match="approximation must be one of"):
+        RandMultiHeadAttention(8, 2, 4, approximation="nystrom")  # type: ignore[arg-type]
+    layer = RandMultiHeadAttention(8, 2, 4, approximation="landmark")
+    assert "approximation='landmark'" in repr(layer)
+    with pytest.raises(ValueError, match="num_landmarks must be positive"):
+        landmark_attention(*(torch.zeros(1, 1, 2, 2) for _ in range(3)), None, 0, False)
+    with pytest.raises(ValueError, match="needs L == S"):
+        landmark_attention(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 3, 2),
+                           torch.zeros(1, 1, 3, 2), None, 2, False)
+    old = RandMultiHeadAttention(8, 2, 4)
+    del old.__dict__["approximation"]  # as unpickled from before the option existed
+    x = torch.randn(3, 1, 8)
+    assert old(x, x, x)[0].shape == (3, 1, 8)
+
+
+def test_layer_type_builds_costs_and_searches_the_option():
+    lt = AttentionLayerType(seq_len=512)
+    mha = nn.MultiheadAttention(256, 4)  # head_dim 64
+    space = lt.auto_space(mha)
+    assert space["approximation"].choices == ("random_features", "landmark")
+    built = lt.build(mha, {"num_random_features": 64, "approximation": "landmark"})
+    assert built.approximation == "landmark"
+    fresh = lt.build(mha, {"approximation": "landmark"}, copy_weights=False)
+    assert fresh.approximation == "landmark"
+    E = 256
+    # g = 8 tokens per segment, 64 landmarks: 2 * (8 + 64 + 1) * E beyond the projections.
+    assert lt.cost(mha, {"num_random_features": 64, "approximation": "landmark"}).macs == (
+        4 * E * E + 2 * (8 + 64 + 1) * E)
+    assert lt.cost(mha, {"num_random_features": 64}).macs == 4 * E * E + 4 * 64 * E
+    with pytest.raises(ValueError, match="'approximation' must be one of"):
+        lt.build(mha, {"approximation": "nystrom"})
