@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from panther.nn import RandMultiHeadAttention
-from panther.nn.attention import landmark_attention
+from panther.nn.attention import landmark_attention, landmark_clusters
 from panther.tuner.layers.attention import AttentionLayerType
 
 F64 = torch.float64
@@ -25,44 +25,39 @@ def _single_thread():
     torch.set_num_threads(previous)
 
 
-def brute_force(q, k, v, bias, m, causal, local):
-    """The definition, one query at a time: exact own-segment keys plus segment landmarks."""
+def brute_force(q, k, v, bias, m, causal, local, window, clusters):
+    """The definition, one query at a time: exact window keys plus one landmark per cluster."""
     B, H, L, d = q.shape
     S = k.shape[2]
     g = math.ceil(S / m)
-    segs = math.ceil(S / g)
     out = torch.zeros(B, H, L, d, dtype=q.dtype)
     for b in range(B):
+        fin = bias[b][torch.isfinite(bias[b])]
+        top = fin.max() if fin.numel() else torch.tensor(0.0, dtype=q.dtype)
+        alpha = torch.exp(bias[b] - top)
         for h in range(H):
-            land = []
-            for j in range(segs):
-                idx = list(range(j * g, min((j + 1) * g, S)))
-                w = torch.softmax(bias[b, idx], 0) if torch.isfinite(bias[b, idx]).any() else None
-                if w is None:
-                    land.append(None)
-                    continue
-                mass = torch.logsumexp(bias[b, idx], 0)
-                land.append((w @ k[b, h, idx], w @ v[b, h, idx], mass))
             for t in range(L):
                 i = t // g
+                lo, hi = i - window, i + (0 if causal else window)
                 logits, values = [], []
                 if local:
-                    for s in range(i * g, min((i + 1) * g, S)):
-                        if causal and s > t:
-                            continue
-                        logits.append(q[b, h, t] @ k[b, h, s] / math.sqrt(d) + bias[b, s])
-                        values.append(v[b, h, s])
-                for j, lm in enumerate(land):
-                    if lm is None or (local and (j >= i if causal else j == i)):
+                    for s in range(S):
+                        if lo <= s // g <= hi and not (causal and s > t):
+                            logits.append(q[b, h, t] @ k[b, h, s] / math.sqrt(d) + bias[b, s])
+                            values.append(v[b, h, s])
+                for c in range(m):
+                    members = [s for s in range(S) if clusters[b, h, s] == c
+                               and (not local or (s // g < lo if causal
+                                                  else not lo <= s // g <= hi))]
+                    w = alpha[members] if members else torch.zeros(0, dtype=q.dtype)
+                    if w.sum() == 0:
                         continue
-                    logits.append(q[b, h, t] @ lm[0] / math.sqrt(d) + lm[2])
-                    values.append(lm[1])
-                if not logits:
-                    continue
-                lg = torch.stack(logits)
-                if not torch.isfinite(lg).any():
-                    continue
-                out[b, h, t] = torch.softmax(lg, 0) @ torch.stack(values)
+                    k_mean = (w @ k[b, h, members]) / w.sum()
+                    v_mean = (w @ v[b, h, members]) / w.sum()
+                    logits.append(q[b, h, t] @ k_mean / math.sqrt(d) + w.sum().log() + top)
+                    values.append(v_mean)
+                if logits and torch.isfinite(torch.stack(logits)).any():
+                    out[b, h, t] = torch.softmax(torch.stack(logits), 0) @ torch.stack(values)
     return out
 
 
@@ -73,9 +68,12 @@ def brute_force(q, k, v, bias, m, causal, local):
     causal=st.booleans(),
     masked=st.booleans(),
     cross=st.integers(0, 5),
+    window=st.integers(0, 2),
+    grouping=st.sampled_from(["segments", "random", "fitted"]),
     seed=st.integers(0, 999),
 )
-def test_property_matches_brute_force_definition(L, m, causal, masked, cross, seed):
+def test_property_matches_brute_force_definition(L, m, causal, masked, cross, window, grouping,
+                                                 seed):
     gen = torch.Generator().manual_seed(seed)
     local = causal or cross == 0
     S = L if local else L + cross
@@ -86,29 +84,63 @@ def test_property_matches_brute_force_definition(L, m, causal, masked, cross, se
     if masked:
         bias = bias.masked_fill(torch.rand(2, S, generator=gen) < 0.3, float("-inf"))
         bias[1] = bias[1] + torch.randn(S, generator=gen, dtype=F64)  # float biases too
-    out = landmark_attention(q, k, v, bias, m, causal, eps=0.0 if not masked else 1e-12,
-                             local=local)
-    ref = brute_force(q, k, v, bias, m, causal, local)
+    g = math.ceil(S / m)
+    clusters = {
+        "segments": torch.arange(S).div(g, rounding_mode="floor").expand(2, 2, S),
+        "random": torch.randint(0, m, (2, 2, S), generator=gen),
+        "fitted": landmark_clusters(k, bias, m, causal, torch.randn(2, m, 3, generator=gen,
+                                                                    dtype=F64)),
+    }[grouping]
+    out = landmark_attention(q, k, v, bias, m, causal, eps=1e-12, local=local, window=window,
+                             clusters=None if grouping == "segments" else clusters)
+    ref = brute_force(q, k, v, bias, m, causal, local, window, clusters)
     torch.testing.assert_close(out, ref)
 
 
-@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_exact_when_every_segment_is_one_token(causal, batch_first):
+def test_noncausal_exact_when_every_cluster_holds_one_key(batch_first):
+    # m >= S: k-means starts from one key per cluster and keeps it so.
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(16, 2, batch_first=batch_first, dtype=F64).eval()
-    layer = RandMultiHeadAttention.from_attention(mha, 12, iscausal=causal,
-                                                  approximation="landmark")
+    layer = RandMultiHeadAttention.from_attention(mha, 12, approximation="landmark")
     x = torch.randn(10, 3, 16, dtype=F64)
     if batch_first:
         x = x.transpose(0, 1)
     mask = torch.zeros(3, 10, dtype=torch.bool)
     mask[1, 1:4] = True
     mask[2, 7] = True
-    attn_mask = torch.ones(10, 10, dtype=torch.bool).triu(1) if causal else None
-    ref = mha(x, x, x, key_padding_mask=mask, attn_mask=attn_mask, need_weights=False)[0]
-    out = layer(x, x, x, key_padding_mask=mask)[0]
+    ref = mha(x, x, x, key_padding_mask=mask, need_weights=False)[0]
+    torch.testing.assert_close(layer(x, x, x, key_padding_mask=mask)[0], ref)
+
+
+def test_causal_exact_when_the_window_covers_the_sequence():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 11, 4, generator=gen, dtype=F64) for _ in range(3))
+    scores = (q @ k.transpose(-1, -2)) / 2 + torch.ones(11, 11, dtype=torch.bool).triu(1) * -1e9
+    ref = scores.softmax(-1) @ v
+    clusters = torch.randint(0, 4, (2, 2, 11), generator=gen)
+    out = landmark_attention(q, k, v, None, 4, True, window=4, clusters=clusters)
     torch.testing.assert_close(out, ref)
+
+
+def test_causal_clusters_do_not_depend_on_later_keys_and_kmeans_fits():
+    gen = torch.Generator().manual_seed(1)
+    k = torch.randn(1, 2, 30, 4, generator=gen, dtype=F64)
+    directions = torch.randn(2, 8, 4, generator=gen, dtype=F64)
+    later = k.clone()
+    later[:, :, 20:] = torch.randn(1, 2, 10, 4, generator=gen, dtype=F64)
+    a = landmark_clusters(k, None, 8, True, directions)
+    assert torch.equal(a[..., :20], landmark_clusters(later, None, 8, True, directions)[..., :20])
+    # k-means recovers well-separated blobs (up to label order) and ignores removed keys.
+    centers = torch.tensor([[10.0, 0, 0, 0], [0, 10.0, 0, 0], [0, 0, 10.0, 0]], dtype=F64)
+    labels = torch.arange(30) % 3
+    blobs = (centers[labels] + 0.1 * torch.randn(30, 4, generator=gen, dtype=F64))[None, None]
+    bias = torch.zeros(1, 30, dtype=F64)
+    bias[0, 0] = float("-inf")
+    fitted = landmark_clusters(blobs, bias, 3, False, directions)[0, 0]
+    for c in range(3):
+        assert fitted[labels == c][1:].unique().numel() == 1
+    assert fitted[1:].unique().numel() == 3
 
 
 def test_cross_attention_exact_with_enough_landmarks_and_close_with_fewer():
@@ -182,6 +214,9 @@ def test_validation_repr_and_pickle_compatibility():
     assert "approximation='landmark'" in repr(layer)
     with pytest.raises(ValueError, match="num_landmarks must be positive"):
         landmark_attention(*(torch.zeros(1, 1, 2, 2) for _ in range(3)), None, 0, False)
+    with pytest.raises(ValueError, match="window must be >= 0"):
+        landmark_attention(*(torch.zeros(1, 1, 2, 2) for _ in range(3)), None, 1, False,
+                           window=-1)
     with pytest.raises(ValueError, match="needs L == S"):
         landmark_attention(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 3, 2),
                            torch.zeros(1, 1, 3, 2), None, 2, False)

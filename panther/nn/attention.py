@@ -32,7 +32,12 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from panther.native import ops
 
-__all__ = ["RandMultiHeadAttention", "landmark_attention", "orthogonal_gaussian_projection"]
+__all__ = [
+    "RandMultiHeadAttention",
+    "landmark_attention",
+    "landmark_clusters",
+    "orthogonal_gaussian_projection",
+]
 
 KernelName = Literal["softmax", "relu"]
 _KERNELS = ("softmax", "relu")
@@ -133,6 +138,62 @@ def _relu_bias_top(key_bias: Tensor | None) -> Tensor | None:
     return _finite_or_zero(key_bias.amax(dim=-1, keepdim=True))
 
 
+def landmark_clusters(
+    k: Tensor,
+    key_bias: Tensor | None,
+    num_landmarks: int,
+    causal: bool,
+    directions: Tensor,
+    iterations: int = 5,
+) -> Tensor:
+    """Group the keys ``(B, H, S, d)`` into ``num_landmarks`` clusters; returns ids ``(B, H, S)``.
+
+    Non-causal: Lloyd's k-means on each (batch row, head)'s own keys, started from the means of
+    ``num_landmarks`` contiguous segments (deterministic), ``iterations`` rounds, removed keys
+    (``key_bias`` ``-inf``) carrying no weight. Causal: a key's cluster must not depend on
+    later keys, so it is the random direction of ``directions`` (``(H, >= num_landmarks, d)``,
+    the layer's Gaussian projection) with the largest projection (cross-polytope style
+    locality-sensitive hashing): similar keys share a cluster whatever comes after them.
+    No gradient flows through the (discrete) grouping.
+    """
+    k = k.detach()
+    B, H, S, d = k.shape
+    if causal:
+        return torch.einsum("bhsd,hmd->bhsm", k, directions[:, :num_landmarks].to(k.dtype)).argmax(-1)
+    m = min(num_landmarks, S)
+    weight = _key_weights(key_bias, B, S, k)[0][:, None, :, None]  # (B, 1, S, 1)
+    segment = torch.arange(S, device=k.device) * m // S
+    member = F.one_hot(segment, m).to(k.dtype) * weight  # (B, 1, S, m)
+    centroids = _weighted_means(member.expand(B, H, S, m), k)[0]
+    for _ in range(iterations + 1):
+        # argmin |k - c|^2 = argmax 2 k.c - |c|^2; an empty cluster keeps its old centroid.
+        score = 2 * (k @ centroids.transpose(-1, -2)) - (centroids * centroids).sum(-1)[:, :, None]
+        assign = score.argmax(-1)
+        if _ == iterations:
+            break
+        member = F.one_hot(assign, m).to(k.dtype) * weight
+        means, mass = _weighted_means(member, k)
+        centroids = torch.where(mass.unsqueeze(-1) > 0, means, centroids)
+    return assign
+
+
+def _key_weights(key_bias: Tensor | None, B: int, S: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-key weights ``exp(bias - top)`` ``(B, S)`` (0 for removed keys) and ``top`` ``(B, 1)``."""
+    if key_bias is None:
+        return like.new_ones(B, S), like.new_zeros(B, 1)
+    bias = key_bias.to(like.dtype)
+    top = _finite_or_zero(bias.amax(dim=-1, keepdim=True))
+    return torch.exp(bias - top), top
+
+
+def _weighted_means(member: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Means ``(..., m, d)`` of rows of ``x`` ``(..., S, d)`` weighted by ``member`` ``(..., S, m)``,
+    and the weights' totals ``(..., m)`` (means of empty groups are 0)."""
+    mass = member.sum(dim=-2)
+    sums = member.transpose(-1, -2) @ x
+    return sums / torch.where(mass > 0, mass, torch.ones_like(mass)).unsqueeze(-1), mass
+
+
 def landmark_attention(
     q: Tensor,
     k: Tensor,
@@ -142,26 +203,34 @@ def landmark_attention(
     causal: bool,
     eps: float = _DEFAULT_EPS,
     local: bool = True,
+    window: int = 1,
+    clusters: Tensor | None = None,
 ) -> Tensor:
-    """Softmax attention with distant keys compressed into segment landmarks.
+    """Softmax attention with the keys outside a local window compressed into landmarks.
 
     ``q`` is ``(B, H, L, d)``, ``k``/``v`` are ``(B, H, S, d)``; ``key_bias`` (``(B, S)``, finite
-    or ``-inf``) is an additive per-key logit bias. The keys are cut into at most
-    ``num_landmarks`` contiguous segments of ``g = ceil(S / num_landmarks)`` tokens. A segment
-    ``j`` is summarised by its landmark: the bias-weighted mean key and value, with logit bias
-    ``log sum_s exp(bias_s)`` (``log`` of its size without padding), so it stands for that many
-    copies of its mean key (a Nystrom-style column sample of the attention matrix by
-    clustering). With ``local`` (needs ``L == S``) query ``t`` of segment ``i`` attends exactly
-    to the keys of segment ``i`` (only those ``<= t`` if ``causal``) and to the landmarks of the
-    other segments (only earlier ones if ``causal``: no landmark summarises a future token).
-    Without ``local`` every query attends to all landmarks.
+    or ``-inf``) is an additive per-key logit bias. ``clusters`` (``(B, H, S)`` ids in
+    ``[0, num_landmarks)``, e.g. from :func:`landmark_clusters`) groups the keys; None groups
+    them into contiguous segments. The sequence is cut into segments of
+    ``g = ceil(S / num_landmarks)`` tokens. Query ``t`` of segment ``i`` attends exactly to the
+    keys of segments ``i - window .. i + window`` (``i - window .. i``, and only keys ``<= t``,
+    if ``causal``), and to one landmark per cluster summarising that cluster's *other* keys (in
+    causal mode only keys of segments before ``i - window``: nothing summarises a later key).
+    A landmark is the bias-weighted mean key and value of its keys, with logit bias ``log`` of
+    their total weight, so it stands for that many copies of its mean key (Nystrom-style
+    column sampling of the attention matrix by clustering). Without ``local`` every query
+    attends to all landmarks (cross-attention). The sums outside the window are prefix and
+    suffix sums over segments, never differences, so empty landmarks stay exactly empty.
 
-    Exact when every segment holds one token. Costs ``O((L + S) * (g + S / g) * d)`` with no
-    ``L x S`` matrix; a query whose keys are all removed gets a zero output. Returns
-    ``(B, H, L, d)``. Differentiable; a vectorised torch computation on any device.
+    Exact when every cluster holds one key. Costs ``O(L * ((2 * window + 1) * g + m) * d)``
+    for ``m = num_landmarks`` landmarks, with no ``L x S`` matrix; a query whose keys are all
+    removed gets a zero output. Returns ``(B, H, L, d)``. Differentiable (given the clusters);
+    vectorised torch on any device.
     """
     if num_landmarks <= 0:
         raise ValueError(f"num_landmarks must be positive, got {num_landmarks}")
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
     B, H, L, d = q.shape
     S = k.shape[2]
     if local and L != S:
@@ -172,36 +241,65 @@ def landmark_attention(
     g = -(-S // num_landmarks)
     segs = -(-S // g)
     pad = segs * g - S
+    m = num_landmarks
+    alpha, top = _key_weights(key_bias, B, S, k)
     bias = k.new_zeros(B, S) if key_bias is None else key_bias.to(k.dtype)
+    if clusters is None:
+        clusters = (torch.arange(S, device=k.device) // g).expand(B, H, S)
     if pad:
         k, v = (F.pad(t, (0, 0, 0, pad)) for t in (k, v))
         bias = F.pad(bias, (0, pad), value=neg_inf)
+        alpha = F.pad(alpha, (0, pad))
+        clusters = F.pad(clusters, (0, pad))
     ks = k.reshape(B, H, segs, g, d)
     vs = v.reshape(B, H, segs, g, d)
     bs = bias.reshape(B, segs, g)
-    # Landmark weights: softmax of the biases within a segment; log of their total mass is the
-    # landmark's own bias (-inf for an all-padding segment, whose weights are then all 0).
-    seg_lse = torch.logsumexp(bs, dim=-1)  # (B, segs)
-    alpha = torch.exp(bs - _finite_or_zero(seg_lse).unsqueeze(-1))
-    k_land = torch.einsum("bjg,bhjgd->bhjd", alpha, ks)
-    v_land = torch.einsum("bjg,bhjgd->bhjd", alpha, vs)
+    # Per segment and cluster: total weight and weighted sums of keys and values.
+    member = (F.one_hot(clusters, m).to(k.dtype) * alpha[:, None, :, None])
+    member = member.reshape(B, H, segs, g, m).transpose(-1, -2)  # (B, H, segs, m, g)
+    seg_mass = member.sum(-1)  # (B, H, segs, m)
+    seg_k = member @ ks  # (B, H, segs, m, d)
+    seg_v = member @ vs
     scale = d**-0.5
+
+    def landmarks(mass: Tensor, ksum: Tensor, vsum: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        safe = torch.where(mass > 0, mass, torch.ones_like(mass)).unsqueeze(-1)
+        log_mass = torch.where(mass > 0, mass, torch.zeros_like(mass)).log()  # -inf if empty
+        return ksum / safe, vsum / safe, log_mass + top.view(B, *[1] * (mass.dim() - 1))
+
     if not local:
-        scores = (q @ k_land.transpose(-1, -2)) * scale + seg_lse[:, None, None, :]
+        k_land, v_land, l_bias = landmarks(seg_mass.sum(2), seg_k.sum(2), seg_v.sum(2))
+        scores = (q @ k_land.transpose(-1, -2)) * scale + l_bias.unsqueeze(-2)
         return _stable_softmax_apply([(scores, v_land)], eps)
+
+    def outside(t: Tensor) -> Tensor:
+        # Sum over segments j < i - window (and j > i + window unless causal), per segment i.
+        front = (0, 0) * (t.dim() - 3) + (window + 1, 0)  # pads the segment axis in front
+        before = F.pad(t, front).cumsum(2)[:, :, :segs]
+        if causal:
+            return before
+        after = F.pad(t.flip(2), front).cumsum(2)[:, :, :segs].flip(2)
+        return before + after
+
+    k_land, v_land, l_bias = landmarks(outside(seg_mass), outside(seg_k), outside(seg_v))
     qs = F.pad(q, (0, 0, 0, pad)).reshape(B, H, segs, g, d)
-    local_scores = (qs @ ks.transpose(-1, -2)) * scale + bs[:, None, :, None, :]
-    land_scores = torch.einsum("bhigd,bhjd->bhigj", qs, k_land) * scale
-    land_scores = land_scores + seg_lse[:, None, None, None, :]
-    seg_idx = torch.arange(segs, device=q.device)
+    # Exact keys: the own segment and `window` neighbours on each side (only earlier ones if
+    # causal), gathered by shifting the segment axis; out-of-range neighbours are all padding.
+    offsets = range(-window, 1 if causal else window + 1)
+    ks_pad = F.pad(ks, (0, 0, 0, 0, window, window))
+    vs_pad = F.pad(vs, (0, 0, 0, 0, window, window))
+    bs_pad = F.pad(bs, (0, 0, window, window), value=neg_inf)
+    near_k = torch.cat([ks_pad[:, :, window + o: window + o + segs] for o in offsets], dim=3)
+    near_v = torch.cat([vs_pad[:, :, window + o: window + o + segs] for o in offsets], dim=3)
+    near_b = torch.cat([bs_pad[:, window + o: window + o + segs] for o in offsets], dim=2)
+    local_scores = (qs @ near_k.transpose(-1, -2)) * scale + near_b[:, None, :, None, :]
     if causal:
-        blocked = seg_idx[None, :] >= seg_idx[:, None]
-        own = torch.ones(g, g, dtype=torch.bool, device=q.device).triu(1)
-        local_scores = local_scores.masked_fill(own, neg_inf)
-    else:
-        blocked = seg_idx[None, :] == seg_idx[:, None]
-    land_scores = land_scores.masked_fill(blocked[:, None, :], neg_inf)
-    out = _stable_softmax_apply([(local_scores, vs), (land_scores, v_land.unsqueeze(2))], eps)
+        # Within the own segment (the last g exact keys) only keys <= the query.
+        future = torch.zeros(g, len(offsets) * g, dtype=torch.bool, device=q.device)
+        future[:, -g:] = torch.ones(g, g, dtype=torch.bool, device=q.device).triu(1)
+        local_scores = local_scores.masked_fill(future, neg_inf)
+    land_scores = (qs @ k_land.transpose(-1, -2)) * scale + l_bias.unsqueeze(-2)
+    out = _stable_softmax_apply([(local_scores, near_v), (land_scores, v_land)], eps)
     return out.reshape(B, H, segs * g, d)[:, :, :L]
 
 
@@ -859,8 +957,10 @@ class RandMultiHeadAttention(nn.Module):
         work = _compute_dtype(out_dtype)
         q, k, v = q.to(work), k.to(work), v.to(work)
         key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
-        attn = landmark_attention(q, k, v, key_bias, self.num_random_features, causal, self.eps,
-                                  local=tgt_len == src_len)
+        m = self.num_random_features
+        clusters = landmark_clusters(k, key_bias, m, causal, self.projection)
+        attn = landmark_attention(q, k, v, key_bias, m, causal, self.eps,
+                                  local=tgt_len == src_len, clusters=clusters)
         attn = attn.to(out_dtype).transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
         attn = F.dropout(attn, p=self.dropout, training=self.training)
         return self.out_proj(attn)
