@@ -195,3 +195,32 @@ def test_cuda_gradients(causal):
         grads[backend] = [xi.grad] + [p.grad.clone() for p in layer.parameters()]
     for got, want in zip(grads["triton"], grads["off"]):
         assert _rel(got, want) < 1e-3
+
+
+# ---------------------------------------------------------------------------------- benchmark
+
+
+def test_gpu_attention_benchmark_cpu_smoke_run(monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import bench_gpu_attention as bench
+    finally:
+        sys.path.pop(0)
+    written = {}
+    monkeypatch.setattr(bench, "write_json",
+                        lambda name, payload: written.update({name: payload}) or Path(name))
+    assert bench.main(["--device", "cpu", "--quick", "--dtypes", "fp32", "--threads", "1"]) == 0
+    rows = written["gpu_attention"]["rows"]
+    assert len(rows) == 2 * 2  # causal x modes, one length
+    assert {(r["causal"], r["mode"]) for r in rows} == {
+        (c, m) for c in (False, True) for m in ("fwd", "fwd+bwd")}
+    for r in rows:
+        for name in bench.LAYERS:
+            assert r[f"{name}_ms"] > 0 and r[f"{name}_peak_mb"] is None
+        assert r["speedup_x"] == pytest.approx(r["dense_ms"] / r["random_features_ms"])
+    assert "nn.MultiheadAttention vs RandMultiHeadAttention" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert bench.main(["--device", "cuda", "--quick"]) == 1
+        assert "no CUDA device is available" in capsys.readouterr().out
+        with pytest.raises(RuntimeError, match="CUDA was requested"):
+            bench.attention_rows("cuda", [torch.float32], quick=True)
