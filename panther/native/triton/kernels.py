@@ -40,7 +40,7 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 @triton.jit
 def _load_rows(ptr, stride_n, stride_d, offs_n, offs_d, n_valid, D):
     return tl.load(
-        ptr + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d,
+        ptr + offs_n[:, None].to(tl.int64) * stride_n + offs_d[None, :] * stride_d,
         mask=n_valid[:, None] & (offs_d[None, :] < D),
         other=0.0,
     )
@@ -108,7 +108,8 @@ def key_max_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Largest softmax key logit of one block of keys, into ``PART[b * H + h, block]``."""
-    pid_bh = tl.program_id(0)
+    # 64-bit offsets: batch x sequence x width can exceed 2**31 elements.
+    pid_bh = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
@@ -144,7 +145,8 @@ def key_state_kernel(
     for the causal path's per-chunk states. ``KV`` is float32 ``(B*H, G, M, D)``, ``Z``
     ``(B*H, G, M)``.
     """
-    pid_bh = tl.program_id(0)
+    # 64-bit offsets: batch x sequence x width can exceed 2**31 elements.
+    pid_bh = tl.program_id(0).to(tl.int64)
     pid_g = tl.program_id(1)
     groups = tl.num_programs(1)
     b = pid_bh // H
@@ -185,7 +187,8 @@ def query_out_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Non-causal output of one block of queries: ``phi(q) KV / (phi(q) . Z + eps)``."""
-    pid_bh = tl.program_id(0)
+    # 64-bit offsets: batch x sequence x width can exceed 2**31 elements.
+    pid_bh = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
@@ -232,7 +235,8 @@ def causal_out_kernel(
     ``STATE``/``ZSTATE`` hold the inclusive prefix sums of the per-chunk states (float32
     ``(B*H, C, M, D)`` / ``(B*H, C, M)``); chunk ``c`` reads entry ``c - 1``.
     """
-    pid_bh = tl.program_id(0)
+    # 64-bit offsets: batch x sequence x width can exceed 2**31 elements.
+    pid_bh = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
