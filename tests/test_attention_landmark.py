@@ -236,9 +236,11 @@ def test_layer_type_builds_costs_and_searches_the_option():
     fresh = lt.build(mha, {"approximation": "landmark"}, copy_weights=False)
     assert fresh.approximation == "landmark"
     E = 256
-    # g = 8 tokens per segment, 64 landmarks: 2 * (8 + 64 + 1) * E beyond the projections.
+    # g = 8 tokens per segment, 64 landmarks (module docstring of the layer type).
     assert lt.cost(mha, {"num_random_features": 64, "approximation": "landmark"}).macs == (
-        4 * E * E + 2 * (8 + 64 + 1) * E)
+        4 * E * E + (6 * 8 + 15 * 64) * E)
+    assert lt.cost(mha, {"num_random_features": 64, "approximation": "landmark",
+                         "iscausal": True}).macs == 4 * E * E + (4 * 8 + 5 * 64) * E
     assert lt.cost(mha, {"num_random_features": 64}).macs == 4 * E * E + 4 * 64 * E
     with pytest.raises(ValueError, match="'approximation' must be one of"):
         lt.build(mha, {"approximation": "nystrom"})

@@ -11,11 +11,13 @@ Cost model, per token, for embedding size ``E``, ``H`` heads of size ``d = E/H``
 
 So random features save work when ``m < n/2``.
 
-* landmark attention (``approximation="landmark"``): the projections plus, per token, scores
-  and weighted values against the ``g = ceil(n/m)`` keys of its own segment and the
-  ``ceil(n/g)`` landmarks, ``2*(g + ceil(n/g))*E``, plus building the landmarks (``2*E``):
-  ``4*E^2 + 2*(g + ceil(n/g) + 1)*E``. It depends on ``n`` (like ``n^2/m`` for long
-  sequences) but is far more accurate at the same ``m``.
+* landmark attention (``approximation="landmark"``, segments of ``g = ceil(n/m)``
+  tokens): scores and weighted values against the exact window of ``3g`` keys (``2g``
+  causal), ``2*3g*E``; against the ``m`` landmarks, ``2*m*E``; building the landmarks
+  (cluster sums of keys and values), ``2*m*E``; and the clustering: five k-means rounds
+  plus the final assignment, ``11*m*E`` (causal: one hashing projection, ``m*E``). In all
+  ``4*E^2 + (6g + 15m)*E``, causal ``4*E^2 + (4g + 5m)*E``. It depends on ``n`` through
+  ``g`` but is far more accurate at the same ``m``.
 
 The sequence length is not known
 from the module; the layer type assumes :attr:`AttentionLayerType.seq_len`
@@ -183,9 +185,9 @@ class AttentionLayerType(LayerType):
         p = self.full_params(original, params)
         m = p["num_random_features"]
         if p["approximation"] == "landmark":
-            n = self.seq_len
-            g = -(-n // m)  # tokens per segment
-            return Cost(params=n_params, macs=projections + 2 * (g + -(-n // g) + 1) * E)
+            g = -(-self.seq_len // m)  # tokens per segment
+            per_token = 4 * g + 5 * m if p.get("iscausal", False) else 6 * g + 15 * m
+            return Cost(params=n_params, macs=projections + per_token * E)
         return Cost(params=n_params, macs=projections + 4 * m * E)
 
     def size_key(self, module: nn.Module) -> tuple[Any, ...]:
