@@ -28,12 +28,8 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
                 allow_module_level=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one torch thread (tests/conftest.py) avoids OpenMP spin-waits on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,8 @@ from panther.native import reference
 from panther.native.triton import chunked_causal_linear_attention
 from panther.nn import RandMultiHeadAttention
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one torch thread (tests/conftest.py) avoids OpenMP spin-waits on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(kernel_fn: str = "softmax", causal: bool = False, dtype=torch.float32,

@@ -17,12 +17,8 @@ from panther.tuner.layers.attention import AttentionLayerType
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one torch thread (tests/conftest.py) avoids OpenMP spin-waits on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_force(q, k, v, bias, m, causal, local, window, clusters):

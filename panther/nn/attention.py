@@ -872,9 +872,7 @@ class RandMultiHeadAttention(nn.Module):
         q_feat, k_feat = self.feature_maps(q, k, key_bias)
         attn = self._attend(q_feat, k_feat, v, causal).to(out_dtype)  # (B, H, L, d)
 
-        attn = attn.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
-        attn = F.dropout(attn, p=self.dropout, training=self.training)
-        return self.out_proj(attn)
+        return self._heads_out(attn.transpose(1, 2))
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-head projections ``(B, H, n, d)`` (strided views of the projection output)."""
@@ -896,6 +894,12 @@ class RandMultiHeadAttention(nn.Module):
         k = k.reshape(batch, src_len, h, d).transpose(1, 2)
         v = v.reshape(batch, src_len, h, d).transpose(1, 2)
         return q, k, v
+
+    def _heads_out(self, attn: Tensor) -> Tensor:
+        """Merge per-head outputs ``(B, L, H, d)``, apply dropout and the output projection."""
+        attn = attn.reshape(attn.shape[0], attn.shape[1], self.embed_dim)
+        attn = F.dropout(attn, p=self.dropout, training=self.training)
+        return self.out_proj(attn)
 
     def _fused_backend_for(self, query: Tensor, key_padding_mask: Tensor | None) -> str | None:
         """``"triton"``, ``"torch"`` or None (the CPU paths) for this call; see ``gpu_backend``."""
@@ -937,9 +941,7 @@ class RandMultiHeadAttention(nn.Module):
             q, k, v, self._feature_weights(torch.float32), key_bias, self.feature_maps,
             softmax=self.kernel_fn == "softmax", causal=causal, eps=self.eps,
             use_triton=backend == "triton")
-        attn = attn.reshape(batch, tgt_len, self.embed_dim)
-        attn = F.dropout(attn, p=self.dropout, training=self.training)
-        return self.out_proj(attn)
+        return self._heads_out(attn)
 
     def _landmark_attention(
         self,
@@ -961,9 +963,7 @@ class RandMultiHeadAttention(nn.Module):
         clusters = landmark_clusters(k, key_bias, m, causal, self.projection)
         attn = landmark_attention(q, k, v, key_bias, m, causal, self.eps,
                                   local=tgt_len == src_len, clusters=clusters)
-        attn = attn.to(out_dtype).transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
-        attn = F.dropout(attn, p=self.dropout, training=self.training)
-        return self.out_proj(attn)
+        return self._heads_out(attn.to(out_dtype).transpose(1, 2))
 
     def _needs_grad(self, *inputs: Tensor) -> bool:
         if not torch.is_grad_enabled():

@@ -38,6 +38,28 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _program(H):
+    """(batch x head index, batch, head) of this program; 64-bit, since batch x sequence x
+    width offsets can exceed 2**31 elements."""
+    pid_bh = tl.program_id(0).to(tl.int64)
+    return pid_bh, pid_bh // H, pid_bh % H
+
+
+@triton.jit
+def _load_state(STATE, index, offs_m, offs_d, m_valid, d_valid, M, D):
+    """Row ``index`` of a float32 ``(..., M, D)`` state (zeros where masked)."""
+    return tl.load(STATE + index * M * D + offs_m[:, None] * D + offs_d[None, :],
+                   mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+
+
+@triton.jit
+def _store_out(OUT, out, b, h, offs_n, offs_d, n_valid, d_valid, H, L, D):
+    # OUT is contiguous (B, L, H, D).
+    ptr = OUT + ((b * L + offs_n[:, None]) * H + h) * D + offs_d[None, :]
+    tl.store(ptr, out.to(OUT.dtype.element_ty), mask=n_valid[:, None] & d_valid[None, :])
+
+
+@triton.jit
 def _load_rows(ptr, stride_n, stride_d, offs_n, offs_d, n_valid, D):
     return tl.load(
         ptr + offs_n[:, None].to(tl.int64) * stride_n + offs_d[None, :] * stride_d,
@@ -108,11 +130,8 @@ def key_max_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Largest softmax key logit of one block of keys, into ``PART[b * H + h, block]``."""
-    # 64-bit offsets: batch x sequence x width can exceed 2**31 elements.
-    pid_bh = tl.program_id(0).to(tl.int64)
+    pid_bh, b, h = _program(H)
     pid_n = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -145,12 +164,9 @@ def key_state_kernel(
     for the causal path's per-chunk states. ``KV`` is float32 ``(B*H, G, M, D)``, ``Z``
     ``(B*H, G, M)``.
     """
-    # 64-bit offsets: batch x sequence x width can exceed 2**31 elements.
-    pid_bh = tl.program_id(0).to(tl.int64)
+    pid_bh, b, h = _program(H)
     pid_g = tl.program_id(1)
     groups = tl.num_programs(1)
-    b = pid_bh // H
-    h = pid_bh % H
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < M
@@ -187,11 +203,8 @@ def query_out_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Non-causal output of one block of queries: ``phi(q) KV / (phi(q) . Z + eps)``."""
-    # 64-bit offsets: batch x sequence x width can exceed 2**31 elements.
-    pid_bh = tl.program_id(0).to(tl.int64)
+    pid_bh, b, h = _program(H)
     pid_n = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -203,8 +216,7 @@ def query_out_kernel(
     w = _load_w(W, h, stride_wh, stride_wm, stride_wd, offs_m, offs_d, M, D)
     feat = _query_features(q, w, m_valid, c_half, half_log_m, inv_sqrt_m, SOFTMAX, UPCAST,
                            PRECISION)
-    kv = tl.load(KV + pid_bh * M * D + offs_m[:, None] * D + offs_d[None, :],
-                 mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    kv = _load_state(KV, pid_bh, offs_m, offs_d, m_valid, d_valid, M, D)
     z = tl.load(Z + pid_bh * M + offs_m, mask=m_valid, other=0.0)
     if STATE_LOW:
         num = _dot(feat.to(q.dtype), kv.to(q.dtype), UPCAST, PRECISION)
@@ -212,9 +224,7 @@ def query_out_kernel(
         num = tl.dot(feat, kv, input_precision=STATE_PRECISION)
     den = tl.sum(feat * z[None, :], axis=1)
     out = num / (den[:, None] + eps)
-    # OUT is contiguous (B, L, H, D).
-    ptr = OUT + ((b * L + offs_n[:, None]) * H + h) * D + offs_d[None, :]
-    tl.store(ptr, out.to(OUT.dtype.element_ty), mask=n_valid[:, None] & d_valid[None, :])
+    _store_out(OUT, out, b, h, offs_n, offs_d, n_valid, d_valid, H, L, D)
 
 
 @triton.jit
@@ -235,11 +245,8 @@ def causal_out_kernel(
     ``STATE``/``ZSTATE`` hold the inclusive prefix sums of the per-chunk states (float32
     ``(B*H, C, M, D)`` / ``(B*H, C, M)``); chunk ``c`` reads entry ``c - 1``.
     """
-    # 64-bit offsets: batch x sequence x width can exceed 2**31 elements.
-    pid_bh = tl.program_id(0).to(tl.int64)
+    pid_bh, b, h = _program(H)
     pid_c = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
     offs_n = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -262,8 +269,7 @@ def causal_out_kernel(
     # Earlier chunks: one product with the carried state (zero for the first chunk).
     prev_ok = m_valid & ((offs_m * 0 + pid_c) > 0)
     prev = pid_bh * NUM_CHUNKS + pid_c - 1
-    state = tl.load(STATE + prev * M * D + offs_m[:, None] * D + offs_d[None, :],
-                    mask=prev_ok[:, None] & d_valid[None, :], other=0.0)
+    state = _load_state(STATE, prev, offs_m, offs_d, prev_ok, d_valid, M, D)
     zprev = tl.load(ZSTATE + prev * M + offs_m, mask=prev_ok, other=0.0)
     if STATE_LOW:
         num = _dot(fq.to(q.dtype), state.to(q.dtype), UPCAST, PRECISION)
@@ -277,5 +283,4 @@ def causal_out_kernel(
     num += _dot(scores.to(v.dtype), v, UPCAST, PRECISION)
     den += tl.sum(scores, axis=1)
     out = num / (den[:, None] + eps)
-    ptr = OUT + ((b * L + offs_n[:, None]) * H + h) * D + offs_d[None, :]
-    tl.store(ptr, out.to(OUT.dtype.element_ty), mask=n_valid[:, None] & d_valid[None, :])
+    _store_out(OUT, out, b, h, offs_n, offs_d, n_valid, d_valid, H, L, D)
