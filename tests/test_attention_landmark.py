@@ -240,3 +240,49 @@ def test_layer_type_builds_costs_and_searches_the_option():
     assert lt.cost(mha, {"num_random_features": 64}).macs == 4 * E * E + 4 * 64 * E
     with pytest.raises(ValueError, match="'approximation' must be one of"):
         lt.build(mha, {"approximation": "nystrom"})
+
+
+@settings(max_examples=15, deadline=None)
+@given(L=st.integers(1, 40), m=st.integers(1, 9), causal=st.booleans(), cross=st.integers(0, 4),
+       window=st.integers(0, 2), seed=st.integers(0, 999))
+def test_property_fused_sdpa_form_equals_explicit_form(L, m, causal, cross, window, seed):
+    gen = torch.Generator().manual_seed(seed)
+    local = causal or cross == 0
+    S = L if local else L + cross
+    q = torch.randn(2, 2, L, 5, generator=gen, dtype=F64)
+    k = torch.randn(2, 2, S, 5, generator=gen, dtype=F64)
+    v = torch.randn(2, 2, S, 5, generator=gen, dtype=F64)
+    bias = torch.randn(2, S, generator=gen, dtype=F64)
+    bias = bias.masked_fill(torch.rand(2, S, generator=gen) < 0.4, float("-inf"))
+    bias[1] = float("-inf")  # a batch row with every key removed: zeros, not NaN
+    clusters = landmark_clusters(k, bias, m, causal, torch.randn(2, m, 5, generator=gen,
+                                                                 dtype=F64))
+    args = (q, k, v, bias, m, causal)
+    kwargs = {"local": local, "window": window, "clusters": clusters}
+    fused = landmark_attention(*args, **kwargs, fused_dtype=F64)
+    torch.testing.assert_close(fused, landmark_attention(*args, **kwargs))
+    assert fused[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_gpu_form_matches_cpu_form_with_gradients(causal, dtype):
+    # gpu_backend="torch" forces the GPU form (fused SDPA softmax) on CPU tensors.
+    torch.manual_seed(6)
+    layer = RandMultiHeadAttention(16, 2, 4, iscausal=causal, batch_first=True,
+                                   approximation="landmark").to(dtype)
+    x = torch.randn(2, 30, 16).to(dtype)
+    mask = torch.zeros(2, 30, dtype=torch.bool)
+    mask[1, 3:9] = True
+    results = {}
+    for backend in ("off", "torch"):
+        layer.zero_grad()
+        layer.gpu_backend = backend
+        xi = x.clone().requires_grad_()
+        out = layer(xi, xi, xi, key_padding_mask=mask)[0]
+        out.float().square().sum().backward()
+        results[backend] = [out, xi.grad] + [p.grad for p in layer.parameters()]
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for got, want in zip(results["torch"], results["off"]):
+        assert got.dtype == want.dtype
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < tol

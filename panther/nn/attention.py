@@ -205,6 +205,7 @@ def landmark_attention(
     local: bool = True,
     window: int = 1,
     clusters: Tensor | None = None,
+    fused_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Softmax attention with the keys outside a local window compressed into landmarks.
 
@@ -226,6 +227,12 @@ def landmark_attention(
     for ``m = num_landmarks`` landmarks, with no ``L x S`` matrix; a query whose keys are all
     removed gets a zero output. Returns ``(B, H, L, d)``. Differentiable (given the clusters);
     vectorised torch on any device.
+
+    ``fused_dtype`` (e.g. the inputs' bf16 on a GPU) runs the final softmax-and-sum in
+    :func:`torch.nn.functional.scaled_dot_product_attention` in that dtype (fused
+    flash/memory-efficient kernels: the scores are never stored), with the per-key biases
+    folded into an extra head dimension and a lower-right causal mask; None computes the
+    scores explicitly in the inputs' dtype.
     """
     if num_landmarks <= 0:
         raise ValueError(f"num_landmarks must be positive, got {num_landmarks}")
@@ -269,6 +276,8 @@ def landmark_attention(
 
     if not local:
         k_land, v_land, l_bias = landmarks(seg_mass.sum(2), seg_k.sum(2), seg_v.sum(2))
+        if fused_dtype is not None:
+            return _sdpa_apply(q, k_land, v_land, l_bias, 0, fused_dtype).to(q.dtype)
         scores = (q @ k_land.transpose(-1, -2)) * scale + l_bias.unsqueeze(-2)
         return _stable_softmax_apply([(scores, v_land)], eps)
 
@@ -292,6 +301,14 @@ def landmark_attention(
     near_k = torch.cat([ks_pad[:, :, window + o: window + o + segs] for o in offsets], dim=3)
     near_v = torch.cat([vs_pad[:, :, window + o: window + o + segs] for o in offsets], dim=3)
     near_b = torch.cat([bs_pad[:, window + o: window + o + segs] for o in offsets], dim=2)
+    if fused_dtype is not None:
+        # Keys per segment: the landmarks, then the window (own segment last, so a lower-right
+        # causal mask hides exactly the own segment's later keys).
+        keys = torch.cat([k_land, near_k], dim=3)
+        values = torch.cat([v_land, near_v], dim=3)
+        key_bias_all = torch.cat([l_bias, near_b[:, None].expand(B, H, segs, -1)], dim=-1)
+        out = _sdpa_apply(qs, keys, values, key_bias_all, g if causal else 0, fused_dtype)
+        return out.to(q.dtype).reshape(B, H, segs * g, d)[:, :, :L]
     local_scores = (qs @ near_k.transpose(-1, -2)) * scale + near_b[:, None, :, None, :]
     if causal:
         # Within the own segment (the last g exact keys) only keys <= the query.
@@ -301,6 +318,47 @@ def landmark_attention(
     land_scores = (qs @ k_land.transpose(-1, -2)) * scale + l_bias.unsqueeze(-2)
     out = _stable_softmax_apply([(local_scores, near_v), (land_scores, v_land)], eps)
     return out.reshape(B, H, segs * g, d)[:, :, :L]
+
+
+# A removed key's logit inside the fused kernel: exp() of it underflows to 0 next to any real
+# logit, and it fits fp16 (the bias rides in an extra head dimension, multiplied by sqrt(d)).
+_MASKED_LOGIT = -1e4
+
+
+def _sdpa_apply(q: Tensor, keys: Tensor, values: Tensor, key_bias: Tensor, own: int,
+                dtype: torch.dtype) -> Tensor:
+    """``softmax(q keys^T / sqrt(d) + key_bias) values`` by fused scaled-dot-product attention.
+
+    ``q`` is ``(B, ..., Lq, d)``, ``keys``/``values`` ``(B, ..., K, d)``, ``key_bias``
+    ``(B, ..., K)`` (``-inf`` removes a key). The bias is folded into an extra dimension
+    (``q`` gets ``sqrt(d)``, a key its bias) so no ``Lq x K`` mask is materialised. With
+    ``own > 0`` the last ``own == Lq`` keys are the queries' own tokens and only those up to
+    each query count (lower-right causal). Rows with no key left are 0.
+    """
+    from torch.nn.attention.bias import causal_lower_right
+
+    d = q.shape[-1]
+    lq, k_len = q.shape[-2], keys.shape[-2]
+    dead = torch.isneginf(key_bias)
+    folded = torch.where(dead, torch.full_like(key_bias, _MASKED_LOGIT), key_bias)
+    width = -(-(d + 1) // 8) * 8  # fused kernels want head sizes in multiples of 8
+    qa = torch.cat([q, q.new_full((*q.shape[:-1], 1), math.sqrt(d))], dim=-1)
+    ka = torch.cat([keys, folded.unsqueeze(-1)], dim=-1)
+    qa = F.pad(qa, (0, width - d - 1)).to(dtype)
+    ka = F.pad(ka, (0, width - d - 1)).to(dtype)
+    va = F.pad(values, (0, width - d)).to(dtype)
+    batch = q.shape[0]
+    # Fused kernels take 4-D (N, heads, L, E): fold every middle axis into the heads.
+    qa, ka, va = (t.reshape(batch, -1, t.shape[-2], width) for t in (qa, ka, va))
+    mask = causal_lower_right(lq, k_len) if own else None
+    out = F.scaled_dot_product_attention(qa, ka, va, attn_mask=mask, scale=d**-0.5)
+    out = out[..., :d].reshape(*q.shape)
+    alive = ~dead
+    if own:
+        valid = alive[..., :-own].any(-1, keepdim=True) | (alive[..., -own:].cumsum(-1) > 0)
+    else:
+        valid = alive.any(-1, keepdim=True)
+    return torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
 
 
 def _stable_softmax_apply(parts: list[tuple[Tensor, Tensor]], eps: float) -> Tensor:
@@ -961,8 +1019,11 @@ class RandMultiHeadAttention(nn.Module):
         key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
         m = self.num_random_features
         clusters = landmark_clusters(k, key_bias, m, causal, self.projection)
+        # On a GPU the softmax runs fused (scaled_dot_product_attention) in the inputs' dtype.
+        fused = self._fused_backend_for(query, key_padding_mask) is not None
         attn = landmark_attention(q, k, v, key_bias, m, causal, self.eps,
-                                  local=tgt_len == src_len, clusters=clusters)
+                                  local=tgt_len == src_len, clusters=clusters,
+                                  fused_dtype=out_dtype if fused else None)
         return self._heads_out(attn.to(out_dtype).transpose(1, 2))
 
     def _needs_grad(self, *inputs: Tensor) -> bool:
