@@ -176,6 +176,29 @@ def test_cuda_triton_matches_reference_without_host_sync(dtype, causal):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_landmark_fused_form_matches_without_host_sync(dtype, causal):
+    torch.manual_seed(0)
+    layer = RandMultiHeadAttention(32, 2, 16, iscausal=causal, batch_first=True,
+                                   approximation="landmark").to("cuda", dtype).eval()
+    x = torch.randn(2, 1000, 32, device="cuda", dtype=dtype)
+    mask = _padding(2, 1000).cuda()
+    with torch.no_grad():
+        layer(x, x, x, key_padding_mask=mask)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = layer(x, x, x, key_padding_mask=mask)[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        layer.gpu_backend = "off"
+        ref = layer(x, x, x, key_padding_mask=mask)[0]
+    assert out.dtype == dtype and _rel(out, ref) < max(TOL[dtype], 1e-4)
+
+
+@pytest.mark.cuda
+@cuda
 @pytest.mark.parametrize("causal", [False, True])
 def test_cuda_gradients(causal):
     pytest.importorskip("triton")

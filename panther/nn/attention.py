@@ -163,7 +163,7 @@ def landmark_clusters(
     m = min(num_landmarks, S)
     weight = _key_weights(key_bias, B, S, k)[0][:, None, :, None]  # (B, 1, S, 1)
     segment = torch.arange(S, device=k.device) * m // S
-    member = F.one_hot(segment, m).to(k.dtype) * weight  # (B, 1, S, m)
+    member = _one_hot(segment, m, k.dtype) * weight  # (B, 1, S, m)
     centroids = _weighted_means(member.expand(B, H, S, m), k)[0]
     for _ in range(iterations + 1):
         # argmin |k - c|^2 = argmax 2 k.c - |c|^2; an empty cluster keeps its old centroid.
@@ -171,10 +171,17 @@ def landmark_clusters(
         assign = score.argmax(-1)
         if _ == iterations:
             break
-        member = F.one_hot(assign, m).to(k.dtype) * weight
+        member = _one_hot(assign, m, k.dtype) * weight
         means, mass = _weighted_means(member, k)
         centroids = torch.where(mass.unsqueeze(-1) > 0, means, centroids)
     return assign
+
+
+def _one_hot(ids: Tensor, m: int, dtype: torch.dtype) -> Tensor:
+    # F.one_hot validates the ids' range on the host (a device sync on CUDA); a scatter does
+    # not. The ids come from argmax/arange here, so they are in range by construction.
+    out = torch.zeros(*ids.shape, m, dtype=dtype, device=ids.device)
+    return out.scatter_(-1, ids.unsqueeze(-1), 1.0)
 
 
 def _key_weights(key_bias: Tensor | None, B: int, S: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -262,7 +269,7 @@ def landmark_attention(
     vs = v.reshape(B, H, segs, g, d)
     bs = bias.reshape(B, segs, g)
     # Per segment and cluster: total weight and weighted sums of keys and values.
-    member = (F.one_hot(clusters, m).to(k.dtype) * alpha[:, None, :, None])
+    member = _one_hot(clusters, m, k.dtype) * alpha[:, None, :, None]
     member = member.reshape(B, H, segs, g, m).transpose(-1, -2)  # (B, H, segs, m, g)
     seg_mass = member.sum(-1)  # (B, H, segs, m)
     seg_k = member @ ks  # (B, H, segs, m, d)
