@@ -432,11 +432,18 @@ class RandMultiHeadAttention(nn.Module):
     unchanged. In causal mode a key whose features are ~exp(-87) below the largest key's
     (float32) underflows to zero weight; this only matters for extreme activations.
 
-    Inference (no autograd needed, dropout inactive) on long sequences runs blockwise so the
-    working set stays in cache: non-causal attention in two passes (keys/values, then
-    queries), causal attention in one pass carrying the prefix state. The key stabiliser is
-    then the running maximum, with the accumulated state rescaled as it grows; results match
-    the unchunked computation up to rounding. Training keeps the unchunked graph.
+    On a CPU, inference (no autograd needed, dropout inactive) on long sequences runs
+    blockwise so the working set stays in cache: non-causal attention in two passes
+    (keys/values, then queries), causal attention in one pass carrying the prefix state. The
+    key stabiliser is then the running maximum, with the accumulated state rescaled as it
+    grows; results match the unchunked computation up to rounding. Training keeps the
+    unchunked graph.
+
+    On CUDA tensors (see :attr:`gpu_backend`) the random-feature core runs in the Triton
+    kernels of :mod:`panther.native.triton` (fused feature maps and stabiliser, tensor-core
+    state products, the chunked-parallel causal form; half precision kept, no host sync),
+    and landmark attention finishes in fused ``scaled_dot_product_attention``. Both give the
+    CPU paths' results up to rounding, gradients included.
     """
 
     # PyTorch's fused TransformerEncoderLayer / TransformerEncoder fast path reads
@@ -603,6 +610,8 @@ class RandMultiHeadAttention(nn.Module):
 
         Copies the q/k/v and output projection weights and biases and keeps the original's
         device, dtype, ``batch_first``, dropout probability and train/eval mode.
+        ``approximation`` chooses random features (default) or landmark attention (see the
+        class arguments).
         Only ``kdim == vdim == embed_dim`` without ``add_bias_kv``/``add_zero_attn`` is
         supported.
         """
