@@ -150,18 +150,12 @@ def test_float_padding_bias_requiring_grad_takes_the_reference_path():
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.cuda
-@cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("causal", [False, True])
-def test_cuda_triton_matches_reference_without_host_sync(dtype, causal):
-    pytest.importorskip("triton")
-    layer = _layer("softmax", causal).to("cuda", dtype)
-    layer.eval()
+def _gpu_vs_reference_without_sync(layer: RandMultiHeadAttention, backend: str, dtype):
+    """Outputs of ``layer`` on CUDA with ``backend`` (checked free of host syncs) and "off"."""
     x = torch.randn(2, 1000, 32, device="cuda", dtype=dtype)
     mask = _padding(2, 1000).cuda()
     with torch.no_grad():
-        layer.gpu_backend = "triton"
+        layer.gpu_backend = backend
         layer(x, x, x, key_padding_mask=mask)  # compile outside the sync check
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
@@ -176,25 +170,23 @@ def test_cuda_triton_matches_reference_without_host_sync(dtype, causal):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_triton_matches_reference_without_host_sync(dtype, causal):
+    pytest.importorskip("triton")
+    _gpu_vs_reference_without_sync(_layer("softmax", causal).to("cuda", dtype).eval(),
+                                   "triton", dtype)
+
+
+@pytest.mark.cuda
+@cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_cuda_landmark_fused_form_matches_without_host_sync(dtype, causal):
     torch.manual_seed(0)
     layer = RandMultiHeadAttention(32, 2, 16, iscausal=causal, batch_first=True,
                                    approximation="landmark").to("cuda", dtype).eval()
-    x = torch.randn(2, 1000, 32, device="cuda", dtype=dtype)
-    mask = _padding(2, 1000).cuda()
-    with torch.no_grad():
-        layer(x, x, x, key_padding_mask=mask)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            out = layer(x, x, x, key_padding_mask=mask)[0]
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        layer.gpu_backend = "off"
-        ref = layer(x, x, x, key_padding_mask=mask)[0]
-    assert out.dtype == dtype and _rel(out, ref) < max(TOL[dtype], 1e-4)
+    _gpu_vs_reference_without_sync(layer, "auto", dtype)
 
 
 @pytest.mark.cuda
