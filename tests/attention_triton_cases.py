@@ -44,7 +44,8 @@ def interpreted():
 @pytest.mark.parametrize("kernel_fn", ["softmax", "relu"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_triton_matches_reference_path(interpreted, dtype, kernel_fn, causal):
-    # 40 tokens = three 16-token chunks (the last one partial), with padded keys.
+    # 40 tokens = three 16-token chunks (the last one partial; _both sets the block), with
+    # padded keys.
     layer = _layer(kernel_fn, causal, dtype)
     x = torch.randn(2, 40, 32).to(dtype)
     mask = _padding(2, 40)
@@ -105,6 +106,7 @@ def test_gradients_match_reference_autograd(interpreted, kernel_fn, causal):
     x = torch.randn(2, 20, 32)
     mask = _padding(2, 20)
     grads = {}
+    layer._gpu_block = 16  # several chunks in the forward and in the recomputed backward
     for backend in ("off", "triton", "torch"):
         layer.zero_grad()
         xi = x.clone().requires_grad_()

@@ -475,6 +475,9 @@ class RandMultiHeadAttention(nn.Module):
     #: ``TRITON_INTERPRET=1``); ``"off"`` always takes the CPU-oriented paths (never the CPU's
     #: token blocking on a GPU, though). Set it on an instance or on the class.
     gpu_backend: Literal["auto", "triton", "torch", "off"] = "auto"
+    # Tokens per Triton program / causal chunk (None: chosen from m and head_dim by
+    # panther.native.triton.linear_attention.default_block). Tests shrink it to cross chunks.
+    _gpu_block: int | None = None
     # Class-level default so layers pickled before the option existed still load.
     approximation: ApproximationName = "random_features"
 
@@ -1014,7 +1017,7 @@ class RandMultiHeadAttention(nn.Module):
         attn = fused_random_feature_attention(
             q, k, v, self._feature_weights(torch.float32), key_bias, self.feature_maps,
             softmax=self.kernel_fn == "softmax", causal=causal, eps=self.eps,
-            use_triton=backend == "triton")
+            use_triton=backend == "triton", block=self._gpu_block)
         return self._heads_out(attn)
 
     def _landmark_attention(
