@@ -317,6 +317,47 @@ def test_factory_module_next_to_the_config_is_importable(tmp_path):
     assert spec.threshold is None and spec.speed_fn is None
 
 
+def test_config_folder_is_on_the_import_path_only_while_importing_its_modules(tmp_path):
+    """A ``pandas.py`` next to a config that never names it is never executed (issue 15 item 9).
+
+    The factory module still imports its own sibling; afterwards the folder is off
+    ``sys.path``, so the CLI's later ``import pandas`` finds the installed package. Run in
+    a subprocess: this test process may have imported pandas already.
+    """
+    marker = tmp_path / "shadow-ran"
+    (tmp_path / "pandas.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (tmp_path / "sibling_helper.py").write_text("WIDTH = 8\n")
+    (tmp_path / "shadow_factory.py").write_text(textwrap.dedent("""
+        from torch import nn
+        import sibling_helper
+        def build():
+            return nn.Sequential(nn.Linear(sibling_helper.WIDTH, 64), nn.ReLU(), nn.Linear(64, 64))
+        def accuracy(model):
+            return 1.0
+    """))
+    config = write_config(tmp_path, """
+        model = "shadow_factory:build"
+        accuracy = "shadow_factory:accuracy"
+        [[layers]]
+        selector = "2"
+        params = { low_rank = [2] }
+    """)
+    script = textwrap.dedent(f"""
+        import sys
+        from panther.cli import load_tune_config
+        spec = load_tune_config({str(config)!r})
+        assert spec.model[0].in_features == 8
+        assert {str(tmp_path)!r} not in sys.path, sys.path
+        import pandas
+        print(pandas.__file__)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    assert str(tmp_path) not in proc.stdout
+
+
 def test_evaluator_options_call_and_reference_model(tmp_path, monkeypatch):
     """``{call = ...}`` options are built by calling the function; agreement gets the original."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
@@ -481,7 +522,7 @@ def test_tune_resumes_from_storage(tmp_path, monkeypatch, capsys):
 @settings(max_examples=25, deadline=None)
 @given(low=st.integers(1, 64), span=st.integers(0, 64), step=st.integers(1, 9))
 def test_int_space_tables_match_int_specs(low, span, step):
-    from panther.cli import _parse_param_space
+    from panther.cli.schema import parse_param_space as _parse_param_space
     from panther.tuner import Int
 
     path = Path("cfg.toml")
@@ -500,7 +541,8 @@ def test_int_space_tables_match_int_specs(low, span, step):
 @given(values=st.lists(st.integers(1, 512), min_size=1, max_size=8, unique=True),
        extra=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8))
 def test_list_spaces_keep_order_and_unknown_spec_keys_are_named(values, extra):
-    from panther.cli import PARAM_SPEC_KEYS, _parse_param_space
+    from panther.cli.schema import PARAM_SPEC_KEYS
+    from panther.cli.schema import parse_param_space as _parse_param_space
 
     path = Path("cfg.toml")
     space = _parse_param_space(path, "p", {"low_rank": values})
@@ -557,7 +599,7 @@ def test_trial_plot_handles_rejected_only_and_empty_runs(tmp_path):
     """A search whose every trial was rejected, and a run with no trials, still plot."""
     import pandas as pd
 
-    from panther.cli import _plot_trials
+    from panther.tuner.visualizer import save_trial_plot as _plot_trials
 
     inf = float("inf")
     df = pd.DataFrame({

@@ -65,11 +65,11 @@ from panther.tuner.results import (
 )
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size
 from panther.tuner.search.base import params_key as _params_key
+from panther.tuner.settings import DEFAULT_N_TRIALS
+from panther.tuner.timing import restore_modes, save_modes, time_interleaved
 
 __all__ = ["SKAutoTuner", "DEFAULT_N_TRIALS", "TuningWarning"]
 
-#: Trials per layer group of the default search (Optuna TPE) when none is given.
-DEFAULT_N_TRIALS = 30
 
 _SEED_MAX = 2**31 - 1
 #: Statuses of proposals that did not run the evaluation functions (free for the budget).
@@ -180,11 +180,6 @@ def _at_proposal_cap(search: Any) -> bool:
         return cap is not None and search.n_proposed >= cap
     except (AttributeError, TypeError):
         return False  # a backend outside the SearchAlgorithm contract: nothing to say
-
-
-def _sync(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.synchronize(device)
 
 
 class SKAutoTuner:
@@ -546,7 +541,7 @@ class SKAutoTuner:
             "multi_objective": self.multi_objective,
             "num_runs_per_param": self.num_runs_per_param,
         })
-        self._modes = {name: m.training for name, m in self.model.named_modules()}
+        self._modes = save_modes(self.model)
         self._baseline = {"accuracy": None, "speed": None}
         self._threshold = self.accuracy_threshold
         self._captured_inputs = {}
@@ -742,13 +737,7 @@ class SKAutoTuner:
             print(message)
 
     def _restore_modes(self) -> None:
-        modes = getattr(self, "_modes", None)
-        if not modes:
-            return
-        for name, module in self.model.named_modules():
-            flag = modes.get(name)
-            if flag is not None and module.training != flag:
-                module.training = flag
+        restore_modes(self.model, getattr(self, "_modes", None) or {})
 
     def _time_left(self) -> bool:
         if self.time_budget_s is None:
@@ -1604,22 +1593,12 @@ def _time_pair(dense: nn.Module, sketched: nn.Module, args: tuple[Any, ...], kwa
     its rounds: load from other processes only ever adds time, so the fastest round
     is the closest to the modules' own cost. ``timer`` defaults to ``_clock``.
     """
-    clock = timer or _clock
     device, _ = module_device_dtype(dense)
-    best = {"dense": math.inf, "sketched": math.inf}
-    modules = {"dense": dense, "sketched": sketched}
     with torch.inference_mode():
-        for module in modules.values():  # warm-up: first calls pay for lazy initialisation
-            module(*args, **kwargs)
-        _sync(device)
-        for r in range(rounds):
-            for label in ("dense", "sketched") if r % 2 == 0 else ("sketched", "dense"):
-                t0 = clock()
-                for _ in range(iters):
-                    modules[label](*args, **kwargs)
-                _sync(device)
-                best[label] = min(best[label], (clock() - t0) / iters)
-    return best["dense"], best["sketched"]
+        times = time_interleaved(
+            {"dense": lambda: dense(*args, **kwargs), "sketched": lambda: sketched(*args, **kwargs)},
+            warmup=1, iters=iters, rounds=rounds, device=device, clock=timer or _clock, alternate=True)
+    return min(times["dense"]), min(times["sketched"])
 
 
 # The speed pre-check's clock (tests substitute a fake one).
