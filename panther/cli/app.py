@@ -22,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         only, disable = plugin_selection(args)
-        if only or disable:
+        # Also when none are given but the host is already loaded (main() called again
+        # in one process): each run's selection is its own.
+        if only or disable or "panther.tuner.plugins" in sys.modules:
             from panther.tuner import plugins
 
             plugins.configure(only=only, disable=disable)

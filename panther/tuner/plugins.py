@@ -642,7 +642,12 @@ def _caller(pm: pluggy.PluginManager, hook_name: str) -> pluggy.HookCaller:
 
 
 def _call(hook_name: str, **kwargs: Any) -> list[tuple[str | None, Any]]:
-    """Call a hook through pluggy; return ``(plugin name, result)`` pairs in call order."""
+    """Call a hook through pluggy; return ``(plugin name, result)`` pairs in call order.
+
+    A result is attributed to the implementation that returned that very object; a
+    result a wrapper built anew is attributed per item to the implementation that
+    returned the item, else to the wrapper (see :func:`_owner`).
+    """
     pm = get_plugin_manager()
     caller = _caller(pm, hook_name)
     _guard_all(pm)
@@ -664,7 +669,21 @@ def _call(hook_name: str, **kwargs: Any) -> list[tuple[str | None, Any]]:
     finally:
         _call_log.reset(token)
     owners = {id(value): plugin for plugin, value in reversed(log)}
-    return [(owners.get(id(r)), r) for r in results]
+    wrappers = sorted({i.plugin_name for i in caller.get_hookimpls() if i.wrapper or i.hookwrapper})
+    return [(owners.get(id(r)) or _owner(r, log, wrappers), r) for r in results]
+
+
+def _owner(result: Any, log: list[tuple[str, Any]], wrappers: list[str]) -> str | None:
+    """Who made a result that no implementation returned as is (a wrapper rebuilt it)."""
+    items = list(result.values()) if isinstance(result, dict) else result
+    if isinstance(items, (list, tuple)) and items:
+        for plugin, value in log:
+            given = value.values() if isinstance(value, dict) else value
+            if isinstance(given, (list, tuple, type({}.values()))) and all(
+                any(x is y for y in given) for x in items
+            ):
+                return plugin
+    return wrappers[0] if len(wrappers) == 1 else None
 
 
 def emit(hook_name: str, **kwargs: Any) -> list[Any]:
@@ -763,11 +782,11 @@ class Contributions(Mapping[str, Any]):
         claims = self._clashes[key]
         who = " and ".join(f"{_describe(e.plugin, e.origin)} [{_ORIGIN_LABEL[e.origin.rank]}]"
                            for e in claims)
-        other = next((e.plugin for e in claims if e.origin.rank != _BUILTIN), claims[-1].plugin)
+        others = [e.plugin for e in claims if e.origin.rank != _BUILTIN] or [claims[-1].plugin]
+        disable = " or ".join(f"{DISABLE_ENV}={p} (panther-tune --no-plugin {p})" for p in others)
         return (f"the {self.spec.what} name {claims[0].name!r} is claimed by {who}. Pick one: "
-                f"disable the other with {DISABLE_ENV}={other} (panther-tune --no-plugin "
-                f"{other}), uninstall it, or register the one you want with register_plugin() "
-                "(hand-registered plugins take precedence)")
+                f"disable the other with {disable}, uninstall it, or register the one you want "
+                "with register_plugin() (hand-registered plugins take precedence)")
 
 
 def _registry_spec(pm: pluggy.PluginManager, hook_name: str) -> hookspecs.Registry | None:
