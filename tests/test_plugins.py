@@ -836,3 +836,69 @@ def test_example_plugins_use_only_public_panther_api():
             "        return self._fans(1)\n"
         )
         assert len(_private_uses(sample, {"_fans"})) == 3
+
+
+# --------------------------------------------------------------------------- the guide, end to end
+
+
+def _guide_package(tmp_path: Path) -> tuple[Path, str]:
+    """The plugin of docs/plugins.md, file by file, installed as an entry point; and its config."""
+    from test_docs import _FILE_HEADER, extract_blocks
+
+    blocks = extract_blocks(REPO / "docs" / "plugins.md")
+    modules = {}
+    for block in blocks:
+        if block.lang == "python" and (m := _FILE_HEADER.match(block.code.splitlines()[0])):
+            modules[m.group(1).removesuffix(".py")] = block.code
+    assert set(modules) == {"thirdparty_layers", "panther_mutation", "mutation_model"}
+    [config] = [b.code for b in blocks if b.lang == "toml" and "model =" in b.code]
+    root = make_distribution(tmp_path / "site", "panther-mutation", "0.1.0",
+                             {"mutation": "panther_mutation"}, modules)
+    return root, config
+
+
+def test_plugin_from_the_guide_end_to_end(tmp_path, monkeypatch):
+    """A plugin written from docs/plugins.md alone, installed, tuned from Python and the CLI."""
+    from panther.tuner import LayerConfig, SKAutoTuner, TuningConfigs
+
+    root, config = _guide_package(tmp_path)
+    for name in ("thirdparty_layers", "panther_mutation", "mutation_model"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(root))
+    plugins.reset_plugin_manager()  # strict: the guide's plugin must pass every check
+    info = {i.name: i for i in plugins.list_plugins()}["mutation"]
+    assert info.distribution == "panther-mutation" and info.origin == "entry point"
+    assert info.contributes == {"evaluators": ["top1_agreement"], "layer_types": ["Conv1D"],
+                                "search_algorithms": ["mutation"]}
+    assert not plugins.problems() and not plugins.conflicts()
+    import panther_mutation  # the guide's module uses public panther names only
+    from mutation_model import build_model, inputs
+
+    assert not _private_uses(Path(panther_mutation.__file__), set())
+
+    # From Python, by name.
+    model, reference = build_model(), build_model()
+    tuner = SKAutoTuner(
+        model, TuningConfigs([LayerConfig({"type": "Conv1D"}, "auto")]),
+        accuracy_eval_func=plugins.get_evaluator("top1_agreement", reference=reference,
+                                                 inputs=inputs()),
+        accuracy_threshold=0.9,
+        search_algorithm=plugins.get_search_algorithm("mutation", n_trials=4, seed=0),
+    )
+    tuner.tune()
+    tuned = tuner.apply_best_params()
+    assert {type(m).__name__ for m in tuned.modules()} >= {"SKLinear"}
+
+    # From the CLI, with the TOML config of the guide.
+    (tmp_path / "config.toml").write_text(config.replace("n_trials = 6", "n_trials = 3"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)]),
+           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "panther.cli", "tune", "config.toml", "--output", "out"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["search"]["backend"] == "mutation"
+    assert summary["after"]["accuracy"] >= 0.9
+    assert summary["after"]["params"] < summary["before"]["params"]  # layers were sketched
