@@ -44,8 +44,10 @@ BUILTINS = {
 @pytest.fixture(autouse=True)
 def fresh_manager():
     plugins.configure()  # the environment's selection (the suite runs in strict mode)
+    plugins.reset_plugin_manager()
     yield
     plugins.configure()
+    plugins.reset_plugin_manager()
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ from panther.tuner import hookspecs
 
 __all__ = [
     "AUTOLOAD_ENV", "BUILTIN_PLUGINS", "DISABLE_ENV", "ENTRY_POINT_GROUP", "ONLY_ENV", "STRICT_ENV",
-    "Conflict", "Contributions", "PluginConflictError", "PluginError", "PluginInfo", "PluginProblem",
+    "Conflict", "Contribution", "Contributions", "PluginConflictError", "PluginError", "PluginInfo", "PluginProblem",
     "PluginWarning", "configure", "conflicts", "emit", "evaluators", "get_evaluator",
     "get_layer_type", "get_plugin_manager", "get_search_algorithm", "layer_type_for", "layer_types",
     "list_plugins", "make_sampler", "optuna_samplers", "problems", "register_plugin", "registry",
@@ -152,7 +152,9 @@ class _Origin:
 
 
 @dataclass
-class _Entry:
+class Contribution:
+    """One named object a plugin contributes to a registry, and who contributed it."""
+
     name: str
     obj: Any
     plugin: str
@@ -223,11 +225,14 @@ def configure(
         disable: never load these (added to ``PANTHER_DISABLE_PLUGINS``).
         strict: raise :class:`PluginError` for plugin problems (``None``: ``PANTHER_STRICT_PLUGINS``).
 
-    ``configure()`` with no arguments restores the environment's selection.
+    ``configure()`` with no arguments restores the environment's selection. A change
+    rebuilds the manager (plugins registered in code must be registered again).
     """
+    wanted = {"only": tuple(only), "disable": tuple(disable), "strict": strict}
     with _lock:
-        _overrides.update(only=tuple(only), disable=tuple(disable), strict=strict)
-        reset_plugin_manager()
+        if wanted != _overrides:  # unchanged: keep the manager (and plugins registered in code)
+            _overrides.update(wanted)
+            reset_plugin_manager()
 
 
 def selection_note() -> str:
@@ -454,30 +459,23 @@ def _origin(plugin: str) -> _Origin:
 
 def _warn_at(message: str, module: ModuleType | str | None, func: Any = None) -> None:
     """Warn with the location of the plugin's own code, not the host's."""
-    filename, lineno, modname = None, 1, None
-    target = inspect.unwrap(func) if func is not None else None
-    try:
-        if target is not None:
-            filename = inspect.getsourcefile(target)
-            lineno = target.__code__.co_firstlineno
-            modname = target.__module__
-    except (TypeError, AttributeError):
-        filename = None
-    if filename is None and module is not None:
-        modname = module if isinstance(module, str) else module.__name__
-        if isinstance(module, ModuleType):
-            filename = getattr(module, "__file__", None)
-        else:
+    code = getattr(inspect.unwrap(func), "__code__", None) if func is not None else None
+    if code is not None:
+        filename, lineno, modname = code.co_filename, code.co_firstlineno, func.__module__
+    else:
+        modname = module if isinstance(module, str) or module is None else module.__name__
+        filename, lineno = getattr(module, "__file__", None), 1
+        if isinstance(module, str):
             try:
                 spec = importlib.util.find_spec(module)
                 filename = spec.origin if spec is not None else None
             except (ImportError, ValueError):
                 filename = None
-    if filename is None:
+    if not filename:
         warnings.warn(message, PluginWarning, stacklevel=3)
-        return
-    warnings.warn_explicit(message, PluginWarning, filename, lineno, module=modname,
-                           registry=_warned)
+    else:
+        warnings.warn_explicit(message, PluginWarning, filename, lineno, module=modname,
+                               registry=_warned)
 
 
 def _report(plugin: str, origin: _Origin, stage: str, message: str, strict: bool = False, *,
@@ -523,7 +521,7 @@ def _check_hooks(pm: _Manager, plugin: Any) -> list[tuple[str, str, Any]]:
             continue
         func = getattr(plugin, attr, None)
         if opts is None:
-            if callable(func) and not attr.isupper():
+            if callable(func):
                 found.append((attr, f"has a function {attr!r} that is not marked @hookimpl, so "
                               f"it is ignored{_closest(attr, specs)}; decorate it with "
                               "panther.tuner.hookimpl", func))
@@ -711,8 +709,8 @@ class Contributions(Mapping[str, Any]):
     :meth:`values` skip ambiguous names.
     """
 
-    def __init__(self, hook: str, spec: hookspecs.Registry, entries: dict[str, _Entry],
-                 clashes: dict[str, list[_Entry]]) -> None:
+    def __init__(self, hook: str, spec: hookspecs.Registry, entries: dict[str, Contribution],
+                 clashes: dict[str, list[Contribution]]) -> None:
         self.hook, self.spec = hook, spec
         self._entries, self._clashes = entries, clashes
 
@@ -751,8 +749,8 @@ class Contributions(Mapping[str, Any]):
         """The name of the plugin that contributes ``name``."""
         return self.entry(name, ValueError).plugin
 
-    def entry(self, name: str, missing: type[Exception] = ValueError) -> _Entry:
-        """The contribution behind ``name`` (internal use: object, plugin and origin)."""
+    def entry(self, name: str, missing: type[Exception] = ValueError) -> Contribution:
+        """The :class:`Contribution` behind ``name``; ``missing`` is raised for an unknown name."""
         key = self._key(name)
         if key in self._clashes:
             raise PluginConflictError(self._clash_message(key))
@@ -774,7 +772,7 @@ class Contributions(Mapping[str, Any]):
         return [Conflict(self.spec.what, claims[0].name, tuple(e.plugin for e in claims),
                          self._clash_message(key)) for key, claims in self._clashes.items()]
 
-    def claims(self) -> list[_Entry]:
+    def claims(self) -> list[Contribution]:
         """Every contribution, ambiguous ones included, in registration order."""
         return [*self._entries.values(), *(e for c in self._clashes.values() for e in c)]
 
@@ -793,8 +791,8 @@ def _registry_spec(pm: pluggy.PluginManager, hook_name: str) -> hookspecs.Regist
     return getattr(_caller(pm, hook_name).spec.function, "panther_registry", None)
 
 
-def _contributed(hook_name: str, spec: hookspecs.Registry) -> list[_Entry]:
-    entries: list[_Entry] = []
+def _contributed(hook_name: str, spec: hookspecs.Registry) -> list[Contribution]:
+    entries: list[Contribution] = []
     for plugin, result in _call(hook_name):
         owner = plugin or "(a hook wrapper)"
         origin = _origin(owner)
@@ -816,14 +814,14 @@ def _contributed(hook_name: str, spec: hookspecs.Registry) -> list[_Entry]:
             if problem is not None:
                 _report(owner, origin, "hook", f"{hook_name}: entry {name!r} {problem}; ignored")
                 continue
-            entries.append(_Entry(name, obj, owner, origin))
+            entries.append(Contribution(name, obj, owner, origin))
     order = {n: i for i, (n, _p) in enumerate(get_plugin_manager().list_name_plugin())}
     entries.sort(key=lambda e: order.get(e.plugin, len(order)))
     return entries
 
 
-def _resolve(spec: hookspecs.Registry, hook: str, entries: list[_Entry]) -> Contributions:
-    groups: dict[str, list[_Entry]] = {}
+def _resolve(spec: hookspecs.Registry, hook: str, entries: list[Contribution]) -> Contributions:
+    groups: dict[str, list[Contribution]] = {}
     for entry in entries:
         key = entry.name if spec.case_sensitive else entry.name.lower()
         claims = groups.setdefault(key, [])
@@ -832,8 +830,8 @@ def _resolve(spec: hookspecs.Registry, hook: str, entries: list[_Entry]) -> Cont
                     f"contributes the {spec.what} name {entry.name!r} twice; the first is used")
             continue
         claims.append(entry)
-    chosen: dict[str, _Entry] = {}
-    clashes: dict[str, list[_Entry]] = {}
+    chosen: dict[str, Contribution] = {}
+    clashes: dict[str, list[Contribution]] = {}
     for key, claims in groups.items():
         top = max(e.origin.rank for e in claims)
         best = [e for e in claims if e.origin.rank == top]
