@@ -904,3 +904,31 @@ def test_plugin_from_the_guide_end_to_end(tmp_path, monkeypatch):
     assert summary["search"]["backend"] == "mutation"
     assert summary["after"]["accuracy"] >= 0.9
     assert summary["after"]["params"] < summary["before"]["params"]  # layers were sketched
+
+
+def test_reference_model_marker_replaces_the_magic_name(tmp_path):
+    from panther.tuner import ReferenceModel
+    from panther.tuner.evaluators import agreement, reference_model_parameters, throughput
+
+    def marked(original: ReferenceModel, inputs):
+        return original
+
+    def legacy(reference_model, inputs):
+        return reference_model
+
+    assert reference_model_parameters(marked) == ["original"]
+    assert reference_model_parameters(legacy) == ["reference_model"]
+    assert reference_model_parameters(agreement) == ["reference_model"]
+    assert reference_model_parameters(throughput) == []
+    # String annotations (``from __future__ import annotations``) resolve too.
+    source = tmp_path / "marked_mod.py"
+    source.write_text(
+        "from __future__ import annotations\n"
+        "from panther.tuner import ReferenceModel\n"
+        "class Factory:\n"
+        "    def __init__(self, base: ReferenceModel, scale: float = 1.0):\n"
+        "        self.base = base\n"
+    )
+    namespace: dict = {}
+    exec(compile(source.read_text(), str(source), "exec"), namespace)
+    assert reference_model_parameters(namespace["Factory"]) == ["base"]
