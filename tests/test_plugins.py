@@ -932,3 +932,34 @@ def test_reference_model_marker_replaces_the_magic_name(tmp_path):
     namespace: dict = {}
     exec(compile(source.read_text(), str(source), "exec"), namespace)
     assert reference_model_parameters(namespace["Factory"]) == ["base"]
+
+
+def test_a_plugin_can_declare_hooks_of_its_own():
+    from panther.tuner import hookspec
+    from panther.tuner.hookspecs import Registry, registry_hook
+
+    class MetricSpecs:
+        @hookspec
+        @registry_hook(Registry("metric", check=lambda obj: None if callable(obj) else "not callable"))
+        def panther_metrics(self):
+            """Contribute metrics by name."""
+
+    class Owner:
+        PANTHER_HOOKSPECS = (MetricSpecs,)
+
+        @hookimpl
+        def panther_metrics(self):
+            return {"mse": lambda a, b: float(((a - b) ** 2).mean())}
+
+    class Other:
+        @hookimpl
+        def panther_metrics(self):
+            return {"mae": lambda a, b: float((a - b).abs().mean()), "broken": 3}
+
+    plugins.register_plugin(Owner(), name="metric-owner")
+    plugins.register_plugin(Other(), name="metric-user")
+    with pytest.warns(PluginWarning, match=r"'metric-user'.*'broken' not callable"):
+        metrics = plugins.registry("panther_metrics")
+    assert sorted(metrics) == ["mae", "mse"] and metrics.plugin_of("MAE") == "metric-user"
+    info = {i.name: i for i in plugins.list_plugins()}
+    assert info["metric-owner"].contributes == {"metrics": ["mse"]}

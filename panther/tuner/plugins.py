@@ -572,7 +572,12 @@ def _register(pm: _Manager, obj: Any, name: str, origin: _Origin, strict: bool) 
             return name
     for source in getattr(obj, "PANTHER_HOOKSPECS", ()):
         if id(source) not in pm.spec_sources:
-            pm.add_hookspecs(source)
+            try:
+                pm.add_hookspecs(source)
+            except ValueError as exc:  # no specs in it, or a hook name another spec owns
+                _report(name, origin, "check", f"declares PANTHER_HOOKSPECS {source!r} that "
+                        f"cannot be added: {exc}", strict)
+                continue
             pm.spec_sources.add(id(source))
     found = _check_hooks(pm, obj)
     api = _api_problem(obj)
@@ -773,7 +778,7 @@ class Contributions(Mapping[str, Any]):
                          self._clash_message(key)) for key, claims in self._clashes.items()]
 
     def claims(self) -> list[Contribution]:
-        """Every contribution, ambiguous ones included, in registration order."""
+        """Every contribution: the unambiguous ones, then every claim of an ambiguous name."""
         return [*self._entries.values(), *(e for c in self._clashes.values() for e in c)]
 
     def _clash_message(self, key: str) -> str:
