@@ -192,6 +192,7 @@ _cache: dict[str, Contributions] = {}
 _cache_key: tuple[Any, ...] | None = None
 _overrides: dict[str, Any] = {"only": (), "disable": (), "strict": None}
 _warned: dict[Any, Any] = {}
+_guarded = False
 _call_log: contextvars.ContextVar[list[tuple[str, Any]] | None] = contextvars.ContextVar(
     "panther_hook_log", default=None
 )
@@ -277,9 +278,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 def reset_plugin_manager() -> None:
     """Forget the manager, registries and problems; the next use re-reads the environment."""
-    global _pm, _selection, _cache_key
+    global _pm, _selection, _cache_key, _guarded
     with _lock:
         _pm = _selection = _cache_key = None
+        _guarded = False
         _origins.clear()
         _problems.clear()
         _cache.clear()
@@ -345,9 +347,9 @@ def unregister_plugin(name: str) -> Any:
 
 
 def _invalidate() -> None:
-    global _cache_key
+    global _cache_key, _guarded
     _cache.clear()
-    _cache_key = None
+    _cache_key, _guarded = None, False
 
 
 def _panther_distribution() -> tuple[str, str | None]:
@@ -627,6 +629,15 @@ def _guard(impl: Any, hook_name: str) -> None:
 
 
 def _guard_all(pm: pluggy.PluginManager) -> None:
+    """Guard every implementation not guarded yet (also plugins registered on ``pm`` directly).
+
+    The walk runs again only after the plugin set changed (:func:`_invalidate`, or a
+    registry noticing a plugin registered on the manager directly): ``emit`` runs per trial.
+    """
+    global _guarded
+    if _guarded:
+        return
+    _guarded = True
     for hook_name, caller in vars(pm.hook).items():
         if isinstance(caller, pluggy.HookCaller):
             for impl in caller.get_hookimpls():
@@ -644,7 +655,7 @@ def _caller(pm: pluggy.PluginManager, hook_name: str) -> pluggy.HookCaller:
     return caller
 
 
-def _call(hook_name: str, **kwargs: Any) -> list[tuple[str | None, Any]]:
+def _call(hook_name: str, attribute: bool = True, /, **kwargs: Any) -> list[tuple[str | None, Any]]:
     """Call a hook through pluggy; return ``(plugin name, result)`` pairs in call order.
 
     A result is attributed to the implementation that returned that very object; a
@@ -654,7 +665,7 @@ def _call(hook_name: str, **kwargs: Any) -> list[tuple[str | None, Any]]:
     pm = get_plugin_manager()
     caller = _caller(pm, hook_name)
     _guard_all(pm)
-    log: list[tuple[str, Any]] = []
+    log: list[tuple[str, Any]] | None = [] if attribute else None
     token = _call_log.set(log)
     try:
         try:
@@ -667,10 +678,13 @@ def _call(hook_name: str, **kwargs: Any) -> list[tuple[str | None, Any]]:
                 _report(impl.plugin_name, _origin(impl.plugin_name), "hook",
                         f"hook wrapper of {hook_name} raised {type(exc).__name__}: {exc}; "
                         "the hook was called again without the wrappers", func=impl.function)
-            log.clear()
+            if log is not None:
+                log.clear()
             results = pm.subset_hook_caller(hook_name, [i.plugin for i in wrappers])(**kwargs)
     finally:
         _call_log.reset(token)
+    if log is None:
+        return [(None, r) for r in results]
     owners = {id(value): plugin for plugin, value in reversed(log)}
     wrappers = sorted({i.plugin_name for i in caller.get_hookimpls() if i.wrapper or i.hookwrapper})
     return [(owners.get(id(r)) or _owner(r, log, wrappers), r) for r in results]
@@ -698,7 +712,7 @@ def emit(hook_name: str, **kwargs: Any) -> list[Any]:
     Raises:
         ValueError: if ``hook_name`` is not a panther hook.
     """
-    return [result for _plugin, result in _call(hook_name, **kwargs)]
+    return [result for _plugin, result in _call(hook_name, attribute=False, **kwargs)]
 
 
 # --------------------------------------------------------------------------- registries
@@ -865,7 +879,7 @@ def registry(hook_name: str) -> Contributions:
     with _lock:
         key = tuple((n, id(p)) for n, p in pm.list_name_plugin())
         if key != _cache_key:
-            _cache.clear()
+            _invalidate()
             _cache_key = key
         if hook_name not in _cache:
             spec = _registry_spec(pm, hook_name)
