@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from panther.cli.build import build_function, build_search, import_object
 from panther.cli.errors import ConfigError
@@ -27,11 +26,10 @@ from panther.cli.schema import (
     suggest,
 )
 
+if TYPE_CHECKING:
+    from panther.tuner.settings import AccuracyConstraint
+
 __all__ = ["TuneSpec", "load_tune_config"]
-
-#: Trials per search when ``[search]`` gives no ``n_trials``.
-DEFAULT_N_TRIALS = 20
-
 
 @dataclasses.dataclass
 class TuneSpec:
@@ -42,8 +40,7 @@ class TuneSpec:
         model: the model built by the factory.
         accuracy_fn: ``model -> float``, higher is better.
         speed_fn: ``model -> float`` to maximise under the threshold, or ``None``.
-        threshold: ``("absolute", value)``, ``("drop", value)``, ``("relative", value)``
-            or ``None``.
+        threshold: the accuracy constraint (absolute, drop or relative), or ``None``.
         configs: the ``TuningConfigs`` to tune.
         search: the search algorithm instance.
         search_settings: the ``[search]`` values used (for the summary).
@@ -57,7 +54,7 @@ class TuneSpec:
     model: Any
     accuracy_fn: Callable[[Any], float]
     speed_fn: Callable[[Any], float] | None
-    threshold: tuple[str, float] | None
+    threshold: AccuracyConstraint | None
     configs: Any
     search: Any
     search_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -67,30 +64,45 @@ class TuneSpec:
     speed_label: str = "speed"
 
 
-def _check_layer_params(path: Path, key: str, model: Any, names: list[str], params: Any) -> None:
-    """Reject parameters the selected layers' types do not have, before any tuning starts."""
-    from panther.tuner import plugins
+def _check_layers(path: Path, index: int, model: Any, names: list[str], table: dict[str, Any],
+                  params: Any) -> None:
+    """Check one ``[[layers]]`` table's layers with the tuner's own checks, pinned to keys.
 
+    The tuner's :mod:`~panther.tuner.groups` decides what a layer type can sketch and which
+    values fit a layer; the CLI only adds the key and a "did you mean" for misspelt names.
+    """
+    from panther.tuner.groups import check_joint_types, resolve_layer_type, validate_space
+
+    key = f"layers[{index}]"
+    resolved = {}
     for name in names:
-        module = model.get_submodule(name)
-        layer_type = plugins.layer_type_for(module)
-        if layer_type is None:
-            known = ", ".join(sorted({lt.name for lt in plugins.layer_types()}))
-            raise ConfigError(
-                path, key.replace(".params", ".selector"),
-                f"layer '{name}' is a {type(module).__name__}, which no installed layer type can sketch",
-                f"narrow the selector (e.g. add type = \"Linear\"); sketchable types: {known}",
-            )
+        try:
+            layer_type = resolved[name] = resolve_layer_type(model, name)
+        except ValueError as exc:
+            raise ConfigError(path, f"{key}.selector", str(exc),
+                              'narrow the selector (e.g. add type = "Linear") or install a layer '
+                              "type for it") from exc
         if params == "auto":
             continue
         unknown = sorted(set(params) - set(layer_type.param_names))
         if unknown:
             raise ConfigError(
-                path, f"{key}.{unknown[0]}",
+                path, f"{key}.params.{unknown[0]}",
                 f"{layer_type.name} layers (e.g. '{name}') have no parameter '{unknown[0]}'",
                 f"{suggest(unknown[0], layer_type.param_names)}"
                 f"their parameters are: {', '.join(layer_type.param_names)}",
             )
+        try:
+            validate_space(model, name, layer_type, params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(path, f"{key}.params", str(exc),
+                              "choose values every selected layer accepts") from exc
+    if params != "auto" and not table.get("separate", True):
+        try:
+            check_joint_types(index, names, resolved, params)
+        except ValueError as exc:
+            raise ConfigError(path, f"{key}.separate", str(exc),
+                              "set separate = true, or split the table by layer type") from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -128,20 +140,27 @@ def _build_model(path: Path, raw: dict[str, Any]) -> Any:
     return model
 
 
-def _parse_threshold(path: Path, value: Any) -> tuple[str, float]:
+def _parse_threshold(path: Path, value: Any) -> AccuracyConstraint:
+    """The accuracy constraint of ``threshold``, every mistake pinned to its key."""
+    from panther.tuner.settings import AccuracyConstraint
+
+    key = "threshold"
     if isinstance(value, dict):
         check_keys(path, "threshold", value, THRESHOLD_KEYS)
         if len(value) != 1:
             raise ConfigError(path, "threshold", "give exactly one of drop or relative",
                               "write threshold = {drop = 0.01} or threshold = {relative = 0.01}")
         (kind, amount), = value.items()
-        expect(path, f"threshold.{kind}", amount, (int, float), "a number")
-        if not 0 <= amount < (1 if kind == "relative" else math.inf):
-            raise ConfigError(path, f"threshold.{kind}", f"{kind} must be >= 0 (and < 1 when relative), got {amount}",
-                              "use e.g. 0.01 for one percent")
-        return kind, float(amount)
-    expect(path, "threshold", value, (int, float), "a number or {drop = x} / {relative = x}")
-    return "absolute", float(value)
+        key = f"threshold.{kind}"
+        expect(path, key, amount, (int, float), "a number")
+    else:
+        expect(path, key, value, (int, float), "a number or {drop = x} / {relative = x}")
+    try:
+        return AccuracyConstraint.from_config(value)
+    except (TypeError, ValueError) as exc:  # nan, inf, a negative loss, relative >= 1
+        raise ConfigError(path, key, str(exc),
+                          "write a finite number: a minimum accuracy such as 0.9, or an allowed "
+                          "loss such as {drop = 0.01} or {relative = 0.01}") from exc
 
 
 def _parse_layers(path: Path, model: Any, layers: Any) -> Any:
@@ -171,12 +190,20 @@ def _parse_layers(path: Path, model: Any, layers: Any) -> Any:
             raise ConfigError(path, f"{key}.selector", str(exc),
                               "change the selector: a module name, a regex matching whole names, "
                               'a list of those, or a table such as {type = "Linear"}') from exc
-        _check_layer_params(path, f"{key}.params", model, names, params)
+        _check_layers(path, i, model, names, table, params)
         try:
             configs.append(LayerConfig(selector, params, separate=table.get("separate", True),
                                        copy_weights=table.get("copy_weights", True)))
         except (TypeError, ValueError) as exc:
             raise ConfigError(path, key, str(exc), "fix this [[layers]] table") from exc
+    # What only the tables together can get wrong (a layer selected twice, two groups of
+    # one name), by the tuner's own group forming.
+    from panther.tuner.groups import form_groups
+
+    try:
+        form_groups(model, configs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(path, "layers", str(exc), "select each layer in one [[layers]] table only") from exc
     return configs
 
 
@@ -206,6 +233,8 @@ def load_tune_config(path: str | os.PathLike[str]) -> TuneSpec:
                               'add speed = {evaluator = "throughput", ...} or remove threshold')
 
     configs = _parse_layers(path, model, raw["layers"])
+    from panther.tuner.settings import DEFAULT_N_TRIALS
+
     search, settings = build_search(path, raw.get("search"), DEFAULT_N_TRIALS)
     runs = raw.get("num_runs_per_param", 1)
     expect(path, "num_runs_per_param", runs, (int,), "a positive integer")

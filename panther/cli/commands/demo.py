@@ -10,8 +10,9 @@ from typing import Any
 
 from panther.cli.commands import Command
 from panther.cli.errors import EXIT_CONFIG, CliError
-from panther.cli.outputs import print_files, tune_keeping_results, write_outputs
-from panther.cli.report import layer_choices, param_count, print_report
+from panther.cli.options import add_run_options, apply_threads
+from panther.cli.outputs import finish_run, prepare_output, tune_keeping_results
+from panther.cli.report import param_count
 
 __all__ = ["COMMAND"]
 
@@ -39,12 +40,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objective", choices=("flops", "throughput"), default="flops",
                         help="what the search maximises under the threshold: 'flops' (fewest FLOPs, "
                         "exact and reproducible) or 'throughput' (measured, noisy); default %(default)s")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); 1 helps on a busy machine")
     parser.add_argument("--speed-check", action="store_true",
                         help="also time each candidate layer against the dense one and skip it "
                         "unless it is faster (catches FLOP savings that are wall-clock losses; "
                         "timing makes the choices depend on machine load)")
+    add_run_options(parser)
 
 
 def _demo_space(layer_type: Any, ranks: list[int]) -> dict[str, Any]:
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from panther import demo
     from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs, plugins
+    from panther.tuner.settings import AccuracyConstraint
 
     width, channels, epochs, batch = DEMO_SIZES[bool(args.quick)]
     ranks_fc, ranks_conv = DEMO_RANKS[bool(args.quick)]
@@ -91,11 +92,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--trials must be >= 1", EXIT_CONFIG)
     if not 0 <= args.tolerance < 1:
         raise CliError("--tolerance must lie in [0, 1), e.g. 0.015 for 1.5 points", EXIT_CONFIG)
-    output = Path(args.output)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CliError("--threads must be >= 1", EXIT_CONFIG)
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
+    output = prepare_output(Path(args.output))
     torch.manual_seed(args.seed)
 
     data = demo.load_digits_data(seed=args.seed)
@@ -107,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                      on_epoch=lambda e, loss: print(f"  epoch {e + 1}/{epochs}  loss {loss:.4f}", flush=True))
     original = copy.deepcopy(model).eval()
     base_acc = demo.accuracy(model, data.x_val, data.y_val)
-    threshold = base_acc - args.tolerance
+    threshold = AccuracyConstraint("drop", args.tolerance).resolve(base_acc)
     print(f"trained in {time.perf_counter() - t0:.1f} s: validation accuracy {base_acc:.4f}; "
           f"tuning for accuracy >= {threshold:.4f} (tolerance {args.tolerance})")
 
@@ -170,15 +168,9 @@ def run(args: argparse.Namespace) -> int:
                    "params": param_count(original)},
         "after": {"accuracy": after_acc, "speed": speeds["after"],
                   "flops": demo.count_flops(tuned, example), "params": param_count(tuned)},
-        "layers": layer_choices(original, tuned),
         "verified": tuner.report.get("verified"),
-        "interrupted": interrupted,
-        "torch_threads": torch.get_num_threads(),
     }
-    print_report(summary)
-    files = write_outputs(tuner, tuned, summary, output)
-    print_files(output, files)
-    return 130 if interrupted else 0
+    return finish_run(tuner, original, tuned, summary, output, interrupted=interrupted, plots=args.plots)
 
 
 COMMAND = Command(

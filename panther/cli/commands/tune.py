@@ -10,39 +10,39 @@ from typing import Any
 from panther.cli.commands import Command
 from panther.cli.config import load_tune_config
 from panther.cli.errors import ConfigError
-from panther.cli.outputs import print_files, tune_keeping_results, write_outputs
-from panther.cli.report import layer_choices, param_count, print_report
+from panther.cli.options import add_run_options, apply_threads
+from panther.cli.outputs import finish_run, prepare_output, tune_keeping_results
+from panther.cli.report import param_count
 
-__all__ = ["COMMAND"]
+__all__ = ["COMMAND", "build_tuner", "report_run"]
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the TOML config file")
-    parser.add_argument("--output", default=None, help="output folder (default: the config's output or "
-                        "panther-tune-output)")
+    parser.add_argument("--output", default=None, help="output folder, created and checked before tuning "
+                        "(default: the config's output or panther-tune-output)")
+    add_run_options(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Load and check the config, tune, print the report and write the outputs."""
+def _constraint_kwargs(constraint: Any) -> dict[str, Any]:
+    """The tuner's keyword arguments for ``constraint``, as the constraint itself spells them.
+
+    A drop or relative constraint is resolved by the tuner, which measures the original
+    model once; the CLI never computes a threshold of its own.
+    """
+    if constraint is None:
+        return {}
+    return {k: v for k, v in constraint.legacy_info().items() if v is not None}
+
+
+def build_tuner(spec: Any) -> Any:
+    """The ``SKAutoTuner`` a config describes (``tune``, ``worker`` and ``finalize`` share it)."""
     from panther.tuner import SKAutoTuner
 
-    spec = load_tune_config(args.config)
-    model = spec.model
-    original = copy.deepcopy(model).eval()
-    print(f"config {spec.path}: {len(spec.configs)} layer config(s), search {spec.search_settings}")
-    constraint: dict[str, Any] = {}
-    if spec.threshold is not None:
-        kind, amount = spec.threshold
-        if kind == "absolute":
-            constraint["accuracy_threshold"] = amount
-        else:
-            # The tuner measures the original once and derives the threshold from it.
-            constraint.update(accuracy_tolerance=amount,
-                              tolerance_mode="absolute" if kind == "drop" else "relative")
     seed = spec.search_settings.get("seed")
     try:
-        tuner = SKAutoTuner(
-            model,
+        return SKAutoTuner(
+            spec.model,
             spec.configs,
             spec.accuracy_fn,
             search_algorithm=spec.search,
@@ -51,12 +51,15 @@ def run(args: argparse.Namespace) -> int:
             num_runs_per_param=spec.num_runs_per_param,
             progress=True,
             seed=seed if isinstance(seed, int) else 0,
-            **constraint,
+            **_constraint_kwargs(spec.threshold),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(spec.path, "layers", str(exc), "fix the [[layers]] tables") from exc
-    output = Path(args.output or spec.output or "panther-tune-output")
-    interrupted = tune_keeping_results(tuner, output)
+
+
+def report_run(tuner: Any, spec: Any, original: Any, output: Path, interrupted: bool,
+               plots: bool = True) -> int:
+    """Print the before/after report of a finished run and write its outputs."""
     tuned = tuner.apply_best_params().eval()
     info = tuner.report
     before_acc = info.get("baseline_accuracy")
@@ -85,14 +88,23 @@ def run(args: argparse.Namespace) -> int:
         "score_name": f"score = {spec.speed_label}" if spec.speed_fn is not None else "score = accuracy",
         "before": {"accuracy": before_acc, "speed": before_speed, "params": param_count(original)},
         "after": {"accuracy": after_acc, "speed": after_speed, "params": param_count(tuned)},
-        "layers": layer_choices(original, tuned),
         "best_params": tuner.get_best_params(),
-        "interrupted": interrupted,
     }
-    print_report(summary)
-    files = write_outputs(tuner, tuned, summary, output)
-    print_files(output, files)
-    return 130 if interrupted else 0
+    return finish_run(tuner, original, tuned, summary, output, interrupted=interrupted, plots=plots)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load and check the config, tune, print the report and write the outputs."""
+    apply_threads(args)
+    spec = load_tune_config(args.config)
+    original = copy.deepcopy(spec.model).eval()
+    print(f"config {spec.path}: {len(spec.configs)} layer config(s), search {spec.search_settings}")
+    tuner = build_tuner(spec)
+    # Checked after the config and the tuner (whose errors come first, leaving no folder
+    # behind) and before any tuning: a run must never end unable to save what it found.
+    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
+    interrupted = tune_keeping_results(tuner, output)
+    return report_run(tuner, spec, original, output, interrupted, plots=args.plots)
 
 
 COMMAND = Command(
