@@ -178,7 +178,9 @@ def test_plugins_lists_builtins_with_versions_and_contributions():
     for name in ("optuna", "grid", "throughput", "Linear", "Conv2d"):
         assert name in proc.stdout
     assert "built-in" in proc.stdout
-    listed = json.loads(run_cli("plugins", "--json").stdout)
+    report = json.loads(run_cli("plugins", "--json").stdout)
+    assert report["broken"] == [] and report["conflicts"] == []
+    listed = report["plugins"]
     names = {p["name"] for p in listed}
     assert "panther.tuner.search.optuna" in names
     optuna = next(p for p in listed if p["name"] == "panther.tuner.search.optuna")

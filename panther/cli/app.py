@@ -8,8 +8,8 @@ import time
 import traceback
 from collections.abc import Sequence
 
-from panther.cli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, CliError
-from panther.cli.parser import build_parser
+from panther.cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, CliError
+from panther.cli.parser import build_parser, plugin_selection
 
 __all__ = ["main"]
 
@@ -21,6 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     start = time.perf_counter()
     try:
+        only, disable = plugin_selection(args)
+        # Also when none are given but the host is already loaded (main() called again
+        # in one process): each run's selection is its own.
+        if only or disable or "panther.tuner.plugins" in sys.modules:
+            from panther.tuner import plugins
+
+            plugins.configure(only=only, disable=disable)
         code = args.func(args)
     except CliError as exc:
         if args.debug:
@@ -35,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_RUNTIME
     except Exception as exc:  # one clear line unless --debug
+        if _is_plugin_error(exc):
+            # Ambiguous plugin names, strict-mode plugin problems and bad selections are
+            # configuration errors: fixed by choosing plugins, not by re-running.
+            if args.debug:
+                traceback.print_exc()
+            print(f"panther-tune: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         if args.debug:
             traceback.print_exc()
         print(f"panther-tune: {type(exc).__name__}: {exc}\n  (run again with --debug for the traceback)",
@@ -43,3 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.timed:
         print(f"done in {time.perf_counter() - start:.1f} s")
     return code
+
+
+def _is_plugin_error(exc: BaseException) -> bool:
+    plugins = sys.modules.get("panther.tuner.plugins")  # loaded if a plugin could have raised
+    return plugins is not None and isinstance(exc, plugins.PluginError)

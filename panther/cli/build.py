@@ -128,9 +128,12 @@ def build_function(
     except (TypeError, ValueError):
         accepted = {}
     # Evaluators that compare against the original (e.g. "agreement") get an
-    # untouched copy of it, since tuning swaps layers inside the live model.
-    if "reference_model" in accepted and "reference_model" not in options:
-        options["reference_model"] = reference_model
+    # untouched copy of it, since tuning swaps layers inside the live model: every
+    # factory parameter annotated ReferenceModel (panther.tuner.evaluators).
+    from panther.tuner.evaluators import reference_model_parameters
+
+    for param in reference_model_parameters(factory):
+        options.setdefault(param, reference_model)
     if accepted and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         for opt in options:
             if opt not in accepted:

@@ -80,10 +80,13 @@ def find_name(path: Path, key: str, what: str, name: str, available: Sequence[st
     for candidate in available:
         if candidate.lower() == name.lower():
             return candidate
+    from panther.tuner.plugins import selection_note
+
+    note = selection_note()  # autoload off or a plugin selection may hide the one meant
     raise ConfigError(
         path, key, f"no {what} named '{name}'",
         f"{suggest(name, list(available))}installed: {', '.join(sorted(available)) or 'none'} "
-        "(`panther-tune plugins` lists them)",
+        "(`panther-tune plugins` lists them)" + (f"; {note}" if note else ""),
     )
 
 

@@ -26,12 +26,14 @@ CLI can build them by name.
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -41,6 +43,8 @@ from panther.tuner.timing import device_of, eval_mode, time_calls
 
 __all__ = [
     "Evaluator",
+    "ReferenceModel",
+    "reference_model_parameters",
     "throughput",
     "latency",
     "agreement",
@@ -84,6 +88,52 @@ class Evaluator:
         opts = ", ".join(f"{k}={_short(v)}" for k, v in self.options.items())
         direction = "higher is better" if self.higher_is_better else "lower is better"
         return f"<Evaluator {self.name}({opts}); {direction}>"
+
+
+class _ReferenceModelMarker:
+    """The metadata that makes ``Annotated[nn.Module, ...]`` a :data:`ReferenceModel`."""
+
+    def __repr__(self) -> str:
+        return "panther.tuner.evaluators.REFERENCE_MODEL"
+
+
+REFERENCE_MODEL = _ReferenceModelMarker()
+
+#: Annotate an evaluator-factory parameter with this to receive the untouched model.
+#: The CLI builds evaluators after copying the model it is about to tune, and passes
+#: that copy to every parameter so marked (unless the config sets it), so an
+#: evaluator can compare against the original while layers are swapped::
+#:
+#:     def my_agreement(reference: ReferenceModel, inputs, batch_size=64): ...
+#:
+#: From Python, pass the model yourself. A parameter named exactly
+#: ``reference_model`` is treated the same way, for plugins written before the marker.
+ReferenceModel = Annotated[nn.Module, REFERENCE_MODEL]
+
+
+def reference_model_parameters(factory: Callable[..., Any]) -> list[str]:
+    """The parameters of ``factory`` that receive the reference model (see :data:`ReferenceModel`)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return []
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # unresolvable string annotations: fall back to their text
+        hints = {}
+    marked = []
+    for name, param in params.items():
+        hint = hints.get(name, param.annotation)
+        text = hint if isinstance(hint, str) else ""
+        if (
+            REFERENCE_MODEL in getattr(hint, "__metadata__", ())
+            or text == "ReferenceModel"
+            or text.endswith(".ReferenceModel")
+            or name == "reference_model"
+        ):
+            marked.append(name)
+    return marked
 
 
 def _short(value: Any) -> str:
@@ -420,7 +470,7 @@ class _Outputs:
 
 
 def agreement(
-    reference_model: nn.Module,
+    reference_model: ReferenceModel,
     inputs: Any,
     *,
     dim: int = -1,
@@ -476,7 +526,7 @@ def agreement(
 
 
 def output_similarity(
-    reference_model: nn.Module,
+    reference_model: ReferenceModel,
     inputs: Any,
     *,
     floor: float | None = 0.0,
@@ -592,19 +642,16 @@ def _module_cost(module: nn.Module, layer_types: Sequence[Any], layer_type_for: 
     """Multiply-adds per row/position of ``module`` from its layer type's cost model, or None.
 
     An original layer is costed by ``lt.cost(module)``. A sketched layer (its type
-    is some layer type's ``sketched_type``) is costed by ``lt.cost(module, params)``
-    with the params read from its attributes: the built-in cost models only read
-    shape attributes (``in_features``, ``out_channels``, ``embed_dim``, ...) that
-    the sketched classes share with the originals.
+    is some layer type's ``sketched_type``) is costed by ``lt.sketched_cost(module)``
+    (:meth:`panther.tuner.layers.base.LayerType.sketched_cost` documents the contract).
     """
     lt = layer_type_for(module)
     if lt is not None:
         return int(lt.cost(module).macs)
     for lt in layer_types:
         if type(module) is getattr(lt, "sketched_type", None):
-            params = {p: getattr(module, p) for p in lt.param_names if hasattr(module, p)}
             try:
-                return int(lt.cost(module, params).macs)
+                return int(lt.sketched_cost(module).macs)
             except Exception as err:  # noqa: BLE001 - a plugin's cost model may not accept sketched modules
                 warnings.warn(
                     f"flops: the {lt.name} cost model cannot cost a {type(module).__name__} ({err}); "

@@ -5,7 +5,9 @@ every Optuna sampler works, studies can live in a persistent storage and be
 resumed, and ``optuna.visualization`` works on :attr:`OptunaSearch.study`.
 
 Samplers are chosen by instance or by a name registered through the
-``panther_optuna_samplers`` hook; this module registers ``"tpe"``, ``"cmaes"``,
+``panther_optuna_samplers`` hook, the Optuna backend's own extension point
+(:mod:`panther.tuner.search.optuna_samplers`, declared below in
+``PANTHER_HOOKSPECS``); this module registers ``"tpe"``, ``"cmaes"``,
 ``"random"``, ``"grid"``, ``"qmc"``, ``"nsga2"``, ``"gp"`` and ``"bruteforce"``.
 A sampler factory is called as ``factory(seed=seed, **kw)`` where ``kw`` holds
 only the keywords the factory declares by name among:
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from panther.tuner.config import Categorical, Int, ParamSpec, normalize_param_space
 from panther.tuner.hookspecs import hookimpl
+from panther.tuner.search import optuna_samplers
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params_key
 from panther.tuner.search.codec import ParamCodec
 from panther.tuner.settings import DEFAULT_N_TRIALS
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = ["OptunaSearch", "SAMPLER_NAMES"]
+
+#: The sampler hook spec this backend adds to the plugin manager when it is registered.
+PANTHER_HOOKSPECS = (optuna_samplers,)
 
 SAMPLER_NAMES = ("tpe", "cmaes", "random", "grid", "qmc", "nsga2", "gp", "bruteforce")
 
@@ -268,14 +274,12 @@ class OptunaSearch(SearchAlgorithm):
         return _storage_for(self.storage)
 
     def _build_sampler(self) -> Any:
-        from panther.tuner import plugins
-
         sampler = self.sampler
         if sampler is None:
             sampler = "tpe"
         if not isinstance(sampler, str):
             return sampler
-        factory = plugins._lookup("optuna_samplers", sampler).obj
+        factory = optuna_samplers.sampler_factory(sampler)
         try:
             accepted = inspect.signature(factory).parameters
         except (TypeError, ValueError):
@@ -291,7 +295,7 @@ class OptunaSearch(SearchAlgorithm):
                 except ValueError as exc:
                     raise ValueError(f"the {sampler!r} sampler enumerates the space: {exc}") from exc
             kwargs["search_space"] = space
-        return plugins.make_sampler(sampler, seed=self.seed, **kwargs)
+        return factory(seed=self.seed, **kwargs)
 
     def initialize(self, param_space: dict[str, Any]) -> None:
         """Create (or load, when resuming) the study for ``param_space``."""
