@@ -21,7 +21,7 @@ storage, with Optuna's trial heartbeat enabled on RDB storages when asked.
 Liveness
 --------
 Every process that drives a run holds a *lease*: a RUNNING trial in the run's
-bookkeeping study (named after the study prefix, see :func:`run_study_name`) whose
+bookkeeping study (``f"{prefix}#run"``, see :func:`run_study_name`) whose
 system attributes record the process id, host, role (``"worker"`` or ``"tune"``), start
 time and last beat. A background thread refreshes the beat (:class:`Lease`). Another
 process judges a lease (:func:`lease_alive`): on the same host by whether that process
@@ -63,6 +63,8 @@ __all__ = [
     "reap_stale_trials",
     "OWNER_ATTR",
     "quiet_optuna",
+    "ConcurrentRunError",
+    "check_no_conflict",
 ]
 
 #: System attribute of a group trial: the id of the lease (process) evaluating it.
@@ -310,9 +312,13 @@ def quiet_optuna() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------- leases
+#: Suffix of a run's bookkeeping study (leases, run fingerprint, shared baseline).
+RUN_STUDY_SUFFIX = "#run"
+
+
 def run_study_name(prefix: str | None) -> str:
     """The bookkeeping study of a run whose group studies are named ``f"{prefix}/{group}"``."""
-    return f"{prefix or 'panther'}"
+    return f"{prefix or 'panther'}{RUN_STUDY_SUFFIX}"
 
 
 def _run_study_id(storage: Any, name: str, create: bool = True) -> int | None:
@@ -430,6 +436,38 @@ def live_leases(storage: Any, run_name: str, *, exclude: str | None = None) -> l
             if lease.id != exclude and lease_alive(lease, now)]
 
 
+class ConcurrentRunError(RuntimeError):
+    """Another live process drives the same run in a way that cannot be shared."""
+
+
+def check_no_conflict(lease: Lease, display: str) -> None:
+    """Refuse to go on when another live process conflicts with ``lease``.
+
+    A ``"tune"`` lease (single-process ``tune()``) conflicts with every other live process
+    on the run; a worker conflicts with a live ``tune()``. Only processes that took
+    their lease *earlier* count, so of two starting at once exactly the later one stops.
+    Leases of this same process never conflict (one process runs its searches in turn).
+    """
+    others = [other for other in live_leases(lease.storage, lease.run_name, exclude=lease.id)
+              if other.number < (lease.number if lease.number is not None else 1 << 62)
+              and not (other.pid == os.getpid() and other.host == socket.gethostname())]
+    if lease.role == "worker":
+        others = [other for other in others if other.role == "tune"]
+    if not others:
+        return
+    listed = "; ".join(other.describe() for other in others[:5])
+    if lease.role == "worker":
+        fix = ("a single-process tune() drives its studies alone: wait for it to finish, or "
+               "start the run with workers only (panther-tune worker / SKAutoTuner.run_worker)")
+    else:
+        fix = ("two processes driving one study at once would evaluate the same trials twice: "
+               "wait for it to finish, choose another study_name, or share the run between "
+               "processes with workers (panther-tune worker / SKAutoTuner.run_worker)")
+    raise ConcurrentRunError(
+        f"another live process is using the tuning run {lease.run_name!r} in storage "
+        f"{display}: {listed}. {fix}")
+
+
 class Lease:
     """This process's lease on a run: created by :meth:`acquire`, refreshed by a thread.
 
@@ -536,7 +574,7 @@ class Lease:
 
 
 def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
-                      min_age: float = 2.0) -> list[int]:
+                      min_age: float = 2.0, mine: str | None = None) -> list[int]:
     """Mark the RUNNING trials of dead processes FAIL; with ``retry``, enqueue them again.
 
     A RUNNING trial is stale when the lease named by its :data:`OWNER_ATTR` is dead, or,
@@ -547,6 +585,8 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
     database's clock, not by clocks of different machines. Trials younger than
     ``min_age`` seconds are skipped (their worker may not have tagged them yet), and
     trials of live processes are never touched. Leases of dead processes are closed too.
+    ``mine``: this process's lease id, whose RUNNING trials are left over from an
+    interrupted search of this same process (call it only when none is being evaluated).
 
     Returns:
         The numbers of the trials this call marked FAIL.
@@ -573,8 +613,11 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
         age = (now - trial.datetime_start.timestamp()) if trial.datetime_start else float("inf")
         if age < min_age:
             continue
-        lease = leases.get(trial.system_attrs.get(OWNER_ATTR))
-        if lease is not None:
+        owner = trial.system_attrs.get(OWNER_ATTR)
+        lease = leases.get(owner)
+        if owner is not None and owner == mine:
+            pass  # left RUNNING by an interrupted search of this process
+        elif lease is not None:
             if alive[lease.id] or (heartbeat and lease.host != host):
                 continue
         elif age < grace:

@@ -152,11 +152,15 @@ class OptunaSearch(SearchAlgorithm):
             higher-is-better scores, so keep ``"maximize"`` there; best-score
             tracking follows this direction.
         study_name: the study's name (also the prefix of per-group studies, see :meth:`spawn`).
-        storage: an Optuna storage URL (``"sqlite:///tuning.db"``) or object; ``None`` keeps
-            the study in memory.
+        storage: a storage URL (``"sqlite:///tuning.db"``, ``"postgresql://..."`` or
+            ``"journal:///path/run.log"``, see :mod:`panther.tuner.storage`), checked here so
+            a bad one fails before any evaluation; or an Optuna storage object; ``None``
+            keeps the study in memory.
         load_if_exists: resume a study of the same name found in ``storage``. Trials
-            left RUNNING by a process that died are marked FAIL and do not count.
-            A study is assumed to be driven by one process at a time.
+            left RUNNING by a process that died are marked FAIL and enqueued again; trials
+            of live processes are left alone. A single-process run holds a lease on the
+            storage (see :mod:`panther.tuner.storage`): a second live process driving
+            the same studies is refused with an error saying who holds them.
         seed: seed of a sampler chosen by name (and of the default TPE).
         directions: e.g. ``["maximize", "maximize"]`` for a multi-objective study;
             then :meth:`update` needs ``values`` and :meth:`pareto_front` gives the front.
@@ -207,6 +211,18 @@ class OptunaSearch(SearchAlgorithm):
         self.storage = storage
         self.load_if_exists = bool(load_if_exists)
         self.seed = seed
+        self._storage_spec: Any = None
+        if isinstance(storage, str):
+            from panther.tuner.storage import check_storage
+
+            # A malformed URL or an unwritable file fails now, before any evaluation runs.
+            self._storage_spec = check_storage(storage)
+        #: Fingerprint of the run (see :mod:`panther.tuner.fingerprint`), set by the tuner;
+        #: a resumed study made for another model or config is refused.
+        self.fingerprint: dict[str, Any] | None = None
+        self._lease: Any = None
+        self._own_lease = False
+        self._parent: OptunaSearch | None = None
         self._children: dict[str, OptunaSearch] = {}
         self._last_child: OptunaSearch | None = None
         self._storage_obj: Any = None
@@ -235,10 +251,51 @@ class OptunaSearch(SearchAlgorithm):
     def _resolved_storage(self) -> Any:
         if isinstance(self.storage, str):
             if self._storage_obj is None:
-                self._storage_obj = _optuna().storages.RDBStorage(self.storage)
+                from panther.tuner.storage import open_storage
+
+                self._storage_obj = open_storage(self._storage_spec or self.storage)
             return self._storage_obj
         return self.storage
 
+    @property
+    def run_name(self) -> str:
+        """The run's bookkeeping study (leases): named after the study prefix of :meth:`spawn`."""
+        from panther.tuner.storage import run_study_name
+
+        return run_study_name((self._parent or self).study_name)
+
+    def _persistent(self) -> bool:
+        storage = self._resolved_storage()
+        return storage is not None and not isinstance(storage, _optuna().storages.InMemoryStorage)
+
+    def use_lease(self, lease: Any) -> None:
+        """Drive this search (and the groups it spawns) under ``lease``, a worker's
+        :class:`~panther.tuner.storage.Lease`, instead of a single-process one."""
+        root = self._parent or self
+        root._lease, root._own_lease = lease, False
+
+    def _ensure_lease(self) -> Any:
+        """The lease this process holds on the run (acquired on first use of a storage)."""
+        root = self._parent or self
+        if root._lease is None and self._persistent():
+            from panther.tuner.storage import Lease, check_no_conflict
+
+            lease = Lease(self._resolved_storage(), root.run_name, role="tune").acquire()
+            try:
+                check_no_conflict(lease, repr(getattr(root._storage_spec, "display", self.storage)))
+            except BaseException:
+                lease.release()
+                raise
+            root._lease, root._own_lease = lease, True
+        return root._lease
+
+    def close(self) -> None:
+        """Release the single-process lease on the storage (the tuner calls it when
+        ``tune()`` ends); a later search acquires a new one."""
+        root = self._parent or self
+        if root._lease is not None and root._own_lease:
+            root._lease.release()
+        root._lease, root._own_lease = None, False
     def _build_sampler(self) -> Any:
         from panther.tuner import plugins
 
@@ -282,6 +339,7 @@ class OptunaSearch(SearchAlgorithm):
         kwargs: dict[str, Any] = (
             {"directions": self.directions} if self.directions else {"direction": self.direction}
         )
+        lease = self._ensure_lease()
         try:
             with warnings.catch_warnings():
                 # Experimental-feature warnings (brute force, GP) are noise here.
@@ -299,16 +357,37 @@ class OptunaSearch(SearchAlgorithm):
                 f"a study named {self.study_name!r} already exists in {self.storage!r}; pass "
                 "load_if_exists=True to resume it, or choose another study_name"
             ) from exc
+        self._check_fingerprint()
         if self.load_if_exists:
-            self._resume()
+            self._resume(lease)
 
-    def _resume(self) -> None:
+    def _check_fingerprint(self) -> None:
+        from panther.tuner.fingerprint import FINGERPRINT_ATTR, check_fingerprint
+
+        if self.fingerprint is None:
+            return
+        study = self._study
+        where = f"study {study.study_name!r} in storage {self.storage!r}"
+        check_fingerprint(study.user_attrs.get(FINGERPRINT_ATTR), self.fingerprint, where)
+        if FINGERPRINT_ATTR not in study.user_attrs:
+            study.set_user_attr(FINGERPRINT_ATTR, self.fingerprint)
+            # Two processes may record theirs at once: the stored one decides for both.
+            check_fingerprint(study.user_attrs.get(FINGERPRINT_ATTR), self.fingerprint, where)
+
+    def _resume(self, lease: Any = None) -> None:
         optuna = _optuna()
         state = optuna.trial.TrialState
         study = self._study
-        for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
-            # Left RUNNING by a process that was killed: it never produced a score.
-            self._tell(trial.number, state=state.FAIL)
+        if self._persistent():
+            from panther.tuner.storage import reap_stale_trials
+
+            # Trials left RUNNING by dead processes are failed and enqueued again (they never
+            # produced a score); live processes' trials are theirs.
+            reap_stale_trials(study, self.run_name, retry=True,
+                              mine=None if lease is None else lease.id)
+        else:
+            for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+                self._tell(trial.number, state=state.FAIL)  # in memory: nobody else runs them
         for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE,)):
             try:
                 params = {
@@ -350,10 +429,14 @@ class OptunaSearch(SearchAlgorithm):
             raise RuntimeError("call initialize(param_space) before get_next_params()")
         if self.is_finished():
             return None
-        optuna = _optuna()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        from panther.tuner.storage import OWNER_ATTR, quiet_optuna
+
+        with quiet_optuna():
             trial = self._study.ask({n: c.distribution for n, c in self._codecs.items()})
+        lease = (self._parent or self)._lease
+        if lease is not None:
+            # Says which process evaluates it, so others can tell a live trial from a dead one.
+            trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, lease.id)
         params = {name: codec.decode(trial.params[name]) for name, codec in self._codecs.items()}
         self._pending.append((trial, params))
         self._count_proposal()
@@ -562,12 +645,19 @@ class OptunaSearch(SearchAlgorithm):
             sampler=sampler,
             direction=self.direction,
             study_name=self.child_study_name(str(key)),
-            storage=self.storage,
+            storage=None,  # set below: the parent checked the URL already
             load_if_exists=self.load_if_exists,
             seed=self.seed,
             directions=self.directions,
         )
+        child.storage = self.storage
         child._storage_obj = self._resolved_storage() if isinstance(self.storage, str) else None
+        child._storage_spec = self._storage_spec
+        child._parent = self._parent or self
+        if self.fingerprint is not None:
+            from panther.tuner.fingerprint import group_fingerprint
+
+            child.fingerprint = group_fingerprint(self.fingerprint, str(key))
         self._children[str(key)] = child
         self._last_child = child
         return child
