@@ -87,9 +87,9 @@ def _callable_id(fn: Any) -> str | None:
         return text  # e.g. an Evaluator: its name and options
     qualname = getattr(fn, "__qualname__", None)
     if qualname is not None:
-        return f"{getattr(fn, '__module__', '?')}.{qualname}"
-    cls = type(fn)
-    return f"{cls.__module__}.{cls.__qualname__} instance"
+        # Not the module: the same file is "__main__" in one process and imported in another.
+        return qualname
+    return f"{type(fn).__qualname__} instance"
 
 
 def tuner_fingerprint(tuner: Any) -> dict[str, Any]:

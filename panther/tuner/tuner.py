@@ -555,6 +555,12 @@ class SKAutoTuner:
         self._start = time.perf_counter()
         self._stop_reason: str | None = None
         self._bar = None
+        if getattr(self.search_algorithm, "storage", None) is not None \
+                and hasattr(self.search_algorithm, "fingerprint"):
+            # A stored study made for another model or config is refused, not reused.
+            from panther.tuner.fingerprint import tuner_fingerprint
+
+            self.search_algorithm.fingerprint = tuner_fingerprint(self)
         if self.progress:
             from tqdm.auto import tqdm
 
@@ -579,10 +585,36 @@ class SKAutoTuner:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
+            close = getattr(self.search_algorithm, "close", None)
+            if callable(close):
+                close()  # e.g. OptunaSearch releases its lease on the storage
             info["wall_time_s"] = time.perf_counter() - self._start
         self._tuned = True
         plugins.emit("panther_tuning_finished", results=self._results)
         return self._results.best_params()
+
+    def run_worker(self, storage: str | None = None, **kwargs: Any) -> Any:
+        """Work on a tuning run shared by several processes or machines through ``storage``.
+
+        Start it in every worker process, each with a tuner built the same way; then call
+        :meth:`finalize` once. See :func:`panther.tuner.worker.run_worker` for the options
+        (``device``, ``heartbeat_interval``...) and docs/distributed.md for the guide.
+        Returns a :class:`~panther.tuner.worker.WorkerReport`.
+        """
+        from panther.tuner.worker import run_worker
+
+        return run_worker(self, storage, **kwargs)
+
+    def finalize(self, storage: str | None = None, **kwargs: Any) -> dict[str, dict[str, Any]]:
+        """Gather a shared run's trials and verify the combination exactly as :meth:`tune` does.
+
+        Evaluates no new configuration; afterwards :attr:`results`, :meth:`apply_best_params`
+        and the other accessors work as after :meth:`tune`. See
+        :func:`panther.tuner.worker.finalize` (``wait``, ``timeout``).
+        """
+        from panther.tuner.worker import finalize
+
+        return finalize(self, storage, **kwargs)
 
     def get_best_params(self) -> dict[str, dict[str, Any]]:
         """Same as :meth:`tune`'s return value: per layer, the search winner's params and score."""
