@@ -8,6 +8,7 @@ to stand for a real evaluation.
 Run as a worker process::
 
     python tests/distributed_app.py worker STORAGE [--n-trials N] [--sleep S] [--die-at K]
+                                           [--sampler NAME] [--study NAME]
 
 prints the worker's report as one JSON line; ``--die-at K`` SIGKILLs the process during
 its K-th evaluation (a crash with a trial RUNNING).
@@ -93,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--die-at", type=int, default=None)
     parser.add_argument("--study", default="dist")
     parser.add_argument("--heartbeat", type=int, default=1)
+    parser.add_argument("--sampler", default="tpe")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     tuner = build(args.storage, study=args.study, n_trials=args.n_trials, sleep=args.sleep,
-                  die_at=args.die_at)
+                  die_at=args.die_at, sampler=args.sampler)
     report = tuner.run_worker(heartbeat_interval=args.heartbeat, poll_interval=0.02)
     print(json.dumps(dataclasses.asdict(report)), flush=True)
     return 0

@@ -582,7 +582,7 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
     the run's leases. On RDB storages with a heartbeat, Optuna's
     :func:`~optuna.storages.fail_stale_trials` runs first (its retry is Optuna's
     callback), and trials of processes on other hosts are left to it: it judges them by the
-    database's clock, not by clocks of different machines. Trials younger than
+    database's clock, not by clocks of different machines. Untagged trials younger than
     ``min_age`` seconds are skipped (their worker may not have tagged them yet), and
     trials of live processes are never touched. Leases of dead processes are closed too.
     ``mine``: this process's lease id, whose RUNNING trials are left over from an
@@ -611,9 +611,11 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
         age = (now - trial.datetime_start.timestamp()) if trial.datetime_start else float("inf")
-        if age < min_age:
-            continue
         owner = trial.system_attrs.get(OWNER_ATTR)
+        # A trial just asked may not carry its worker's tag yet (or still carry the dead
+        # worker's tag copied by Optuna's retry callback): give its worker a moment.
+        if age < min_age and (owner is None or "failed_trial" in trial.system_attrs):
+            continue
         lease = leases.get(owner)
         if owner is not None and owner == mine:
             pass  # left RUNNING by an interrupted search of this process

@@ -201,7 +201,7 @@ def _shared_threshold(tuner: Any, run_study: Any) -> None:
 class _GroupWork:
     """A worker's view of one group's shared study."""
 
-    def __init__(self, tuner: Any, group: Any, search: Any) -> None:
+    def __init__(self, tuner: Any, group: Any, search: Any, report: WorkerReport) -> None:
         from panther.tuner.search.base import finite_space_size
         from panther.tuner.tuner import _PROPOSALS_PER_EVALUATION, _GroupState
 
@@ -209,6 +209,7 @@ class _GroupWork:
         self.group = group
         self.search = search
         search.initialize(dict(group.space))
+        report.retried += len(search.reaped)  # dead workers' trials found on joining
         self.state = _GroupState(group=group, search=search)
         tuner._restore_previous(self.state)
         self.known = {entry["number"] for entry in search.resumed_trials}
@@ -312,7 +313,7 @@ class _Worker:
     def _work(self, group: Any) -> _GroupWork:
         if group.key not in self.works:
             child = self.search.spawn(group.key)
-            self.works[group.key] = _GroupWork(self.tuner, group, child)
+            self.works[group.key] = _GroupWork(self.tuner, group, child, self.report)
         return self.works[group.key]
 
     def run(self) -> None:

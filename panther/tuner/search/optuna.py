@@ -236,6 +236,8 @@ class OptunaSearch(SearchAlgorithm):
         self._n_proposed = 0
         self._seen: set[Any] = set()
         self._space_size: int | None = None
+        #: Numbers of trials of dead processes failed (and enqueued again) on resume.
+        self.reaped: list[int] = []
         #: Trials found COMPLETE in storage when the study was resumed: dicts with
         #: ``number``, ``params``, ``score``, ``constraint``, ``values``, ``attrs`` and
         #: ``evaluated`` (False for trials told with ``evaluated=False``).
@@ -383,8 +385,8 @@ class OptunaSearch(SearchAlgorithm):
 
             # Trials left RUNNING by dead processes are failed and enqueued again (they never
             # produced a score); live processes' trials are theirs.
-            reap_stale_trials(study, self.run_name, retry=True,
-                              mine=None if lease is None else lease.id)
+            self.reaped = reap_stale_trials(study, self.run_name, retry=True,
+                                            mine=None if lease is None else lease.id)
         else:
             for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
                 self._tell(trial.number, state=state.FAIL)  # in memory: nobody else runs them
