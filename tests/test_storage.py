@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner, TuningConfigs
+from panther.tuner import LayerConfig, OptunaSearch, SKAutoTuner
 from panther.tuner.fingerprint import (
     FINGERPRINT_ATTR,
     FingerprintMismatch,

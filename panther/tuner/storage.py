@@ -491,6 +491,7 @@ class Lease:
         self.number: int | None = None
         self._trial_id: int | None = None
         self._current: tuple[str, int, int] | None = None  # study name, trial number, trial id
+        self._written: list[Any] | None = None  # the current trial last written to the lease
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -514,15 +515,22 @@ class Lease:
 
     def set_current(self, study_name: str | None, number: int | None = None,
                     trial_id: int | None = None) -> None:
-        """Say which group trial this process evaluates now (``None``: none)."""
+        """Say which group trial this process evaluates now (``None``: none).
+
+        The trial's Optuna heartbeat (RDB storages) is recorded at once, so a worker that
+        dies right away is still found stale; the lease shows the trial from its next beat
+        (it is for display: dead workers' trials are found by their owner tag).
+        """
         with self._lock:
             self._current = None if study_name is None else (study_name, int(number), int(trial_id))
-        self._write_current()
         self._record_trial_heartbeat()
 
     def _write_current(self) -> None:
         with self._lock:
             current = None if self._current is None else list(self._current[:2])
+            if current == self._written:
+                return
+            self._written = current
         if self._trial_id is not None:
             self.storage.set_trial_system_attr(self._trial_id, _CURRENT_ATTR, current)
 
@@ -540,6 +548,7 @@ class Lease:
         if self._trial_id is None:
             return
         self.storage.set_trial_system_attr(self._trial_id, _BEAT_ATTR, time.time())
+        self._write_current()
         self._record_trial_heartbeat()
 
     def _beat_loop(self) -> None:

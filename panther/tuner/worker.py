@@ -217,7 +217,7 @@ class _GroupWork:
         self.cap = None if self.budget is None else _PROPOSALS_PER_EVALUATION * self.budget
         self.size = finite_space_size(group.space)
         self.finished = False
-        self.mine = 0
+        self.last_trials: list[Any] = []
         self._last_reap = 0.0
 
     @property
@@ -234,6 +234,7 @@ class _GroupWork:
         from panther.tuner.search.optuna import EXTRA_ATTR, SCORE_ATTR, _was_evaluated
 
         trials = self.study.get_trials(deepcopy=False)
+        self.last_trials = trials
         new = []
         for t in trials:
             if t.state != optuna.trial.TrialState.COMPLETE or t.number in self.known:
@@ -320,6 +321,7 @@ class _Worker:
         groups = list(self.tuner.groups)
         start = self.report.ordinal % len(groups)
         order = groups[start:] + groups[:start]
+        idle = 0
         while True:
             busy = False  # some group still has work, but its budget is claimed for now
             progressed = False
@@ -341,7 +343,15 @@ class _Worker:
             if all(w.finished for w in self.works.values()) and len(self.works) == len(groups):
                 return
             if busy and not progressed:
-                time.sleep(self.poll_s)
+                idle += 1
+                self._sleep(idle)
+            else:
+                idle = 0
+
+    def _sleep(self, rounds: int) -> None:
+        """Wait between looks at the storage: ``poll_s``, doubling while nothing changes (up to
+        8x), so waiting workers do not load a shared database."""
+        time.sleep(self.poll_s * min(8, 2 ** max(0, rounds - 1)))
 
     def _group_step(self, work: _GroupWork) -> str:
         """Propose and handle one trial of ``work``'s group.
@@ -368,13 +378,15 @@ class _Worker:
         self.lease.set_current(work.study.study_name, trial.number, trial._trial_id)
         try:
             key = params_key(params)
-            if not self._await_duplicate(work, trial, key):
+            # One fresh read after asking: trials created before this one are all in it.
+            running = self._others_running(work, trial, work.sync())
+            if not self._await_duplicate(work, trial, key, running):
                 self._give_up(work, params, "the same configuration is being evaluated elsewhere")
                 return "full"
             free = key in work.state.seen or self.tuner._cost_skip(work.group, params) is not None
             if not free:
                 trial.set_user_attr(CLAIM_ATTR, True)
-                if not self._await_claim(work, trial):
+                if not self._await_claim(work, trial, running):
                     self._give_up(work, params, _SURPLUS)
                     self.report.surplus += 1
                     return "full"
@@ -397,13 +409,15 @@ class _Worker:
         if trial is not None:
             work.known.add(trial.number)
 
-    def _others_running(self, work: _GroupWork, trial: Any) -> list[Any]:
+    @staticmethod
+    def _others_running(work: _GroupWork, trial: Any, trials: list[Any]) -> list[Any]:
         import optuna
 
-        return [t for t in work.sync() if t.state == optuna.trial.TrialState.RUNNING
+        return [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
                 and t.number != trial.number]
 
-    def _await_duplicate(self, work: _GroupWork, trial: Any, key: Any) -> bool:
+    def _await_duplicate(self, work: _GroupWork, trial: Any, key: Any,
+                         running: list[Any]) -> bool:
         """Wait while another worker evaluates the same configuration (then it is cached).
 
         Returns False when that takes so long that the trial is better given up (the
@@ -412,6 +426,7 @@ class _Worker:
         from panther.tuner.search.base import params_key
 
         deadline = time.monotonic() + max(30.0, 4 * self.lease.grace)
+        rounds = 0
         while time.monotonic() < deadline:
             if key in work.state.seen:
                 return True
@@ -419,13 +434,15 @@ class _Worker:
             # still deciding (of two workers proposing it at once, the later one waits).
             if not any(params_key(t.params) == key
                        and (CLAIM_ATTR in t.user_attrs or t.number < trial.number)
-                       for t in self._others_running(work, trial)):
+                       for t in running):
                 return True
+            rounds += 1
+            self._sleep(rounds)
             work.reap(self.lease.run_name, self.reap_s, self.report)
-            time.sleep(self.poll_s)
+            running = self._others_running(work, trial, work.sync())
         return False
 
-    def _await_claim(self, work: _GroupWork, trial: Any) -> bool:
+    def _await_claim(self, work: _GroupWork, trial: Any, running: list[Any]) -> bool:
         """Whether this claimed trial is within the group's global evaluation budget.
 
         Rank = evaluations completed + lower-numbered trials still running. Within the
@@ -434,19 +451,24 @@ class _Worker:
         """
         if work.budget is None:
             return True
+        trials = None
+        rounds = 0
         while True:
-            trials = work.sync()
-            done = work.counts(trials)["evaluated"]
+            if trials is not None:  # the first round reuses the read made right after asking
+                running = self._others_running(work, trial, trials)
+            done = work.counts(trials if trials is not None else work.last_trials)["evaluated"]
             if done >= work.budget:
                 return False
-            lower = [t for t in self._others_running(work, trial) if t.number < trial.number]
+            lower = [t for t in running if t.number < trial.number]
             claimed = sum(CLAIM_ATTR in t.user_attrs for t in lower)
             if done + len(lower) < work.budget:
                 return True
             if done + claimed >= work.budget:
                 return False
+            rounds += 1
+            self._sleep(rounds)
             work.reap(self.lease.run_name, self.reap_s, self.report)
-            time.sleep(self.poll_s)
+            trials = work.sync()
 
 
 # ---------------------------------------------------------------------- public entry points
@@ -519,7 +541,7 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
         _shared_threshold(tuner, run_study)
         with quiet_optuna():
             _Worker(tuner, search, lease, report, poll_s=poll_interval,
-                    reap_s=float(interval)).run()
+                    reap_s=2.0 * interval).run()
     finally:
         tuner.search_algorithm, tuner._rng = saved
         tuner._restore_modes()
