@@ -108,9 +108,15 @@ def build_layer(layer_type: Any, original: nn.Module, params: dict[str, Any],
     else:
         # Everything random in the build (fresh weights with copy_weights=False, a third-party
         # type's own draws) then follows the recorded seed, so every rebuild is the same layer.
-        devices = [device] if device is not None and device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        cuda = device is not None and device.type == "cuda"
+        with torch.random.fork_rng(devices=[device] if cuda else []):
+            # Seed exactly the generators fork_rng restores: torch.manual_seed would also
+            # reseed (and leave changed) every other device's generator, and costs ~2 ms
+            # per call in lazy-initialisation bookkeeping when CUDA is not initialised.
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
             module = layer_type.build(original, params, copy_weights=copy_weights)
     if device is not None:
         module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
@@ -255,7 +261,20 @@ class TuningResults:
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
-        target = model if inplace else copy.deepcopy(model)
+        if inplace:
+            target = model
+        else:
+            # The layers about to be replaced are not copied: the copy shares them until
+            # their sketched replacements (built from them, read-only) are swapped in, so
+            # applying costs a copy of the rest of the model only.
+            memo: dict[int, Any] = {}
+            for name in self.selection:
+                try:
+                    original = get_submodule(model, name)
+                except ValueError:
+                    continue  # reported below, on the copy
+                memo[id(original)] = original
+            target = copy.deepcopy(model, memo)
         # Build everything before swapping anything in, so a bad manifest (or a failing
         # build) leaves an in-place model untouched.
         built = {}

@@ -35,6 +35,7 @@ How workers share a run
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import random
@@ -146,13 +147,10 @@ def _clone_search(source: Any, spec: Any, storage_obj: Any, ordinal: int) -> Any
         if ordinal:
             sampler.reseed_rng()
     seed = None if source.seed is None else source.seed + ordinal
-    clone = OptunaSearch(n_trials=source.n_trials, sampler=sampler, direction=source.direction,
-                         study_name=source.study_name, storage=None, load_if_exists=True,
-                         seed=seed, directions=source.directions)
-    clone.storage = spec.url
-    clone._storage_spec = spec
-    clone._storage_obj = storage_obj
-    return clone
+    # The storage object (heartbeat on, for RDB) goes to the clone and the groups it spawns.
+    return OptunaSearch(n_trials=source.n_trials, sampler=sampler, direction=source.direction,
+                        study_name=source.study_name, storage=storage_obj, load_if_exists=True,
+                        seed=seed, directions=source.directions)
 
 
 def _run_study(storage_obj: Any, run_name: str) -> Any:
@@ -172,7 +170,7 @@ def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display:
         check_fingerprint(run_study.user_attrs.get(FINGERPRINT_ATTR), fingerprint, where)
 
 
-def _shared_threshold(tuner: Any, run_study: Any) -> None:
+def _shared_threshold(run: Any, run_study: Any) -> None:
     """Agree on the accuracy threshold when it is relative to the original model.
 
     Every worker measures the original model; each publishes its measurement as a
@@ -182,39 +180,42 @@ def _shared_threshold(tuner: Any, run_study: Any) -> None:
     """
     import optuna
 
-    if tuner.accuracy_tolerance is None:
+    constraint = run.settings.constraint
+    if constraint is None or not constraint.needs_baseline:
         return
-    acc, thr = tuner._baseline["accuracy"], tuner._threshold
+    acc, thr = run.baseline["accuracy"], run.threshold
     run_study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.COMPLETE, value=float(acc),
         user_attrs={_BASELINE_ATTR: {"accuracy": acc, "threshold": thr}}))
     published = [t for t in run_study.get_trials(deepcopy=False)
                  if _BASELINE_ATTR in t.user_attrs]
     first = min(published, key=lambda t: t.number).user_attrs[_BASELINE_ATTR]
-    tuner._baseline["accuracy"] = first["accuracy"]
-    tuner._threshold = first["threshold"]
-    tuner._results.info["baseline_accuracy"] = first["accuracy"]
-    tuner._results.info["effective_threshold"] = first["threshold"]
+    run.baseline["accuracy"] = first["accuracy"]
+    run.threshold = first["threshold"]
+    run.results.info["baseline_accuracy"] = first["accuracy"]
+    run.results.info["effective_threshold"] = first["threshold"]
 
 
 # ---------------------------------------------------------------------- one group
 class _GroupWork:
     """A worker's view of one group's shared study."""
 
-    def __init__(self, tuner: Any, group: Any, search: Any, report: WorkerReport) -> None:
+    def __init__(self, run: Any, group: Any, search: Any, report: WorkerReport) -> None:
+        from panther.tuner import search_loop
         from panther.tuner.search.base import finite_space_size
-        from panther.tuner.tuner import _PROPOSALS_PER_EVALUATION, _GroupState
 
-        self.tuner = tuner
+        self.run = run
         self.group = group
         self.search = search
         search.initialize(dict(group.space))
         report.retried += len(search.reaped)  # dead workers' trials found on joining
-        self.state = _GroupState(group=group, search=search)
-        tuner._restore_previous(self.state)
+        self.budget = search_loop.evaluation_budget(search, run.settings.max_trials)
+        self.state = search_loop.GroupSearch(
+            group=group, search=search, budget=self.budget,
+            accepts=search_loop._accepted_keywords(search.update))
+        search_loop._restore_previous(run, self.state)
         self.known = {entry["number"] for entry in search.resumed_trials}
-        self.budget = tuner._evaluation_budget(search)
-        self.cap = None if self.budget is None else _PROPOSALS_PER_EVALUATION * self.budget
+        self.cap = None if self.budget is None else search_loop.PROPOSALS_PER_EVALUATION * self.budget
         self.size = finite_space_size(group.space)
         self.finished = False
         self.last_trials: list[Any] = []
@@ -231,6 +232,7 @@ class _GroupWork:
         """
         import optuna
 
+        from panther.tuner import search_loop
         from panther.tuner.search.optuna import EXTRA_ATTR, SCORE_ATTR, _was_evaluated
 
         trials = self.study.get_trials(deepcopy=False)
@@ -252,7 +254,7 @@ class _GroupWork:
             saved = self.search.resumed_trials
             self.search.resumed_trials = new
             try:
-                self.tuner._restore_previous(self.state)
+                search_loop._restore_previous(self.run, self.state)
             finally:
                 self.search.resumed_trials = saved
         return trials
@@ -295,15 +297,16 @@ class _GroupWork:
             return True
         if self.cap is not None and c["proposals"] >= self.cap:
             return True
-        return bool(self.tuner.dedupe and self.size is not None and c["handled"] >= self.size)
+        return bool(self.run.settings.dedupe and self.size is not None
+                    and c["handled"] >= self.size)
 
 
 class _Worker:
     """The loop of :func:`run_worker` over every group of the run."""
 
-    def __init__(self, tuner: Any, search: Any, lease: Any, report: WorkerReport,
+    def __init__(self, run: Any, search: Any, lease: Any, report: WorkerReport,
                  poll_s: float, reap_s: float) -> None:
-        self.tuner = tuner
+        self.run = run
         self.search = search
         self.lease = lease
         self.report = report
@@ -314,11 +317,11 @@ class _Worker:
     def _work(self, group: Any) -> _GroupWork:
         if group.key not in self.works:
             child = self.search.spawn(group.key)
-            self.works[group.key] = _GroupWork(self.tuner, group, child, self.report)
+            self.works[group.key] = _GroupWork(self.run, group, child, self.report)
         return self.works[group.key]
 
     def run(self) -> None:
-        groups = list(self.tuner.groups)
+        groups = list(self.run.groups)
         start = self.report.ordinal % len(groups)
         order = groups[start:] + groups[:start]
         idle = 0
@@ -326,8 +329,8 @@ class _Worker:
             busy = False  # some group still has work, but its budget is claimed for now
             progressed = False
             for group in order:
-                if not self.tuner._time_left():
-                    self.tuner._stop_reason = "time_budget_s"
+                if not self.run.time_left():
+                    self.run.stop_reason = "time_budget_s"
                     return
                 work = self._work(group)
                 if work.finished:
@@ -359,7 +362,9 @@ class _Worker:
         Returns ``"finished"`` (nothing left for anyone), ``"full"`` (the budget is claimed
         by trials still running elsewhere) or ``"ran"``.
         """
+        from panther.tuner import search_loop
         from panther.tuner.search.base import params_key
+        from panther.tuner.trials import cost_skip
 
         work.reap(self.lease.run_name, self.reap_s, self.report)
         trials = work.sync()
@@ -374,7 +379,7 @@ class _Worker:
         params = work.search.get_next_params()
         if params is None:
             return "finished"
-        trial = work.search._pending[-1][0]
+        trial = work.search._pending[-1][0]  # the Optuna trial just asked
         self.lease.set_current(work.study.study_name, trial.number, trial._trial_id)
         try:
             key = params_key(params)
@@ -383,7 +388,7 @@ class _Worker:
             if not self._await_duplicate(work, trial, key, running):
                 self._give_up(work, params, "the same configuration is being evaluated elsewhere")
                 return "full"
-            free = key in work.state.seen or self.tuner._cost_skip(work.group, params) is not None
+            free = key in work.state.seen or cost_skip(self.run, work.group, params) is not None
             if not free:
                 trial.set_user_attr(CLAIM_ATTR, True)
                 if not self._await_claim(work, trial, running):
@@ -391,7 +396,7 @@ class _Worker:
                     self.report.surplus += 1
                     return "full"
             before = work.state.evaluated
-            self.tuner._run_trial(work.state, dict(params))
+            search_loop._answer(self.run, work.state, dict(params))
             work.known.add(trial.number)
             if work.state.evaluated > before:
                 self.report.evaluated += 1
@@ -405,7 +410,8 @@ class _Worker:
     def _give_up(self, work: _GroupWork, params: dict[str, Any], why: str) -> None:
         """End this worker's trial unevaluated: FAIL, not counted toward the budget."""
         trial = work.search._pop_pending(params)
-        work.search._record_failure(trial, params, why, evaluated=False)
+        work.search._mark_failed(trial, why, evaluated=False)
+        work.search._count_result(evaluated=False)
         if trial is not None:
             work.known.add(trial.number)
 
@@ -498,7 +504,7 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
         StorageError: the storage URL is unusable.
     """
     from panther.tuner.fingerprint import tuner_fingerprint
-    from panther.tuner.results import TuningResults
+    from panther.tuner.run import Run
     from panther.tuner.storage import (
         Lease,
         check_no_conflict,
@@ -520,7 +526,7 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
         storage_obj = open_storage(spec, heartbeat_interval=interval, grace_period=grace)
     run_name = run_study_name(source.study_name)
     lease = Lease(storage_obj, run_name, role="worker", interval=interval, grace=grace).acquire()
-    saved = (tuner.search_algorithm, tuner._rng)
+    run = None
     try:
         check_no_conflict(lease, repr(spec.display))
         run_study = _run_study(storage_obj, run_name)
@@ -531,42 +537,24 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
         search = _clone_search(source, spec, storage_obj, ordinal)
         search.use_lease(lease)
         search.fingerprint = fingerprint
-        tuner.search_algorithm = search
-        if ordinal:
-            # Different sketch seeds from the first worker's (which match a single process).
-            tuner._rng = random.Random(f"{tuner._seed}:{ordinal}")
-        _begin(tuner)
-        if tuner.accuracy_tolerance is not None or tuner.speed_precheck:
-            tuner._measure_baseline()
-        _shared_threshold(tuner, run_study)
+        # The first worker draws the sketch seeds a single process would; others their own.
+        rng = tuner._rng if not ordinal else random.Random(f"{tuner.settings.seed}:{ordinal}")
+        # A worker neither verifies nor shows progress: finalize() does the combination.
+        settings = dataclasses.replace(tuner.settings, verify=False, progress=False)
+        run = Run(tuner.model, settings, tuner.groups, rng)
+        run.results.info["worker"] = lease.id
+        run.measure_baseline()  # only when the threshold is relative or for the pre-check
+        _shared_threshold(run, run_study)
         with quiet_optuna():
-            _Worker(tuner, search, lease, report, poll_s=poll_interval,
+            _Worker(run, search, lease, report, poll_s=poll_interval,
                     reap_s=2.0 * interval).run()
     finally:
-        tuner.search_algorithm, tuner._rng = saved
-        tuner._restore_modes()
+        if run is not None:
+            run.restore_modes()
+            run.sync_trials()
         lease.release()
-    if not isinstance(tuner._results, TuningResults):  # pragma: no cover - defensive
-        tuner._results = TuningResults()
     report.wall_time_s = time.perf_counter() - started
     return report
-
-
-def _begin(tuner: Any) -> None:
-    """The per-run state ``tune()`` sets up, for a worker (no progress bar, no baseline yet)."""
-    from panther.tuner.results import TuningResults
-
-    tuner._results = TuningResults()
-    tuner._results.info.update({"model_class": type(tuner.model).__name__, "worker": True})
-    tuner._modes = {name: m.training for name, m in tuner.model.named_modules()}
-    tuner._baseline = {"accuracy": None, "speed": None}
-    tuner._threshold = tuner.accuracy_threshold
-    tuner._captured_inputs = {}
-    tuner._current = None
-    tuner._base_samples = []
-    tuner._start = time.perf_counter()
-    tuner._stop_reason = None
-    tuner._bar = None
 
 
 def finalize(tuner: Any, storage: str | None = None, *, wait: bool = False,
