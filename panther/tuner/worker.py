@@ -320,7 +320,8 @@ class _Worker:
             self.works[group.key] = _GroupWork(self.run, group, child, self.report)
         return self.works[group.key]
 
-    def run(self) -> None:
+    def loop(self) -> None:
+        """Work until every group is finished (or the run's time budget is spent)."""
         groups = list(self.run.groups)
         start = self.report.ordinal % len(groups)
         order = groups[start:] + groups[:start]
@@ -547,7 +548,7 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
         _shared_threshold(run, run_study)
         with quiet_optuna():
             _Worker(run, search, lease, report, poll_s=poll_interval,
-                    reap_s=2.0 * interval).run()
+                    reap_s=2.0 * interval).loop()
     finally:
         if run is not None:
             run.restore_modes()
