@@ -77,7 +77,13 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
 
 
 def _callable_id(fn: Any) -> str | None:
-    """A process-independent name of an evaluation function (no memory addresses)."""
+    """What can be compared of an evaluation function across processes.
+
+    A built-in evaluator (``panther.tuner.evaluators``) is recorded by its name and
+    options. A plain function only as ``"function"``: its name says little (lambdas,
+    notebooks, a script run as ``__main__`` in one process and imported in another), and
+    refusing a resume for a renamed function would be wrong more often than right.
+    """
     if fn is None:
         return None
     if isinstance(fn, functools.partial):
@@ -85,11 +91,7 @@ def _callable_id(fn: Any) -> str | None:
     text = repr(fn)
     if type(fn).__repr__ is not object.__repr__ and " at 0x" not in text:
         return text  # e.g. an Evaluator: its name and options
-    qualname = getattr(fn, "__qualname__", None)
-    if qualname is not None:
-        # Not the module: the same file is "__main__" in one process and imported in another.
-        return qualname
-    return f"{type(fn).__qualname__} instance"
+    return "function"
 
 
 def tuner_fingerprint(tuner: Any) -> dict[str, Any]:
