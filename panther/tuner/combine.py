@@ -172,10 +172,10 @@ class Combiner:
                 seeds: dict[str, int | None]) -> dict[str, LayerChoice]:
         """The :class:`LayerChoice` of every layer of ``group`` for ``params``/``seeds``."""
         return {
-            name: LayerChoice(
-                layer_name=name, layer_type=group.layer_types[name].name,
-                module_class=type(self.run.modules[name]).__name__,
-                params={k: v for k, v in params.items() if k != "seed"},
+            # for_module records the layer's class and shapes: the manifest applies to no other.
+            name: LayerChoice.for_module(
+                name, group.layer_types[name].name, self.run.modules[name],
+                {k: v for k, v in params.items() if k != "seed"},
                 seed=seeds.get(name), copy_weights=group.copy_weights)
             for name in group.layers
         }

@@ -19,6 +19,7 @@ each sketched layer is rebuilt from its recorded layer type, params and seed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -29,6 +30,14 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from panther.tuner.manifest import (
+    check_depth,
+    check_shapes,
+    check_within_bounds,
+    module_shapes,
+    strict_bool,
+)
 
 __all__ = [
     "TRIAL_STATUSES",
@@ -145,6 +154,8 @@ class LayerChoice:
         params: the layer type's parameters (without ``seed``).
         seed: the seed of the layer's random sketches, or ``None``.
         copy_weights: whether the sketch was initialised from the original weights.
+        shapes: the original module's parameter and buffer shapes (checked when applying;
+            ``None`` in manifests written before they were recorded).
     """
 
     layer_name: str
@@ -153,6 +164,15 @@ class LayerChoice:
     params: dict[str, Any]
     seed: int | None = None
     copy_weights: bool = True
+    shapes: dict[str, list[int]] | None = None
+
+    @classmethod
+    def for_module(cls, layer_name: str, layer_type: str, module: nn.Module, params: dict[str, Any],
+                   seed: int | None = None, copy_weights: bool = True) -> LayerChoice:
+        """The choice for ``module``, recording its class and shapes so it applies to no other."""
+        return cls(layer_name=layer_name, layer_type=layer_type, module_class=type(module).__name__,
+                   params=dict(params), seed=seed, copy_weights=copy_weights,
+                   shapes=module_shapes(module))
 
     def build_params(self) -> dict[str, Any]:
         """The params passed to ``LayerType.build`` (with the seed when known)."""
@@ -163,7 +183,7 @@ class LayerChoice:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
+        out = {
             "layer_name": self.layer_name,
             "layer_type": self.layer_type,
             "module_class": self.module_class,
@@ -171,6 +191,9 @@ class LayerChoice:
             "seed": self.seed,
             "copy_weights": self.copy_weights,
         }
+        if self.shapes is not None:
+            out["shapes"] = {k: list(v) for k, v in self.shapes.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerChoice:
@@ -183,13 +206,18 @@ class LayerChoice:
         seed = data.get("seed")
         _require(seed is None or (isinstance(seed, int) and not isinstance(seed, bool)),
                  "layer choice 'seed' must be an integer or null")
+        shapes = data.get("shapes")
+        _require(shapes is None or (isinstance(shapes, Mapping) and all(
+            isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            for v in shapes.values())), "layer choice 'shapes' must map names to lists of sizes")
         return cls(
             layer_name=data["layer_name"],
             layer_type=data["layer_type"],
             module_class=data["module_class"],
             params={str(k): _check_scalar(v) for k, v in params.items()},
             seed=seed,
-            copy_weights=bool(data.get("copy_weights", True)),
+            copy_weights=strict_bool(data.get("copy_weights", True), "layer choice 'copy_weights'"),
+            shapes=None if shapes is None else {str(k): list(v) for k, v in shapes.items()},
         )
 
 
@@ -285,7 +313,9 @@ class TuningResults:
                     f"layer {name!r} is a {type(original).__name__} in this model but the results "
                     f"were tuned on a {choice.module_class}; apply them to the same architecture"
                 )
+            check_shapes(name, choice.shapes, original)
             layer_type = plugins.get_layer_type(choice.layer_type)
+            check_within_bounds(layer_type, original, choice.build_params(), name)
             built[name] = build_layer(layer_type, original, choice.build_params(), choice.copy_weights)
         for name, module in built.items():
             set_submodule(target, name, module)
@@ -312,8 +342,9 @@ class TuningResults:
         _require(data.get("format") == FORMAT_NAME,
                  f"not a panther tuning-results manifest (format is {data.get('format')!r})")
         version = data.get("version")
-        _require(isinstance(version, int) and version <= FORMAT_VERSION,
-                 f"unsupported manifest version {version!r} (this panther reads <= {FORMAT_VERSION})")
+        _require(isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= FORMAT_VERSION,
+                 f"unsupported manifest version {version!r} (this panther reads 1 to {FORMAT_VERSION})")
+        check_depth(data)
         data = _decode(data)
         trials = data.get("trials", [])
         groups = data.get("groups", {})
@@ -327,6 +358,10 @@ class TuningResults:
                      f"group {key!r} must be an object with a 'layers' list")
         _require(isinstance(selection, dict), "'selection' must be an object")
         _require(isinstance(info, dict), "'info' must be an object")
+        for key, choice in selection.items():
+            _require(isinstance(choice, Mapping) and choice.get("layer_name") == key,
+                     f"selection key {key!r} disagrees with its layer_name "
+                     f"{choice.get('layer_name') if isinstance(choice, Mapping) else choice!r}")
         for row in trials:
             _require(isinstance(row.get("layer_name"), str), "each trial needs a 'layer_name'")
             _require(isinstance(row.get("params", {}), dict), "trial 'params' must be an object")
@@ -341,10 +376,20 @@ class TuningResults:
         """Write the JSON manifest to ``path`` (any suffix; the content is always JSON)."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default)
         tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        # Atomic replace: a crash while saving never leaves a truncated manifest behind.
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                # On disk before the rename, so a power loss cannot leave an empty manifest.
+                os.fsync(fh.fileno())
+            # Atomic replace: a crash while saving never leaves a truncated manifest behind.
+            os.replace(tmp, path)
+        except BaseException:
+            # A full disk or an interrupt: the previous manifest stays, and no half-written
+            # temporary file is left next to it.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TuningResults:
@@ -358,6 +403,11 @@ class TuningResults:
             )
         try:
             data = json.loads(raw.decode("utf-8"))
+        except RecursionError as exc:  # nesting deeper than the parser's stack
+            raise ValueError(
+                f"invalid tuning-results manifest {os.fspath(path)!r}: nested too deeply to be one "
+                "panther wrote"
+            ) from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(
                 f"{os.fspath(path)!r} is not a panther tuning-results manifest (JSON): {exc}"

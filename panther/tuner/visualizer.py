@@ -36,6 +36,7 @@ __all__ = [
     "ModelVisualizer",
     "describe_module",
     "plot_tuning_results",
+    "save_trial_plot",
     "plot_pareto_front",
     "pareto_front_mask",
 ]
@@ -538,6 +539,7 @@ def plot_tuning_results(
     param_columns: Sequence[str] | None = None,
     accuracy_threshold: float | None = None,
     title: str | None = None,
+    score_label: str | None = None,
 ) -> Figure:
     """Plot a tuning run: one row of plots per layer group.
 
@@ -566,6 +568,7 @@ def plot_tuning_results(
             a known result column (see :data:`META_COLUMNS`).
         accuracy_threshold: draw this level on the accuracy plots.
         title: the figure title.
+        score_label: the score axis label (default ``"score"``), e.g. what the score measures.
 
     Returns:
         The matplotlib figure.
@@ -595,10 +598,10 @@ def plot_tuning_results(
     metrics = ["score"] + [
         m for m in ("accuracy", "speed") if m in df and pd.to_numeric(drawn[m], errors="coerce").notna().any()
     ]
-    score_label = "score"
     if "speed" in metrics and _speed_is_score(drawn):
         metrics.remove("speed")
-        score_label = "score (= speed)"
+        score_label = score_label or "score (= speed)"
+    score_label = score_label or "score"
     groups = [(name, g) for name, g in df.groupby("layer_name", sort=False)]
     group_params = [[p for p in param_columns if g[p].notna().any()] for _, g in groups]
     ncols = len(metrics) + max((len(p) for p in group_params), default=0)
@@ -638,6 +641,34 @@ def plot_tuning_results(
     fig.suptitle(title or "Tuning results", y=1.04)
     fig.tight_layout()
     return _finish(fig, save_path, show_plot)
+
+
+def save_trial_plot(
+    df: pd.DataFrame,
+    path: str | Path,
+    title: str = "",
+    threshold: float | None = None,
+    score_label: str = "score",
+) -> Path:
+    """Write :func:`plot_tuning_results` of ``df`` to the PNG ``path`` and return the path.
+
+    What ``panther-tune`` draws for a run (``plots/trials.png``, ``panther-tune plot``).
+    Unlike :func:`plot_tuning_results` it accepts a run without trials (an interrupted
+    or empty run), drawing a figure that says so, since a report must not fail on it.
+    """
+    path = Path(path)
+    if isinstance(df, pd.DataFrame) and df.empty:
+        fig = _new_figure((6.0, 2.0), show_plot=False)
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no trials", ha="center", va="center")
+        if title:
+            fig.suptitle(title)
+        _finish(fig, path, show_plot=False)
+        return path
+    plot_tuning_results(df, save_path=path, accuracy_threshold=threshold, title=title or None,
+                        score_label=score_label)
+    return path
 
 
 def plot_pareto_front(

@@ -107,3 +107,12 @@ class LayerType(ABC):
     def sketch_seed(self, sketched: nn.Module) -> int | None:
         """The seed of ``sketched``'s random sketches, recorded in saved results."""
         return getattr(sketched, "seed", None)
+
+    def sketched_params(self, sketched: nn.Module) -> dict[str, Any]:
+        """The configuration a sketched layer was built with, read back from it.
+
+        The default reads each of :attr:`param_names` as an attribute of
+        ``sketched`` (so a sketched class should expose its tunables, as
+        ``SKLinear.num_terms`` does); override it when they live elsewhere.
+        """
+        return {p: getattr(sketched, p) for p in self.param_names if hasattr(sketched, p)}
