@@ -609,7 +609,7 @@ def finalize(tuner: Any, storage: str | None = None, *, wait: bool = False,
                 "(finalize(wait=True) / panther-tune finalize --wait)")
         time.sleep(poll_interval)
     lease = Lease(storage_obj, run_name, role="finalize").acquire()
-    saved = (tuner.search_algorithm, tuner.max_trials)
+    saved = (tuner.search_algorithm, tuner.max_trials, tuner.progress)
     try:
         run_study = _run_study_or_none(storage_obj, run_name)
         if run_study is not None:
@@ -620,10 +620,11 @@ def finalize(tuner: Any, storage: str | None = None, *, wait: bool = False,
         tuner.search_algorithm = search
         # Budget 0: every group reads its stored trials and evaluates nothing new.
         tuner.max_trials = 0
+        tuner.progress = False  # nothing is evaluated: a bar would only show 0
         budget = min(n for n in (saved[1], source.n_trials) if n is not None)
         best = tuner.tune()
     finally:
-        tuner.search_algorithm, tuner.max_trials = saved
+        tuner.search_algorithm, tuner.max_trials, tuner.progress = saved
         lease.release()
     info = tuner._results.info
     info["finalized"] = True

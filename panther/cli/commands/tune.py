@@ -14,7 +14,7 @@ from panther.cli.options import add_run_options, apply_threads
 from panther.cli.outputs import finish_run, prepare_output, tune_keeping_results
 from panther.cli.report import layer_choices, param_count
 
-__all__ = ["COMMAND"]
+__all__ = ["COMMAND", "build_tuner", "report_run"]
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,24 +35,14 @@ def _constraint_kwargs(constraint: Any) -> dict[str, Any]:
     return {k: v for k, v in constraint.legacy_info().items() if v is not None}
 
 
-def run(args: argparse.Namespace) -> int:
-    """Load and check the config, tune, print the report and write the outputs."""
-    import torch
-
+def build_tuner(spec: Any) -> Any:
+    """The ``SKAutoTuner`` a config describes (``tune``, ``worker`` and ``finalize`` share it)."""
     from panther.tuner import SKAutoTuner
 
-    apply_threads(args)
-    spec = load_tune_config(args.config)
-    model = spec.model
-    original = copy.deepcopy(model).eval()
-    print(f"config {spec.path}: {len(spec.configs)} layer config(s), search {spec.search_settings}")
-    # Checked after the config (whose errors come first) and before any tuning: a run
-    # must never end unable to save what it found.
-    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
     seed = spec.search_settings.get("seed")
     try:
-        tuner = SKAutoTuner(
-            model,
+        return SKAutoTuner(
+            spec.model,
             spec.configs,
             spec.accuracy_fn,
             search_algorithm=spec.search,
@@ -65,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(spec.path, "layers", str(exc), "fix the [[layers]] tables") from exc
-    interrupted = tune_keeping_results(tuner, output)
+
+
+def report_run(tuner: Any, spec: Any, original: Any, output: Path, interrupted: bool,
+               plots: bool = True) -> int:
+    """Print the before/after report of a finished run and write its outputs."""
+    import torch
+
     tuned = tuner.apply_best_params().eval()
     info = tuner.report
     before_acc = info.get("baseline_accuracy")
@@ -99,7 +95,21 @@ def run(args: argparse.Namespace) -> int:
         "interrupted": interrupted,
         "torch_threads": torch.get_num_threads(),
     }
-    return finish_run(tuner, tuned, summary, output, plots=args.plots)
+    return finish_run(tuner, tuned, summary, output, plots=plots)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load and check the config, tune, print the report and write the outputs."""
+    apply_threads(args)
+    spec = load_tune_config(args.config)
+    original = copy.deepcopy(spec.model).eval()
+    print(f"config {spec.path}: {len(spec.configs)} layer config(s), search {spec.search_settings}")
+    # Checked after the config (whose errors come first) and before any tuning: a run
+    # must never end unable to save what it found.
+    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
+    tuner = build_tuner(spec)
+    interrupted = tune_keeping_results(tuner, output)
+    return report_run(tuner, spec, original, output, interrupted, plots=args.plots)
 
 
 COMMAND = Command(
