@@ -296,6 +296,11 @@ class SKAutoTuner:
             from panther.tuner.fingerprint import tuner_fingerprint
 
             self.search_algorithm.fingerprint = tuner_fingerprint(self)
+        open_run = getattr(self.search_algorithm, "open_run", None)
+        if callable(open_run):
+            # Before the baseline: a second live process on the same storage is refused
+            # before it spends an evaluation (OptunaSearch takes its lease here).
+            open_run()
         run.open_progress(expected_evaluations(self.search_algorithm, self.groups, self.settings.max_trials))
         try:
             run.measure_baseline()

@@ -327,6 +327,12 @@ class OptunaSearch(SearchAlgorithm):
             root._lease, root._own_lease = lease, True
         return root._lease
 
+    def open_run(self) -> None:
+        """Take this process's lease on a persistent storage now (the tuner calls it at the
+        start of ``tune()``); raises :class:`~panther.tuner.storage.ConcurrentRunError` when
+        another live process drives the same run."""
+        self._ensure_lease()
+
     def close(self) -> None:
         """Release the single-process lease on the storage (the tuner calls it when
         ``tune()`` ends); a later search acquires a new one."""
