@@ -20,6 +20,7 @@ import torch
 
 from panther.tuner.fingerprint import FingerprintMismatch
 from panther.tuner.storage import (
+    OWNER_ATTR,
     RETRY_ATTR,
     ConcurrentRunError,
     Lease,
@@ -27,7 +28,7 @@ from panther.tuner.storage import (
     check_storage,
     open_storage,
 )
-from panther.tuner.worker import CLAIM_ATTR, resolve_device, run_status
+from panther.tuner.worker import resolve_device, run_status
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import distributed_app as app  # noqa: E402
@@ -150,7 +151,7 @@ def test_sigkill_mid_trial_then_another_worker_continues(tmp_path):
     assert killed[0] == -9, killed[2][-2000:]
     trials = study_trials(storage, "dist", "0")
     (running,) = [t for t in trials if t.state.name == "RUNNING"]  # died evaluating it
-    assert running.user_attrs[CLAIM_ATTR] is True
+    assert OWNER_ATTR in running.system_attrs  # claimed for evaluation by the killed worker
     kept = evaluated_trials(trials)
     assert len(kept) == 1
     (rc, out, err), = finish(start_workers(storage, 1, "--n-trials", "4"))

@@ -62,13 +62,16 @@ __all__ = [
     "lease_alive",
     "reap_stale_trials",
     "OWNER_ATTR",
+    "WAITING_SUFFIX",
     "quiet_optuna",
     "ConcurrentRunError",
     "check_no_conflict",
 ]
 
-#: System attribute of a group trial: the id of the lease (process) evaluating it.
+#: System attribute of a group trial: the id of the lease (process) evaluating it, with
+#: :data:`WAITING_SUFFIX` appended while that process holds it without evaluating yet.
 OWNER_ATTR = "panther_owner"
+WAITING_SUFFIX = "|waiting"
 #: System attributes of a lease trial in the run study.
 _LEASE_ATTR = "panther_lease"
 _BEAT_ATTR = "panther_beat"
@@ -621,6 +624,8 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
     for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
         age = (now - trial.datetime_start.timestamp()) if trial.datetime_start else float("inf")
         owner = trial.system_attrs.get(OWNER_ATTR)
+        if isinstance(owner, str):
+            owner = owner.removesuffix(WAITING_SUFFIX)
         # A trial just asked may not carry its worker's tag yet (or still carry the dead
         # worker's tag copied by Optuna's retry callback): give its worker a moment.
         if age < min_age and (owner is None or "failed_trial" in trial.system_attrs):

@@ -49,8 +49,8 @@ __all__ = ["WorkerReport", "run_worker", "finalize", "run_status", "resolve_devi
 
 #: Environment variable naming the device a worker evaluates on (``cuda:1``, ``cpu``...).
 DEVICE_ENV = "PANTHER_DEVICE"
-#: User attribute of a trial a worker has claimed for evaluation.
-CLAIM_ATTR = "panther_claim"
+#: A worker claims a trial for evaluation by tagging it with its lease id (the storage's
+#: ``OWNER_ATTR`` system attribute): one write says both "evaluated here" and "by whom".
 #: Error text of a trial given up because other workers used the budget up.
 _SURPLUS = "not evaluated: the group's evaluation budget was taken by other workers"
 _BASELINE_ATTR = "panther_baseline"
@@ -79,6 +79,14 @@ class WorkerReport:
     retried: int = 0
     groups: dict[str, int] = field(default_factory=dict)
     wall_time_s: float = 0.0
+
+
+def _claimed(trial: Any) -> bool:
+    """Whether a RUNNING trial is claimed for evaluation (tagged with its worker's lease)."""
+    from panther.tuner.storage import OWNER_ATTR, WAITING_SUFFIX
+
+    owner = trial.system_attrs.get(OWNER_ATTR)
+    return isinstance(owner, str) and not owner.endswith(WAITING_SUFFIX)
 
 
 # ---------------------------------------------------------------------- set-up helpers
@@ -218,6 +226,7 @@ class _GroupWork:
         self.cap = None if self.budget is None else search_loop.PROPOSALS_PER_EVALUATION * self.budget
         self.size = finite_space_size(group.space)
         self.finished = False
+        self.just_ran = False
         self.last_trials: list[Any] = []
         self._last_reap = 0.0
 
@@ -363,16 +372,23 @@ class _Worker:
         Returns ``"finished"`` (nothing left for anyone), ``"full"`` (the budget is claimed
         by trials still running elsewhere) or ``"ran"``.
         """
+        import optuna
+
         from panther.tuner import search_loop
         from panther.tuner.search.base import params_key
+        from panther.tuner.storage import OWNER_ATTR
         from panther.tuner.trials import cost_skip
 
         work.reap(self.lease.run_name, self.reap_s, self.report)
-        trials = work.sync()
+        # Right after this worker's own trial, the read made when it was asked is recent
+        # enough to decide whether to ask again (a stale "not full" costs at most one
+        # proposal given up at the end); otherwise look at the study now.
+        trials = work.last_trials if work.just_ran else work.sync()
+        work.just_ran = False
         if work.done(trials):
             return "finished"
         if work.budget is not None and work.counts(trials)["evaluated"] + sum(
-                t.state.name == "RUNNING" and CLAIM_ATTR in t.user_attrs for t in trials) \
+                t.state.name == "RUNNING" and _claimed(t) for t in trials) \
                 >= work.budget:
             return "full"  # the rest of the budget is being evaluated elsewhere right now
         if work.search.is_finished():
@@ -391,14 +407,22 @@ class _Worker:
                 return "full"
             free = key in work.state.seen or cost_skip(self.run, work.group, params) is not None
             if not free:
-                trial.set_user_attr(CLAIM_ATTR, True)
+                trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.lease.id)
                 if not self._await_claim(work, trial, running):
                     self._give_up(work, params, _SURPLUS)
                     self.report.surplus += 1
                     return "full"
             before = work.state.evaluated
-            search_loop._answer(self.run, work.state, dict(params))
+            try:
+                search_loop._answer(self.run, work.state, dict(params))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This process stalled past the grace period and another worker took its
+                # trial for a dead one's (failed and re-enqueued it): the result is dropped
+                # and the retry evaluates it again.
+                self.run.log(f"[{work.group.key}] trial {trial.number} was taken over by "
+                             "another worker while this one stalled; its result is dropped")
             work.known.add(trial.number)
+            work.just_ran = True
             if work.state.evaluated > before:
                 self.report.evaluated += 1
                 self.report.groups[work.group.key] = self.report.groups.get(work.group.key, 0) + 1
@@ -431,18 +455,26 @@ class _Worker:
         other worker's result will teach the sampler anyway).
         """
         from panther.tuner.search.base import params_key
+        from panther.tuner.storage import OWNER_ATTR, WAITING_SUFFIX
 
         deadline = time.monotonic() + max(30.0, 4 * self.lease.grace)
         rounds = 0
+        tagged = False
         while time.monotonic() < deadline:
             if key in work.state.seen:
                 return True
             # Wait for a claimed evaluation of it, or for a lower-numbered trial of it that is
             # still deciding (of two workers proposing it at once, the later one waits).
             if not any(params_key(t.params) == key
-                       and (CLAIM_ATTR in t.user_attrs or t.number < trial.number)
+                       and (_claimed(t) or t.number < trial.number)
                        for t in running):
                 return True
+            if not tagged:
+                # Waiting may take a whole evaluation: say whose trial this is, unclaimed, so
+                # it is not taken for a dead worker's.
+                trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
+                                                    self.lease.id + WAITING_SUFFIX)
+                tagged = True
             rounds += 1
             self._sleep(rounds)
             work.reap(self.lease.run_name, self.reap_s, self.report)
@@ -467,7 +499,7 @@ class _Worker:
             if done >= work.budget:
                 return False
             lower = [t for t in running if t.number < trial.number]
-            claimed = sum(CLAIM_ATTR in t.user_attrs for t in lower)
+            claimed = sum(_claimed(t) for t in lower)
             if done + len(lower) < work.budget:
                 return True
             if done + claimed >= work.budget:
@@ -536,7 +568,8 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
                       if other.role == "worker" and other.number < lease.number)
         report = WorkerReport(worker=lease.id, ordinal=ordinal)
         search = _clone_search(source, spec, storage_obj, ordinal)
-        search.use_lease(lease)
+        # Workers tag a trial when they claim it, not when they ask (one write less each).
+        search.use_lease(lease, tag_trials=False)
         search.fingerprint = fingerprint
         # The first worker draws the sketch seeds a single process would; others their own.
         rng = tuner._rng if not ordinal else random.Random(f"{tuner.settings.seed}:{ordinal}")

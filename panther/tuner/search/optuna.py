@@ -106,6 +106,12 @@ def _storage_for(storage: Any) -> Any:
     return _STORAGES[storage]
 
 
+def _heartbeat_on(storage: Any) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
 # Storage URLs already checked (by URL), so spawning a search per group checks once.
 _CHECKED: dict[str, Any] = {}
 
@@ -267,6 +273,7 @@ class OptunaSearch(SearchAlgorithm):
         self.fingerprint: dict[str, Any] | None = None
         self._lease: Any = None
         self._own_lease = False
+        self._tag_trials = True
         self._parent: OptunaSearch | None = None
         # The group searches spawned from this one (read by ``studies``/``study``).
         self._children: dict[str, OptunaSearch] = {}
@@ -306,11 +313,12 @@ class OptunaSearch(SearchAlgorithm):
         storage = self._resolved_storage()
         return storage is not None and not isinstance(storage, _optuna().storages.InMemoryStorage)
 
-    def use_lease(self, lease: Any) -> None:
+    def use_lease(self, lease: Any, tag_trials: bool = True) -> None:
         """Drive this search (and the groups it spawns) under ``lease``, a worker's
-        :class:`~panther.tuner.storage.Lease`, instead of a single-process one."""
+        :class:`~panther.tuner.storage.Lease`, instead of a single-process one.
+        ``tag_trials=False``: the caller tags the trials it evaluates itself."""
         root = self._parent or self
-        root._lease, root._own_lease = lease, False
+        root._lease, root._own_lease, root._tag_trials = lease, False, bool(tag_trials)
 
     def _ensure_lease(self) -> Any:
         """The lease this process holds on the run (acquired on first use of a storage)."""
@@ -470,9 +478,11 @@ class OptunaSearch(SearchAlgorithm):
 
         with quiet_optuna():
             trial = self._study.ask({n: c.distribution for n, c in self._codecs.items()})
-        lease = (self._parent or self)._lease
-        if lease is not None:
-            # Says which process evaluates it, so others can tell a live trial from a dead one.
+        root = self._parent or self
+        lease = root._lease
+        if lease is not None and root._tag_trials and not _heartbeat_on(trial.storage):
+            # Says which process evaluates it, so others can tell a live trial from a dead
+            # one (with Optuna's heartbeat on, the heartbeat says it: one write less).
             trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, lease.id)
         asked = trial.params  # a fresh copy on every access: read it once
         params = {name: codec.decode(asked[name]) for name, codec in self._codecs.items()}
