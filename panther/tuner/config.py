@@ -185,7 +185,9 @@ class Float(ParamSpec):
     def size(self) -> int | None:
         if self.step is None:
             return None
-        return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        steps = (self.high - self.low) / self.step
+        # A relative tolerance: (1 - 0) / 1e-9 lands a hair below 1e9 in floating point.
+        return int(math.floor(steps + 1e-9 * max(1.0, steps))) + 1
 
     def value_at(self, index: int) -> float:
         if self.step is None:

@@ -331,7 +331,7 @@ class TuningResults:
                 "info": self.info,
                 "groups": self.groups,
                 "selection": {k: v.to_dict() for k, v in self.selection.items()},
-                "trials": self.trials,
+                "trials": _compact_cached(_encode(self.trials)),
             }
         )
 
@@ -345,13 +345,18 @@ class TuningResults:
         _require(isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= FORMAT_VERSION,
                  f"unsupported manifest version {version!r} (this panther reads 1 to {FORMAT_VERSION})")
         check_depth(data)
-        data = _decode(data)
+        trials = data.get("trials", [])
+        _require(isinstance(trials, list) and all(isinstance(t, dict) for t in trials),
+                 "'trials' must be a list of objects")
+        try:
+            expanded = _expand_cached(trials)
+        except TypeError as exc:  # e.g. a list where panther writes a name or a trial number
+            raise ValueError(f"invalid tuning-results manifest: malformed cached trial rows ({exc})") from exc
+        data = _decode({**data, "trials": expanded})
         trials = data.get("trials", [])
         groups = data.get("groups", {})
         selection = data.get("selection", {})
         info = data.get("info", {})
-        _require(isinstance(trials, list) and all(isinstance(t, dict) for t in trials),
-                 "'trials' must be a list of objects")
         _require(isinstance(groups, dict), "'groups' must be an object")
         for key, summary in groups.items():
             _require(isinstance(summary, dict) and isinstance(summary.get("layers"), list),
@@ -438,6 +443,52 @@ def _check_scalar(value: Any) -> Any:
 
 
 _FLOAT_TAG = "__float__"
+# A cached trial repeats its source trial's results; in the file it keeps only what
+# differs and lists the keys it shares with the source under this key.
+_SHARED_TAG = "shared_with_source"
+_SHAREABLE = ("accuracy", "speed", "seeds", "error", "told", "constraint", "eval_time_s",
+              "speed_median")
+
+
+def _compact_cached(trials: list[Any]) -> list[Any]:
+    """Drop from each cached row the values equal to its source row's (lossless, see :func:`_expand_cached`)."""
+    sources = {(r.get("layer_name"), r.get("trial_number")): r for r in trials
+               if isinstance(r, dict) and r.get("status") != "cached"}
+    out = []
+    for row in trials:
+        source = None
+        if isinstance(row, dict) and row.get("status") == "cached" and _SHARED_TAG not in row:
+            source = sources.get((row.get("layer_name"), row.get("cached_from")))
+        if source is None:
+            out.append(row)
+            continue
+        shared = [k for k in _SHAREABLE if k in row and k in source and row[k] == source[k]]
+        compact = {k: v for k, v in row.items() if k not in shared}
+        if shared:
+            compact[_SHARED_TAG] = shared
+        out.append(compact)
+    return out
+
+
+def _expand_cached(trials: list[Any]) -> list[Any]:
+    """Inverse of :func:`_compact_cached`: put the shared values back from the source rows."""
+    if not any(isinstance(r, dict) and _SHARED_TAG in r for r in trials):
+        return trials
+    sources = {(r.get("layer_name"), r.get("trial_number")): r for r in trials
+               if isinstance(r, dict) and r.get("status") != "cached"}
+    out = []
+    for row in trials:
+        if not (isinstance(row, dict) and _SHARED_TAG in row):
+            out.append(row)
+            continue
+        shared = row[_SHARED_TAG]
+        source = sources.get((row.get("layer_name"), row.get("cached_from")))
+        _require(isinstance(shared, list) and source is not None and all(k in source for k in shared),
+                 f"cached trial {row.get('trial_number')!r} refers to a missing source trial")
+        full = {k: v for k, v in row.items() if k != _SHARED_TAG}
+        full.update({k: source[k] for k in shared if k in _SHAREABLE})
+        out.append(full)
+    return out
 
 
 def _encode(value: Any) -> Any:

@@ -203,8 +203,9 @@ def _explain_short(run: Run, state: GroupSearch) -> None:
                       "Narrow the parameter space to cheaper values (e.g. lower ranks) or pass "
                       "skip_costlier=False", TuningWarning, stacklevel=5)
     elif state.stop_reason == "converged":
-        run.log(f"{what}: the search re-proposed {state.streak} evaluated configurations in a row "
-                "(converged: the space is exhausted for this sampler)")
+        warnings.warn(f"{what}: the sampler re-proposed {state.streak} already evaluated "
+                      "configurations in a row, so the space is exhausted for it (it has converged). "
+                      "Widen the parameter space, or lower n_trials", TuningWarning, stacklevel=5)
     else:
         # Mostly repeats of evaluated points: the search has converged, nothing is wrong.
         run.log(f"{what}: the search keeps re-proposing evaluated configurations (converged)")

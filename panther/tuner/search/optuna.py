@@ -91,19 +91,25 @@ def _per_trial_constraints() -> bool:
     return hasattr(_optuna().trial.Trial, "set_constraint")
 
 
-# Storage engines by URL, shared by every search on one storage (never stored on the
-# user's search object, which spawning leaves unchanged).
-_STORAGES: dict[str, Any] = {}
+# Storage engines shared by every search on one storage (never stored on the user's
+# search object, which spawning leaves unchanged). Keyed by the working directory too:
+# a relative SQLite URL ("sqlite:///tuning.db") names a different file in another folder.
+_STORAGES: dict[tuple[str, str], Any] = {}
 
 
 def _storage_for(storage: Any) -> Any:
     if not isinstance(storage, str):
         return storage
-    if storage not in _STORAGES:
+    import os
+
+    # Per working directory too: a relative SQLite path or journal file names another file
+    # after a chdir.
+    key = (storage, os.getcwd())
+    if key not in _STORAGES:
         from panther.tuner.storage import open_storage
 
-        _STORAGES[storage] = open_storage(_checked(storage))
-    return _STORAGES[storage]
+        _STORAGES[key] = open_storage(_checked(storage))
+    return _STORAGES[key]
 
 
 def _heartbeat_on(storage: Any) -> bool:
@@ -112,17 +118,21 @@ def _heartbeat_on(storage: Any) -> bool:
     return is_heartbeat_enabled(storage)
 
 
-# Storage URLs already checked (by URL), so spawning a search per group checks once.
-_CHECKED: dict[str, Any] = {}
+# Storage URLs already checked (by URL and working directory), so spawning a search per
+# group checks once.
+_CHECKED: dict[tuple[str, str], Any] = {}
 
 
 def _checked(url: str) -> Any:
     """:func:`panther.tuner.storage.check_storage` once per URL (errors are not cached)."""
-    if url not in _CHECKED:
+    import os
+
+    key = (url, os.getcwd())
+    if key not in _CHECKED:
         from panther.tuner.storage import check_storage
 
-        _CHECKED[url] = check_storage(url)
-    return _CHECKED[url]
+        _CHECKED[key] = check_storage(url)
+    return _CHECKED[key]
 
 
 CONSTRAINT_KEY = "accuracy"
@@ -238,8 +248,6 @@ class OptunaSearch(SearchAlgorithm):
         directions: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
         if direction not in _DIRECTIONS:
             raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
         if directions is not None:
@@ -257,7 +265,7 @@ class OptunaSearch(SearchAlgorithm):
                     "sampler must be an optuna sampler instance or a registered name such as "
                     f"'tpe'; got {type(sampler).__name__}"
                 )
-        self.n_trials = n_trials
+        self.n_trials = self.checked_n_trials(n_trials)
         self.sampler = sampler
         self.direction = direction
         self.directions = directions

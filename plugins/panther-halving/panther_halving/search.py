@@ -16,7 +16,7 @@ __all__ = ["HalvingSearch"]
 # Products up to this size are enumerated to find unseen points; larger ones are sampled.
 _ENUMERATION_LIMIT = 100_000
 # A parameter with more values than this starts from an evenly spread subset of them.
-_VALUE_LIMIT = 1_000
+_VALUE_LIMIT = 1_000_000
 _MAX_TRIES = 200
 
 
@@ -38,7 +38,7 @@ class HalvingSearch(SearchAlgorithm):
         eta: reduction factor per round (``2`` halves every parameter's values).
         batch_size: configurations per round; default ``max(4, most values of any parameter)``
             so every value is tried in the first round.
-        float_points: values a continuous ``Float`` (or a space of more than 1,000
+        float_points: values a continuous ``Float`` (or a space of more than a million
             values) is discretised to.
 
     The search finishes after ``n_trials`` evaluations, at the proposal cap, or once
@@ -100,6 +100,10 @@ class HalvingSearch(SearchAlgorithm):
             size = spec.size()
             if size is not None and size <= _VALUE_LIMIT:
                 values = spec.values()
+            elif size is not None and getattr(spec, "log", False):  # huge log-scaled Int
+                lo, hi = math.log(spec.low), math.log(spec.high)
+                values = list(dict.fromkeys(min(spec.high, max(spec.low, round(math.exp(
+                    lo + (hi - lo) * i / (n - 1))))) for i in range(n)))
             elif size is not None:  # huge finite space: evenly spread points, ends included
                 values = list(dict.fromkeys(spec.value_at(round(i * (size - 1) / (n - 1)))
                                             for i in range(n)))
