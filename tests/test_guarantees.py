@@ -110,6 +110,7 @@ def _tree(folder: Path) -> set[str]:
 # "A later run resumes from the storage": test_tuner.py::test_resume_after_interrupt_with_sqlite.
 
 
+@pytest.mark.slow  # subprocesses that import torch and tune
 def test_sigint_at_any_moment_leaves_the_model_exactly_as_it_was(tmp_path):
     """Real SIGINTs, timed to land anywhere in tune() (in the tuner's code, not only in ours)."""
     proc = _python("""
@@ -168,6 +169,7 @@ def test_sigint_at_any_moment_leaves_the_model_exactly_as_it_was(tmp_path):
     assert int(proc.stdout.split()[-1]) >= 3, proc.stdout
 
 
+@pytest.mark.slow  # subprocesses that import torch and tune
 def test_sigint_to_panther_tune_writes_the_trials_so_far_and_exits_130(tmp_path):
     # Also: test_cli.py::test_ctrl_c_during_tune_still_writes_results (KeyboardInterrupt raised
     # by the accuracy function, in-process).
@@ -182,6 +184,7 @@ def test_sigint_to_panther_tune_writes_the_trials_so_far_and_exits_130(tmp_path)
 
 
 # ---- SIGKILL, a crashed process ----------------------------------------------------------------
+@pytest.mark.slow  # subprocesses that import torch and tune
 def test_sigkill_then_the_same_command_resumes_from_the_storage(tmp_path):
     """A killed run leaves no half-written file; with a storage the re-run finishes the budget."""
     db = tmp_path / "study.db"
@@ -327,6 +330,7 @@ def test_apply_is_all_or_nothing(tmp_path):
     assert type(copy[0]).__name__ == "SKLinear" and type(model[0]) is nn.Linear
 
 
+@pytest.mark.slow  # subprocesses that import torch and tune
 def test_panther_tune_writes_nothing_outside_its_output_folder(tmp_path):
     config = _cli_run(tmp_path, "SIGINT", at=10**6)  # never signals
     (tmp_path / "signalled").write_text("never")
@@ -345,6 +349,7 @@ def test_panther_tune_writes_nothing_outside_its_output_folder(tmp_path):
 
 
 # ---- concurrent runs ---------------------------------------------------------------------------
+@pytest.mark.slow  # subprocesses that import torch and tune
 def test_a_second_live_process_on_one_storage_is_refused_clearly(tmp_path):
     """Two ``tune()`` processes on one study: the second stops with a message, the first finishes."""
     storage_module = pytest.importorskip(

@@ -21,9 +21,14 @@ from panther.tuner.results import LayerChoice, TuningResults
 
 
 def _manifest(layer: nn.Module, **params) -> dict:
-    """A valid manifest sketching layer "0" of ``nn.Sequential(layer)``."""
+    """A valid manifest sketching layer "0" of ``nn.Sequential(layer)``, with a trial and its cached repeat."""
     choice = LayerChoice.for_module("0", "Linear", layer, {"num_terms": 1, "low_rank": 4, **params}, seed=7)
-    return TuningResults(selection={"0": choice}).to_dict()
+    trials = [
+        {"layer_name": "0", "trial_number": 0, "status": "ok", "params": {"low_rank": 4}, "accuracy": 0.9},
+        {"layer_name": "0", "trial_number": 1, "status": "cached", "params": {"low_rank": 4},
+         "cached_from": 0, "accuracy": 0.9},
+    ]
+    return TuningResults(selection={"0": choice}, trials=trials).to_dict()
 
 
 def _write(tmp_path, data) -> str:
@@ -76,6 +81,15 @@ def test_version_must_be_a_known_integer(tmp_path, version):
         load_tuning_results(_write(tmp_path, data))
 
 
+def test_malformed_cached_rows_are_value_errors(tmp_path):
+    data = _manifest(nn.Linear(32, 64))
+    assert "shared_with_source" in data["trials"][1]  # the repeat is stored compactly
+    assert load_tuning_results(_write(tmp_path, data)).trials[1]["accuracy"] == 0.9
+    data["trials"][1]["shared_with_source"] = [["accuracy"]]
+    with pytest.raises(ValueError, match="cached"):
+        load_tuning_results(_write(tmp_path, data))
+
+
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 900, 200_000])
 def test_deep_nesting_is_a_clear_error_not_a_recursion_error(tmp_path, depth):
     data = json.dumps(_manifest(nn.Linear(32, 64)))
@@ -114,7 +128,8 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=10,
 )
-FIELDS = [("version",), ("selection", "0"), ("selection", "0", "params"), ("selection", "0", "seed"),
+FIELDS = [("trials", 1, "shared_with_source"), ("trials", 1, "cached_from"), ("trials", 0, "trial_number"),
+          ("version",), ("selection", "0"), ("selection", "0", "params"), ("selection", "0", "seed"),
           ("selection", "0", "shapes"), ("selection", "0", "copy_weights"), ("selection", "0", "layer_type"),
           ("selection", "0", "params", "low_rank"), ("trials",), ("groups",), ("info",)]
 

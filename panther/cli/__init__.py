@@ -19,7 +19,9 @@ Layout: :mod:`~panther.cli.parser` (argparse, from the command registry),
 :mod:`~panther.cli.schema` (the config's keys and checks), :mod:`~panther.cli.build`
 (user objects, evaluators, search backends), :mod:`~panther.cli.config` (reading a
 config), :mod:`~panther.cli.report` (the before/after report),
-:mod:`~panther.cli.outputs` (the output folder) and :mod:`~panther.cli.app` (``main``).
+:mod:`~panther.cli.outputs` (the output folder: checked first, written last, rescued on
+failure), :mod:`~panther.cli.options` (``--threads``, ``--no-plots``) and
+:mod:`~panther.cli.app` (``main``). A new subcommand goes in :mod:`panther.cli.commands`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from panther.cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, CliError
-from panther.cli.report import print_report, trial_counts
+from panther.cli.report import layer_choices, print_report, trial_counts
 
 __all__ = [
     "PLOTS_DIR",
@@ -145,19 +145,30 @@ def write_outputs(
     return files
 
 
-def finish_run(tuner: Any, tuned: Any, summary: dict[str, Any], output: Path, plots: bool = True) -> int:
+def finish_run(tuner: Any, original: Any, tuned: Any, summary: dict[str, Any], output: Path, *,
+               interrupted: bool, plots: bool = True) -> int:
     """Print the report of a finished (or interrupted) run, save its outputs, list them.
 
-    ``summary`` gains the trial counts by status, which the report uses to say why no
-    layer was replaced. Returns the exit status: 130 after Ctrl-C; 1 when the outputs had
-    to go to a rescue folder (the requested folder does not hold them); else 0.
+    ``summary`` (the command's own figures) gains what every run reports: the replaced
+    layers, the trial counts by status (which say why no layer was replaced), whether it
+    was interrupted and torch's thread count. Returns the exit status: 130 after Ctrl-C;
+    1 when the outputs had to go to a rescue folder (the requested folder does not hold
+    them); else 0.
     """
-    summary = {**summary, "trials": trial_counts(tuner.get_results_dataframe())}
+    import torch
+
+    summary = {
+        **summary,
+        "layers": layer_choices(original, tuned),
+        "trials": trial_counts(tuner.get_results_dataframe()),
+        "interrupted": interrupted,
+        "torch_threads": torch.get_num_threads(),
+    }
     print_report(summary)
     saved, files = save_or_rescue(output, lambda folder: write_outputs(tuner, tuned, summary, folder,
                                                                        plots=plots))
     print_files(saved, files)
-    if summary.get("interrupted"):
+    if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_RUNTIME if saved != output else 0
 

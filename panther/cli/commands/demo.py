@@ -12,7 +12,7 @@ from panther.cli.commands import Command
 from panther.cli.errors import EXIT_CONFIG, CliError
 from panther.cli.options import add_run_options, apply_threads
 from panther.cli.outputs import finish_run, prepare_output, tune_keeping_results
-from panther.cli.report import layer_choices, param_count
+from panther.cli.report import param_count
 
 __all__ = ["COMMAND"]
 
@@ -168,12 +168,9 @@ def run(args: argparse.Namespace) -> int:
                    "params": param_count(original)},
         "after": {"accuracy": after_acc, "speed": speeds["after"],
                   "flops": demo.count_flops(tuned, example), "params": param_count(tuned)},
-        "layers": layer_choices(original, tuned),
         "verified": tuner.report.get("verified"),
-        "interrupted": interrupted,
-        "torch_threads": torch.get_num_threads(),
     }
-    return finish_run(tuner, tuned, summary, output, plots=args.plots)
+    return finish_run(tuner, original, tuned, summary, output, interrupted=interrupted, plots=args.plots)
 
 
 COMMAND = Command(

@@ -12,7 +12,7 @@ from panther.cli.config import load_tune_config
 from panther.cli.errors import ConfigError
 from panther.cli.options import add_run_options, apply_threads
 from panther.cli.outputs import finish_run, prepare_output, tune_keeping_results
-from panther.cli.report import layer_choices, param_count
+from panther.cli.report import param_count
 
 __all__ = ["COMMAND", "build_tuner", "report_run"]
 
@@ -60,8 +60,6 @@ def build_tuner(spec: Any) -> Any:
 def report_run(tuner: Any, spec: Any, original: Any, output: Path, interrupted: bool,
                plots: bool = True) -> int:
     """Print the before/after report of a finished run and write its outputs."""
-    import torch
-
     tuned = tuner.apply_best_params().eval()
     info = tuner.report
     before_acc = info.get("baseline_accuracy")
@@ -90,12 +88,9 @@ def report_run(tuner: Any, spec: Any, original: Any, output: Path, interrupted: 
         "score_name": f"score = {spec.speed_label}" if spec.speed_fn is not None else "score = accuracy",
         "before": {"accuracy": before_acc, "speed": before_speed, "params": param_count(original)},
         "after": {"accuracy": after_acc, "speed": after_speed, "params": param_count(tuned)},
-        "layers": layer_choices(original, tuned),
         "best_params": tuner.get_best_params(),
-        "interrupted": interrupted,
-        "torch_threads": torch.get_num_threads(),
     }
-    return finish_run(tuner, tuned, summary, output, plots=plots)
+    return finish_run(tuner, original, tuned, summary, output, interrupted=interrupted, plots=plots)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
     spec = load_tune_config(args.config)
     original = copy.deepcopy(spec.model).eval()
     print(f"config {spec.path}: {len(spec.configs)} layer config(s), search {spec.search_settings}")
-    # Checked after the config (whose errors come first) and before any tuning: a run
-    # must never end unable to save what it found.
-    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
     tuner = build_tuner(spec)
+    # Checked after the config and the tuner (whose errors come first, leaving no folder
+    # behind) and before any tuning: a run must never end unable to save what it found.
+    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
     interrupted = tune_keeping_results(tuner, output)
     return report_run(tuner, spec, original, output, interrupted, plots=args.plots)
 
