@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--timeout needs --wait", EXIT_CONFIG)
     spec = load_tune_config(args.config)
     original = copy.deepcopy(spec.model).eval()
-    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
     tuner = build_tuner(spec)
+    # Created after the config and the tuner are checked, before the storage is read.
+    output = prepare_output(Path(args.output or spec.output or "panther-tune-output"))
     with shared_run_errors():
         try:
             tuner.finalize(storage=args.storage, wait=args.wait, timeout=args.timeout)
