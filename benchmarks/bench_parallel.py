@@ -82,6 +82,9 @@ def child(storage: str, study: str, budget: int, sleep: float, go: str) -> None:
 
     torch.set_num_threads(1)
     tuner = build_tuner(storage, study, budget, sleep)
+    import optuna  # noqa: F401 -- imported lazily by the worker: part of start-up, not of the run
+
+    import panther.tuner.worker  # noqa: F401
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.002)
