@@ -82,9 +82,12 @@ def child(storage: str, study: str, budget: int, sleep: float, go: str) -> None:
 
     torch.set_num_threads(1)
     tuner = build_tuner(storage, study, budget, sleep)
-    import optuna  # noqa: F401 -- imported lazily by the worker: part of start-up, not of the run
-
+    # Imports the worker makes lazily (Optuna, SQLAlchemy, the database driver) belong to
+    # process start-up, not to the run: make them now.
     import panther.tuner.worker  # noqa: F401
+    from panther.tuner.storage import open_storage
+
+    open_storage(storage)
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.002)

@@ -675,8 +675,11 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
         with quiet_optuna():
             before = {t.number for t in study.get_trials(deepcopy=False, states=(state.FAIL,))}
             optuna.storages.fail_stale_trials(study)
-            after = {t.number for t in study.get_trials(deepcopy=False, states=(state.FAIL,))}
-        reaped.extend(sorted(after - before))
+            after = study.get_trials(deepcopy=False, states=(state.FAIL,))
+        # New FAILs without an error of panther's are the stale ones (others are claims that
+        # workers gave up meanwhile); two workers reaping at once may both count one.
+        reaped.extend(sorted(t.number for t in after if t.number not in before
+                             and "panther_error" not in t.user_attrs))
     leases = {lease.id: lease for lease in _leases(storage, run_name)}
     now = time.time()
     alive = {key: lease_alive(lease, now) for key, lease in leases.items()}
