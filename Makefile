@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.panther-installed
 PLUGIN_DIRS := $(wildcard plugins/*/)
 
-.PHONY: setup native test lint demo bench clean
+.PHONY: setup native test lint demo bench clean postgres
 
 setup: $(STAMP) native
 
@@ -37,6 +37,12 @@ bench: setup
 	$(PY) benchmarks/bench_native.py
 	$(PY) benchmarks/bench_sketch_accuracy.py
 	$(PY) benchmarks/bench_tuner.py
+	$(PY) benchmarks/bench_parallel.py
+
+# A throw-away PostgreSQL server on loopback for the distributed tests and benchmark; prints
+# its URL: export PANTHER_TEST_POSTGRES_URL=$$(make -s postgres)
+postgres:
+	@bash .ci/postgres.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -530,7 +530,8 @@ def test_tune_resumes_from_storage(tmp_path, monkeypatch, capsys):
     for layer, ranks in evaluated[3].items():
         assert len(ranks) == 3 and set(evaluated[2][layer]) <= set(ranks), (layer, ranks)
     studies = {s.study_name for s in optuna.study.get_all_study_summaries(storage=f"sqlite:///{db}")}
-    assert studies == {"cli-resume/0", "cli-resume/2"}
+    # "cli-resume#run" is the run's bookkeeping study (process leases).
+    assert studies == {"cli-resume/0", "cli-resume/2", "cli-resume#run"}
 
 
 # ---- parameter-space parsing (property tests) ---------------------------------------------

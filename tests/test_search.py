@@ -342,9 +342,10 @@ def test_spawn_gives_each_group_its_own_study(tmp_path):
         drive(parent.spawn(key), SPACE, lambda p, s=shift: -abs(p["a"] - s))
     assert set(parent.studies) == {"fc1", "fc2"}
     assert parent.study is parent.studies["fc2"]
+    # Besides the group studies, the run's bookkeeping study "net#run" holds process leases.
     names = optuna.get_all_study_names(storage)
-    assert sorted(names) == ["net/fc1", "net/fc2"]
-    for name in names:
+    assert sorted(names) == ["net#run", "net/fc1", "net/fc2"]
+    for name in ("net/fc1", "net/fc2"):
         assert len(optuna.load_study(study_name=name, storage=storage).trials) == 4
     # A second run on the same storage: resuming works, a fresh start names the fix.
     again = OptunaSearch(n_trials=6, seed=0, study_name="net", storage=storage, load_if_exists=True)

@@ -756,6 +756,7 @@ def test_resume_after_interrupt_with_sqlite(tmp_path):
 
     def make(acc):
         search = OptunaSearch(n_trials=6, study_name="resume", storage=storage, load_if_exists=True, seed=0)
+        torch.manual_seed(0)  # the same model both times: a study refuses another model's weights
         return SKAutoTuner(ToyNet(), cfg, acc, search_algorithm=search, verify=False, skip_costlier=False)
 
     def evaluated(df):  # cached repeats are free: n_trials counts evaluations

@@ -290,6 +290,17 @@ class SKAutoTuner:
         })
         self._threshold = run.threshold
         combiner = Combiner(run)
+        if getattr(self.search_algorithm, "storage", None) is not None \
+                and hasattr(self.search_algorithm, "fingerprint"):
+            # A stored study made for another model or config is refused, not reused.
+            from panther.tuner.fingerprint import tuner_fingerprint
+
+            self.search_algorithm.fingerprint = tuner_fingerprint(self)
+        open_run = getattr(self.search_algorithm, "open_run", None)
+        if callable(open_run):
+            # Before the baseline: a second live process on the same storage is refused
+            # before it spends an evaluation (OptunaSearch takes its lease here).
+            open_run()
         run.open_progress(expected_evaluations(self.search_algorithm, self.groups, self.settings.max_trials))
         try:
             run.measure_baseline()
@@ -311,9 +322,35 @@ class SKAutoTuner:
         finally:
             run.sync_trials()
             run.close()
+            close = getattr(self.search_algorithm, "close", None)
+            if callable(close):
+                close()  # e.g. OptunaSearch releases its lease on the storage
         self._tuned = True
         plugins.emit("panther_tuning_finished", results=self._results)
         return self._results.best_params()
+
+    def run_worker(self, storage: str | None = None, **kwargs: Any) -> Any:
+        """Work on a tuning run shared by several processes or machines through ``storage``.
+
+        Start it in every worker process, each with a tuner built the same way; then call
+        :meth:`finalize` once. See :func:`panther.tuner.worker.run_worker` for the options
+        (``device``, ``heartbeat_interval``...) and docs/distributed.md for the guide.
+        Returns a :class:`~panther.tuner.worker.WorkerReport`.
+        """
+        from panther.tuner.worker import run_worker
+
+        return run_worker(self, storage, **kwargs)
+
+    def finalize(self, storage: str | None = None, **kwargs: Any) -> dict[str, dict[str, Any]]:
+        """Gather a shared run's trials and verify the combination exactly as :meth:`tune` does.
+
+        Evaluates no new configuration; afterwards :attr:`results`, :meth:`apply_best_params`
+        and the other accessors work as after :meth:`tune`. See
+        :func:`panther.tuner.worker.finalize` (``wait``, ``timeout``).
+        """
+        from panther.tuner.worker import finalize
+
+        return finalize(self, storage, **kwargs)
 
     def get_best_params(self) -> dict[str, dict[str, Any]]:
         """Same as :meth:`tune`'s return value: per layer, the search winner's params and score."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 __all__ = ["COMMAND_MODULES", "Command", "all_commands"]
 
 #: The command modules under ``panther.cli.commands``, in the order ``--help`` lists them.
-COMMAND_MODULES = ("demo", "tune", "plugins", "show", "plot")
+COMMAND_MODULES = ("demo", "tune", "worker", "finalize", "status", "plugins", "show", "plot")
 
 
 @dataclasses.dataclass(frozen=True)

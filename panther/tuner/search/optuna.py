@@ -108,10 +108,37 @@ def _storage_for(storage: Any) -> Any:
         return storage
     import os
 
+    # Per working directory too: a relative SQLite path or journal file names another file
+    # after a chdir.
     key = (storage, os.getcwd())
     if key not in _STORAGES:
-        _STORAGES[key] = _optuna().storages.RDBStorage(storage)
+        from panther.tuner.storage import open_storage
+
+        _STORAGES[key] = open_storage(_checked(storage))
     return _STORAGES[key]
+
+
+def _heartbeat_on(storage: Any) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+# Storage URLs already checked (by URL and working directory), so spawning a search per
+# group checks once.
+_CHECKED: dict[tuple[str, str], Any] = {}
+
+
+def _checked(url: str) -> Any:
+    """:func:`panther.tuner.storage.check_storage` once per URL (errors are not cached)."""
+    import os
+
+    key = (url, os.getcwd())
+    if key not in _CHECKED:
+        from panther.tuner.storage import check_storage
+
+        _CHECKED[key] = check_storage(url)
+    return _CHECKED[key]
 
 
 CONSTRAINT_KEY = "accuracy"
@@ -195,11 +222,15 @@ class OptunaSearch(SearchAlgorithm):
             higher-is-better scores, so keep ``"maximize"`` there; best-score
             tracking follows this direction.
         study_name: the study's name (also the prefix of per-group studies, see :meth:`spawn`).
-        storage: an Optuna storage URL (``"sqlite:///tuning.db"``) or object; ``None`` keeps
-            the study in memory.
+        storage: a storage URL (``"sqlite:///tuning.db"``, ``"postgresql://..."`` or
+            ``"journal:///path/run.log"``, see :mod:`panther.tuner.storage`), checked here so
+            a bad one fails before any evaluation; or an Optuna storage object; ``None``
+            keeps the study in memory.
         load_if_exists: resume a study of the same name found in ``storage``. Trials
-            left RUNNING by a process that died are marked FAIL and do not count.
-            A study is assumed to be driven by one process at a time.
+            left RUNNING by a process that died are marked FAIL and enqueued again; trials
+            of live processes are left alone. A single-process run holds a lease on the
+            storage (see :mod:`panther.tuner.storage`): a second live process driving
+            the same studies is refused with an error saying who holds them.
         seed: seed of a sampler chosen by name (and of the default TPE).
         directions: e.g. ``["maximize", "maximize"]`` for a multi-objective study;
             then :meth:`update` needs ``values`` and :meth:`pareto_front` gives the front.
@@ -248,6 +279,16 @@ class OptunaSearch(SearchAlgorithm):
         self.storage = storage
         self.load_if_exists = bool(load_if_exists)
         self.seed = seed
+        if isinstance(storage, str):
+            # A malformed URL or an unwritable file fails now, before any evaluation runs.
+            _checked(storage)
+        #: Fingerprint of the run (see :mod:`panther.tuner.fingerprint`), set by the tuner;
+        #: a resumed study made for another model or config is refused.
+        self.fingerprint: dict[str, Any] | None = None
+        self._lease: Any = None
+        self._own_lease = False
+        self._tag_trials = True
+        self._parent: OptunaSearch | None = None
         # The group searches spawned from this one (read by ``studies``/``study``).
         self._children: dict[str, OptunaSearch] = {}
         self._init_state()
@@ -262,6 +303,8 @@ class OptunaSearch(SearchAlgorithm):
         #: ``number``, ``params``, ``score``, ``constraint``, ``values``, ``attrs`` and
         #: ``evaluated`` (False for trials told with ``evaluated=False``).
         self.resumed_trials: list[dict[str, Any]] = []
+        #: Numbers of trials of dead processes failed (and enqueued again) on resume.
+        self.reaped: list[int] = []
 
     # ------------------------------------------------------------------ set-up
 
@@ -272,6 +315,53 @@ class OptunaSearch(SearchAlgorithm):
 
     def _resolved_storage(self) -> Any:
         return _storage_for(self.storage)
+
+    @property
+    def run_name(self) -> str:
+        """The run's bookkeeping study (leases): named after the study prefix of :meth:`spawn`."""
+        from panther.tuner.storage import run_study_name
+
+        return run_study_name((self._parent or self).study_name)
+
+    def _persistent(self) -> bool:
+        storage = self._resolved_storage()
+        return storage is not None and not isinstance(storage, _optuna().storages.InMemoryStorage)
+
+    def use_lease(self, lease: Any, tag_trials: bool = True) -> None:
+        """Drive this search (and the groups it spawns) under ``lease``, a worker's
+        :class:`~panther.tuner.storage.Lease`, instead of a single-process one.
+        ``tag_trials=False``: the caller tags the trials it evaluates itself."""
+        root = self._parent or self
+        root._lease, root._own_lease, root._tag_trials = lease, False, bool(tag_trials)
+
+    def _ensure_lease(self) -> Any:
+        """The lease this process holds on the run (acquired on first use of a storage)."""
+        root = self._parent or self
+        if root._lease is None and self._persistent():
+            from panther.tuner.storage import Lease, check_no_conflict
+
+            lease = Lease(self._resolved_storage(), root.run_name, role="tune").acquire()
+            try:
+                check_no_conflict(lease, repr(root.storage))
+            except BaseException:
+                lease.release()
+                raise
+            root._lease, root._own_lease = lease, True
+        return root._lease
+
+    def open_run(self) -> None:
+        """Take this process's lease on a persistent storage now (the tuner calls it at the
+        start of ``tune()``); raises :class:`~panther.tuner.storage.ConcurrentRunError` when
+        another live process drives the same run."""
+        self._ensure_lease()
+
+    def close(self) -> None:
+        """Release the single-process lease on the storage (the tuner calls it when
+        ``tune()`` ends); a later search acquires a new one."""
+        root = self._parent or self
+        if root._lease is not None and root._own_lease:
+            root._lease.release()
+        root._lease, root._own_lease = None, False
 
     def _build_sampler(self) -> Any:
         sampler = self.sampler
@@ -310,6 +400,7 @@ class OptunaSearch(SearchAlgorithm):
         kwargs: dict[str, Any] = (
             {"directions": self.directions} if self.directions else {"direction": self.direction}
         )
+        lease = self._ensure_lease()
         try:
             with warnings.catch_warnings():
                 # Experimental-feature warnings (brute force, GP) are noise here.
@@ -327,16 +418,37 @@ class OptunaSearch(SearchAlgorithm):
                 f"a study named {self.study_name!r} already exists in {self.storage!r}; pass "
                 "load_if_exists=True to resume it, or choose another study_name"
             ) from exc
+        self._check_fingerprint()
         if self.load_if_exists:
-            self._resume()
+            self._resume(lease)
 
-    def _resume(self) -> None:
+    def _check_fingerprint(self) -> None:
+        from panther.tuner.fingerprint import FINGERPRINT_ATTR, check_fingerprint
+
+        if self.fingerprint is None:
+            return
+        study = self._study
+        where = f"study {study.study_name!r} in storage {self.storage!r}"
+        check_fingerprint(study.user_attrs.get(FINGERPRINT_ATTR), self.fingerprint, where)
+        if FINGERPRINT_ATTR not in study.user_attrs:
+            study.set_user_attr(FINGERPRINT_ATTR, self.fingerprint)
+            # Two processes may record theirs at once: the stored one decides for both.
+            check_fingerprint(study.user_attrs.get(FINGERPRINT_ATTR), self.fingerprint, where)
+
+    def _resume(self, lease: Any = None) -> None:
         optuna = _optuna()
         state = optuna.trial.TrialState
         study = self._study
-        for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
-            # Left RUNNING by a process that was killed: it never produced a score.
-            self._tell(trial.number, state=state.FAIL)
+        if self._persistent():
+            from panther.tuner.storage import reap_stale_trials
+
+            # Trials left RUNNING by dead processes are failed and enqueued again (they never
+            # produced a score); live processes' trials are theirs.
+            self.reaped = reap_stale_trials(study, self.run_name, retry=True,
+                                            mine=None if lease is None else lease.id)
+        else:
+            for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+                self._tell(trial.number, state=state.FAIL)  # in memory: nobody else runs them
         for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE,)):
             try:
                 stored = trial.params
@@ -374,10 +486,16 @@ class OptunaSearch(SearchAlgorithm):
         """Ask the study for a trial (the budget is the caller's: see :meth:`get_next_params`)."""
         if self._study is None:
             raise RuntimeError("call initialize(param_space) before get_next_params()")
-        optuna = _optuna()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        from panther.tuner.storage import OWNER_ATTR, quiet_optuna
+
+        with quiet_optuna():
             trial = self._study.ask({n: c.distribution for n, c in self._codecs.items()})
+        root = self._parent or self
+        lease = root._lease
+        if lease is not None and root._tag_trials and not _heartbeat_on(trial.storage):
+            # Says which process evaluates it, so others can tell a live trial from a dead
+            # one (with Optuna's heartbeat on, the heartbeat says it: one write less).
+            trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, lease.id)
         asked = trial.params  # a fresh copy on every access: read it once
         params = {name: codec.decode(asked[name]) for name, codec in self._codecs.items()}
         self._pending.append((trial, params))
@@ -589,6 +707,11 @@ class OptunaSearch(SearchAlgorithm):
             seed=self.seed,
             directions=self.directions,
         )
+        child._parent = self._parent or self
+        if self.fingerprint is not None:
+            from panther.tuner.fingerprint import group_fingerprint
+
+            child.fingerprint = group_fingerprint(self.fingerprint, str(key))
         # Only the registry of groups changes (for ``studies``); the settings and any
         # study of this object stay as they were.
         self._children.pop(str(key), None)

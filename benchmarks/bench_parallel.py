@@ -1,0 +1,231 @@
+"""Workers sharing one tuning run: parallel efficiency and storage overhead (issue 13).
+
+One layer group (``Linear(128, 128)``, sketches with fresh weights, ``low_rank`` 1..21 x ``num_terms`` 1..3, random
+sampler) is tuned with a budget of ``--budget`` evaluations by 1, 2, 4 and 8 worker
+processes (``SKAutoTuner.run_worker``), once on Optuna's journal storage (a file) and once
+on PostgreSQL. Each evaluation sleeps ``--sleep`` seconds (0.2) and scores from the
+parameters alone, so the core count does not matter and every run evaluates the budget.
+
+Workers are started first and released together once they have imported everything and
+built their tuner; the wall time runs from that release to the last worker's end, so
+process start-up is not counted (it is the same with or without panther).
+
+Reported per storage and worker count:
+
+* ``wall_s`` and ``efficiency = T(1) / (N x T(N))``;
+* ``overhead_ms``: per evaluation, the workers' time not spent in the evaluation itself,
+  ``(sum of worker wall times - evaluations x sleep) / evaluations``; it includes the
+  sampler, the tuner's bookkeeping, the storage and any waiting at the end of the budget;
+* ``storage_ms``: ``overhead_ms`` minus the same figure for one process with an in-memory
+  study (``tune()`` on the same space): what the shared storage and the worker protocol add;
+* ``optuna_ask_tell_ms``: one bare Optuna ``ask`` + ``tell`` on the same storage, measured
+  alone: the floor under any use of that storage.
+
+Targets (issue 13): efficiency >= 90% at 4 workers and >= 80% at 8 on both storages,
+storage overhead < 20 ms per trial.
+
+Usage: ``python benchmarks/bench_parallel.py [--budget 32] [--sleep 0.2] [--workers 1 2 4 8]
+[--postgres URL]`` (default URL: ``$PANTHER_TEST_POSTGRES_URL``; start a local server with
+``make postgres``). Results go to ``benchmarks/results/bench_parallel.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import print_table, setup, write_json  # noqa: E402
+
+
+def build_tuner(storage: str | None, study: str, budget: int, sleep: float) -> Any:
+    """The run every process builds: one big layer, a space far larger than the budget."""
+    import torch
+    from torch import nn
+
+    from panther.nn import SKLinear
+    from panther.tuner import Int, LayerConfig, OptunaSearch, SKAutoTuner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128))
+
+    def accuracy(m: nn.Module) -> float:
+        time.sleep(sleep)
+        sketch = m[0]
+        assert isinstance(sketch, SKLinear)
+        return 1.0 - 0.01 / (sketch.low_rank * sketch.num_terms)
+
+    search = OptunaSearch(n_trials=budget, sampler="random", seed=0, study_name=study,
+                          storage=storage, load_if_exists=storage is not None)
+    # 63 configurations, all smaller than the dense layer (num_terms * low_rank <= 63).
+    space = {"low_rank": Int(1, 21), "num_terms": Int(1, 3)}
+    # copy_weights=False: a sketch is built from fresh random weights, so a trial costs the
+    # evaluation's sleep plus bookkeeping, not a factorisation of the original weights;
+    # skip_costlier=False: every proposal is an evaluation (no cost-model skips).
+    return SKAutoTuner(model, LayerConfig(["0"], space, copy_weights=False), accuracy,
+                       search_algorithm=search, verify=False, skip_costlier=False)
+
+
+def child(storage: str, study: str, budget: int, sleep: float, go: str) -> None:
+    """One worker process: build, say ready, wait for the release, work, report."""
+    import torch
+
+    torch.set_num_threads(1)
+    tuner = build_tuner(storage, study, budget, sleep)
+    # Imports the worker makes lazily (Optuna, SQLAlchemy, the database driver) belong to
+    # process start-up, not to the run: make them now.
+    import panther.tuner.worker  # noqa: F401
+    from panther.tuner.storage import open_storage
+
+    open_storage(storage)
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.002)
+    start = time.time()
+    report = tuner.run_worker(heartbeat_interval=5, poll_interval=0.02)
+    end = time.time()
+    print(json.dumps({"start": start, "end": end, "evaluated": report.evaluated,
+                      "free": report.free, "surplus": report.surplus}), flush=True)
+
+
+def run_workers(storage: str, n: int, budget: int, sleep: float) -> dict[str, Any]:
+    """Start ``n`` workers on a fresh study, release them together, time the run."""
+    study = f"bench-{uuid.uuid4().hex[:8]}"
+    go = Path(tempfile.mkdtemp()) / "go"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PANTHER_DISABLE_PLUGIN_AUTOLOAD": "1",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", storage, study, str(budget),
+                               str(sleep), str(go)], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(n)]
+    for proc in procs:
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"a worker failed to start: {line!r}")
+    released = time.time()
+    go.write_text("go")
+    reports = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"a worker failed (exit {proc.returncode})")
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    evaluated = sum(r["evaluated"] for r in reports)
+    if evaluated != budget:
+        raise RuntimeError(f"{n} workers evaluated {evaluated} configurations, not the budget {budget}")
+    wall = max(r["end"] for r in reports) - released
+    busy = sum(r["end"] - r["start"] for r in reports)
+    return {"workers": n, "wall_s": wall, "evaluated": evaluated,
+            "free": sum(r["free"] for r in reports), "surplus": sum(r["surplus"] for r in reports),
+            "overhead_ms": 1e3 * (busy - evaluated * sleep) / evaluated}
+
+
+def in_memory_overhead(budget: int, sleep: float) -> float:
+    """Per-evaluation time of a single-process ``tune()`` besides the evaluation (ms)."""
+    tuner = build_tuner(None, "bench-memory", budget, sleep)
+    start = time.perf_counter()
+    tuner.tune()
+    wall = time.perf_counter() - start
+    evaluated = sum(r["status"] not in ("cached", "skipped") for r in tuner.results.trials)
+    return 1e3 * (wall - evaluated * sleep) / evaluated
+
+
+def plain_optuna_ms(storage: Any, n: int = 40) -> float:
+    """Milliseconds of one bare Optuna ask + tell on ``storage`` (the floor under any worker)."""
+    import optuna
+
+    from panther.tuner.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(storage), study_name=f"plain-{uuid.uuid4().hex[:8]}",
+                                sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    space = {"low_rank": optuna.distributions.IntDistribution(1, 64),
+             "num_terms": optuna.distributions.IntDistribution(1, 3)}
+    start = time.perf_counter()
+    for _ in range(n):
+        study.tell(study.ask(space), 1.0)
+    return 1e3 * (time.perf_counter() - start) / n
+
+
+def fsync_ms(folder: Path, n: int = 20) -> float:
+    """Milliseconds of one small append + fsync in ``folder`` (what every journal write costs)."""
+    path = folder / "fsync-probe"
+    start = time.perf_counter()
+    with open(path, "ab") as fh:
+        for _ in range(n):
+            fh.write(b"x" * 200 + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    path.unlink()
+    return 1e3 * (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    """Run the benchmark (or, with ``--child``, one worker of it)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        storage, study, budget, sleep, go = sys.argv[2:7]
+        child(storage, study, int(budget), float(sleep), go)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=32)
+    parser.add_argument("--sleep", type=float, default=0.2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--postgres", default=os.environ.get("PANTHER_TEST_POSTGRES_URL"))
+    args = parser.parse_args()
+    env = setup(threads=1)
+    base_ms = in_memory_overhead(args.budget, args.sleep)
+    folder = Path(tempfile.mkdtemp())
+    storages = {"journal": lambda: f"journal://{folder}/{uuid.uuid4().hex[:8]}.log"}
+    if args.postgres:
+        storages["postgresql"] = lambda: args.postgres
+    else:
+        print("no PostgreSQL URL (--postgres or $PANTHER_TEST_POSTGRES_URL; `make postgres` "
+              "starts a local server): measuring the journal storage only")
+    disk_ms = fsync_ms(folder)
+    print(f"one append + fsync in {folder}: {disk_ms:.2f} ms (Optuna's journal file syncs every write)")
+    rows = []
+    floors = {}
+    for name, url in storages.items():
+        floors[name] = plain_optuna_ms(url())
+        one = None
+        for n in args.workers:
+            row = {"storage": name, **run_workers(url(), n, args.budget, args.sleep)}
+            one = row["wall_s"] if n == 1 else one
+            row["efficiency"] = None if one is None else one / (n * row["wall_s"])
+            row["storage_ms"] = row["overhead_ms"] - base_ms
+            row["optuna_ask_tell_ms"] = floors[name]
+            rows.append(row)
+            print(f"{name}: {n} worker(s) {row['wall_s']:.2f} s", flush=True)
+    print_table(rows, ["storage", "workers", "wall_s", "efficiency", "overhead_ms", "storage_ms",
+                       "optuna_ask_tell_ms", "evaluated", "free", "surplus"],
+                title=f"budget {args.budget} evaluations of {args.sleep} s; single-process "
+                      f"in-memory overhead {base_ms:.1f} ms per evaluation")
+    targets = {}
+    for name in storages:
+        by_n = {r["workers"]: r for r in rows if r["storage"] == name}
+        if 4 in by_n and by_n[4]["efficiency"] is not None:
+            targets[f"{name}: efficiency at 4 >= 0.90"] = by_n[4]["efficiency"] >= 0.90
+        if 8 in by_n and by_n[8]["efficiency"] is not None:
+            targets[f"{name}: efficiency at 8 >= 0.80"] = by_n[8]["efficiency"] >= 0.80
+            targets[f"{name}: storage overhead at 8 < 20 ms"] = by_n[8]["storage_ms"] < 20
+    for what, met in targets.items():
+        print(f"{'met    ' if met else 'MISSED '} {what}")
+    path = write_json("bench_parallel", {"budget": args.budget, "sleep_s": args.sleep,
+                                         "in_memory_overhead_ms": base_ms,
+                                         "optuna_ask_tell_ms": floors, "fsync_ms": disk_ms,
+                                         "rows": rows,
+                                         "targets": targets, "setup": env})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,746 @@
+"""Tuning with many worker processes (on one machine or many) sharing one Optuna storage.
+
+Every worker builds the same tuner (model, configs, evaluation functions) and calls
+:func:`run_worker` (``SKAutoTuner.run_worker`` / ``panther-tune worker``); one process
+then calls :func:`finalize` (``SKAutoTuner.finalize`` / ``panther-tune finalize``),
+which gathers every trial from the storage and runs the same combined verification as
+a single-process ``tune()``. :func:`run_status` reports progress. There is no
+coordinator: workers share state only through the storage (see
+:mod:`panther.tuner.storage`).
+
+How workers share a run
+-----------------------
+* Each layer group has its own study (``f"{study_name}/{group}"``). A worker starts on
+  group ``ordinal % n_groups`` (its ordinal is its lease number among the run's workers)
+  and moves on when a group's budget is taken, so workers spread over the layers of a
+  separate-mode run and share a study within a layer.
+* **Budgets are global.** Before evaluating, a worker *claims* its trial (a user
+  attribute) and ranks it by trial number among the group's evaluations and the lower-
+  numbered trials still running; a claim past ``n_trials`` (``max_trials``) does not run.
+  So N workers with ``n_trials = 100`` run 100 evaluations in all. A lower-numbered trial
+  whose fate is unknown yet is waited for, never guessed.
+* **Free proposals stay free.** A proposal whose configuration is already completed in the
+  study (by any worker) is answered from it (``"cached"``), one the cost model skips is
+  ``"skipped"``; neither claims budget. A configuration another worker is evaluating
+  right now is waited for and then answered from its result: a configuration recorded
+  complete is never evaluated twice.
+* **Crashes.** A killed worker's RUNNING trial is found stale (journal storage: its
+  lease; RDB: Optuna's heartbeat) by the other workers, marked FAIL and enqueued again,
+  so the next worker to ask evaluates it; its completed trials are kept. Restarting a
+  worker continues the run.
+* **Fingerprint.** The run records the model/space/evaluation fingerprint
+  (:mod:`panther.tuner.fingerprint`); a worker or finalize built differently is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["WorkerReport", "run_worker", "finalize", "run_status", "resolve_device",
+           "DEVICE_ENV"]
+
+#: Environment variable naming the device a worker evaluates on (``cuda:1``, ``cpu``...).
+DEVICE_ENV = "PANTHER_DEVICE"
+#: A worker claims a trial for evaluation by tagging it with its lease id (the storage's
+#: ``OWNER_ATTR`` system attribute): one write says both "evaluated here" and "by whom".
+#: Error text of a trial given up because other workers used the budget up.
+_SURPLUS = "not evaluated: the group's evaluation budget was taken by other workers"
+_BASELINE_ATTR = "panther_baseline"
+
+
+@dataclass
+class WorkerReport:
+    """What one :func:`run_worker` call did.
+
+    Attributes:
+        worker: the worker's lease id (``host:pid:token``).
+        ordinal: its number among the run's workers (0 for the first).
+        evaluated: evaluations this worker ran (the user's functions were called).
+        free: proposals it answered without evaluating (cached or skipped).
+        surplus: claims it gave up because other workers had taken the budget.
+        retried: stale trials of dead workers it found, failed and re-enqueued.
+        groups: per group key, this worker's evaluations there.
+        wall_time_s: seconds the call took.
+    """
+
+    worker: str
+    ordinal: int
+    evaluated: int = 0
+    free: int = 0
+    surplus: int = 0
+    retried: int = 0
+    groups: dict[str, int] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+def _claimed(trial: Any) -> bool:
+    """Whether a RUNNING trial is claimed for evaluation (tagged with its worker's lease)."""
+    from panther.tuner.storage import OWNER_ATTR, WAITING_SUFFIX
+
+    owner = trial.system_attrs.get(OWNER_ATTR)
+    return isinstance(owner, str) and not owner.endswith(WAITING_SUFFIX)
+
+
+# ---------------------------------------------------------------------- set-up helpers
+def resolve_device(device: Any = None) -> Any:
+    """The ``torch.device`` a worker evaluates on: ``device``, else ``$PANTHER_DEVICE``, else None.
+
+    Raises:
+        ValueError: for a malformed name, or a CUDA device this machine does not have.
+    """
+    import torch
+
+    name = device if device is not None else os.environ.get(DEVICE_ENV) or None
+    if name is None:
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {name!r} is not a torch device name (e.g. 'cpu', 'cuda:0')") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = 0 if dev.index is None else dev.index
+        if index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s)"
+                             + (f" (cuda:0 .. cuda:{count - 1})" if count else "")
+                             + f"; pick one of them or unset {DEVICE_ENV}")
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
+    return dev
+
+
+def _shared_storage(tuner: Any, storage: str | None) -> tuple[Any, Any]:
+    """The tuner's Optuna search and the parsed storage URL workers share."""
+    from panther.tuner.search.optuna import OptunaSearch
+    from panther.tuner.storage import StorageError, check_storage
+
+    search = tuner.search_algorithm
+    if not isinstance(search, OptunaSearch):
+        raise TypeError(
+            "workers share a run through Optuna's storage: build the tuner with "
+            f"search_algorithm=OptunaSearch(...) (got {type(search).__name__})")
+    url = storage if storage is not None else search.storage
+    if not isinstance(url, str):
+        raise ValueError(
+            "workers need a storage URL they all open: pass storage='journal:///path/run.log' "
+            "(one machine) or 'postgresql://...' (many machines), or give OptunaSearch(storage=...)")
+    spec = check_storage(url)
+    if not spec.shared:
+        raise StorageError(f"storage {spec.display!r} lives in this process's memory; workers "
+                           "need a file or a database server (journal:///path/run.log, "
+                           "sqlite:///path/run.db or postgresql://...)")
+    return search, spec
+
+
+def _clone_search(source: Any, spec: Any, storage_obj: Any, ordinal: int) -> Any:
+    """A copy of the tuner's OptunaSearch on the shared storage, resuming its studies.
+
+    Worker ``ordinal`` seeds a sampler given by name with ``seed + ordinal``, so workers
+    propose different points (the first worker proposes what a single process would); a
+    sampler given as an instance is copied and, past the first worker, reseeded.
+    """
+    from panther.tuner.search.optuna import OptunaSearch
+
+    sampler = source.sampler
+    if sampler is not None and not isinstance(sampler, str):
+        sampler = copy.deepcopy(sampler)
+        if ordinal:
+            sampler.reseed_rng()
+    seed = None if source.seed is None else source.seed + ordinal
+    # The storage object (heartbeat on, for RDB) goes to the clone and the groups it spawns.
+    return OptunaSearch(n_trials=source.n_trials, sampler=sampler, direction=source.direction,
+                        study_name=source.study_name, storage=storage_obj, load_if_exists=True,
+                        seed=seed, directions=source.directions)
+
+
+def _run_study(storage_obj: Any, run_name: str) -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=run_name, storage=storage_obj)
+
+
+def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display: str) -> None:
+    from panther.tuner.fingerprint import FINGERPRINT_ATTR, check_fingerprint
+
+    where = f"tuning run {run_study.study_name!r} in storage {display!r}"
+    check_fingerprint(run_study.user_attrs.get(FINGERPRINT_ATTR), fingerprint, where)
+    if FINGERPRINT_ATTR not in run_study.user_attrs:
+        run_study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+        # Two workers may record theirs at once; the stored one decides for both.
+        check_fingerprint(run_study.user_attrs.get(FINGERPRINT_ATTR), fingerprint, where)
+
+
+def _shared_threshold(run: Any, run_study: Any) -> None:
+    """Agree on the accuracy threshold when it is relative to the original model.
+
+    Every worker measures the original model; each publishes its measurement as a
+    completed trial of the run study, and all use the one with the lowest trial number
+    (trial numbers are assigned atomically by the storage, so every worker picks the
+    same one).
+    """
+    import optuna
+
+    constraint = run.settings.constraint
+    if constraint is None or not constraint.needs_baseline:
+        return
+    acc, thr = run.baseline["accuracy"], run.threshold
+    run_study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE, value=float(acc),
+        user_attrs={_BASELINE_ATTR: {"accuracy": acc, "threshold": thr}}))
+    published = [t for t in run_study.get_trials(deepcopy=False)
+                 if _BASELINE_ATTR in t.user_attrs]
+    first = min(published, key=lambda t: t.number).user_attrs[_BASELINE_ATTR]
+    run.baseline["accuracy"] = first["accuracy"]
+    run.threshold = first["threshold"]
+    run.results.info["baseline_accuracy"] = first["accuracy"]
+    run.results.info["effective_threshold"] = first["threshold"]
+
+
+# ---------------------------------------------------------------------- one group
+class _GroupWork:
+    """A worker's view of one group's shared study."""
+
+    def __init__(self, run: Any, group: Any, search: Any, report: WorkerReport) -> None:
+        from panther.tuner import search_loop
+        from panther.tuner.search.base import finite_space_size
+
+        self.run = run
+        self.group = group
+        self.search = search
+        search.initialize(dict(group.space))
+        report.retried += len(search.reaped)  # dead workers' trials found on joining
+        self.budget = search_loop.evaluation_budget(search, run.settings.max_trials)
+        self.state = search_loop.GroupSearch(
+            group=group, search=search, budget=self.budget,
+            accepts=search_loop._accepted_keywords(search.update))
+        search_loop._restore_previous(run, self.state)
+        self.known = {entry["number"] for entry in search.resumed_trials}
+        self.cap = None if self.budget is None else search_loop.PROPOSALS_PER_EVALUATION * self.budget
+        self.size = finite_space_size(group.space)
+        self.finished = False
+        self.just_ran = False
+        self.last_trials: list[Any] = []
+        self._last_reap = 0.0
+
+    @property
+    def study(self) -> Any:
+        return self.search._study
+
+    def sync(self) -> list[Any]:
+        """Read the study: add trials other workers completed to this worker's cache.
+
+        Returns every trial (for the counts).
+        """
+        import optuna
+
+        from panther.tuner import search_loop
+        from panther.tuner.search.optuna import EXTRA_ATTR, SCORE_ATTR, _was_evaluated
+
+        trials = self.study.get_trials(deepcopy=False)
+        self.last_trials = trials
+        new = []
+        for t in trials:
+            if t.state != optuna.trial.TrialState.COMPLETE or t.number in self.known:
+                continue
+            self.known.add(t.number)
+            try:
+                params = {n: c.decode(t.params[n]) for n, c in self.search._codecs.items()}
+            except KeyError:
+                continue  # not a trial of this space (the fingerprint check makes this rare)
+            score = t.user_attrs.get(SCORE_ATTR, t.values[0] if t.values else -math.inf)
+            new.append({"number": t.number, "params": params, "score": float(score),
+                        "attrs": dict(t.user_attrs.get(EXTRA_ATTR, {})),
+                        "evaluated": _was_evaluated(t.user_attrs)})
+        if new:
+            saved = self.search.resumed_trials
+            self.search.resumed_trials = new
+            try:
+                search_loop._restore_previous(self.run, self.state)
+            finally:
+                self.search.resumed_trials = saved
+        return trials
+
+    def counts(self, trials: list[Any]) -> dict[str, Any]:
+        """Global counts of the group: evaluations, proposals, handled configurations."""
+        import optuna
+
+        from panther.tuner.search.base import params_key
+        from panther.tuner.search.optuna import EXTRA_ATTR, _was_evaluated
+
+        state = optuna.trial.TrialState
+        evaluated = proposals = 0
+        handled = set()
+        for t in trials:
+            if t.state == state.COMPLETE:
+                proposals += 1
+                evaluated += _was_evaluated(t.user_attrs)
+                row = (t.user_attrs.get(EXTRA_ATTR) or {}).get("panther_row") or {}
+                if row.get("status") != "cached":
+                    handled.add(params_key(t.params))
+            elif t.state == state.RUNNING:
+                proposals += 1
+        return {"evaluated": evaluated, "proposals": proposals, "handled": len(handled)}
+
+    def reap(self, run_name: str, interval: float, report: WorkerReport) -> None:
+        """Fail and re-enqueue the trials of dead workers (at most every ``interval`` s)."""
+        from panther.tuner.storage import reap_stale_trials
+
+        now = time.monotonic()
+        if now - self._last_reap < interval:
+            return
+        self._last_reap = now
+        report.retried += len(reap_stale_trials(self.study, run_name, retry=True))
+
+    def done(self, trials: list[Any]) -> bool:
+        """Whether the group needs no more evaluations from anyone."""
+        c = self.counts(trials)
+        if self.budget is not None and c["evaluated"] >= self.budget:
+            return True
+        if self.cap is not None and c["proposals"] >= self.cap:
+            return True
+        return bool(self.run.settings.dedupe and self.size is not None
+                    and c["handled"] >= self.size)
+
+
+class _Worker:
+    """The loop of :func:`run_worker` over every group of the run."""
+
+    def __init__(self, run: Any, search: Any, lease: Any, report: WorkerReport,
+                 poll_s: float, reap_s: float) -> None:
+        self.run = run
+        self.search = search
+        self.lease = lease
+        self.report = report
+        self.poll_s = poll_s
+        self.reap_s = reap_s
+        self.works: dict[str, _GroupWork] = {}
+
+    def _work(self, group: Any) -> _GroupWork:
+        if group.key not in self.works:
+            child = self.search.spawn(group.key)
+            self.works[group.key] = _GroupWork(self.run, group, child, self.report)
+        return self.works[group.key]
+
+    def loop(self) -> None:
+        """Work until every group is finished (or the run's time budget is spent)."""
+        groups = list(self.run.groups)
+        start = self.report.ordinal % len(groups)
+        order = groups[start:] + groups[:start]
+        idle = 0
+        while True:
+            busy = False  # some group still has work, but its budget is claimed for now
+            progressed = False
+            for group in order:
+                if not self.run.time_left():
+                    self.run.stop_reason = "time_budget_s"
+                    return
+                work = self._work(group)
+                if work.finished:
+                    continue
+                outcome = self._group_step(work)
+                if outcome == "finished":
+                    work.finished = True
+                elif outcome == "full":
+                    busy = True
+                else:
+                    progressed = True
+                    break  # stay on this group while it has budget (keeps the order stable)
+            if all(w.finished for w in self.works.values()) and len(self.works) == len(groups):
+                return
+            if busy and not progressed:
+                idle += 1
+                self._sleep(idle)
+            else:
+                idle = 0
+
+    def _sleep(self, rounds: int) -> None:
+        """Wait between looks at the storage: ``poll_s``, doubling while nothing changes (up to
+        8x), so waiting workers do not load a shared database."""
+        time.sleep(self.poll_s * min(8, 2 ** max(0, rounds - 1)))
+
+    def _group_step(self, work: _GroupWork) -> str:
+        """Propose and handle one trial of ``work``'s group.
+
+        Returns ``"finished"`` (nothing left for anyone), ``"full"`` (the budget is claimed
+        by trials still running elsewhere) or ``"ran"``.
+        """
+        import optuna
+
+        from panther.tuner import search_loop
+        from panther.tuner.search.base import params_key
+        from panther.tuner.storage import OWNER_ATTR
+        from panther.tuner.trials import cost_skip
+
+        work.reap(self.lease.run_name, self.reap_s, self.report)
+        # Right after this worker's own trial, the read made when it was asked is recent
+        # enough to decide whether to ask again (a stale "not full" costs at most one
+        # proposal given up at the end); otherwise look at the study now.
+        trials = work.last_trials if work.just_ran else work.sync()
+        work.just_ran = False
+        if work.done(trials):
+            return "finished"
+        if work.budget is not None and work.counts(trials)["evaluated"] + sum(
+                t.state.name == "RUNNING" and _claimed(t) for t in trials) \
+                >= work.budget:
+            return "full"  # the rest of the budget is being evaluated elsewhere right now
+        if work.search.is_finished():
+            return "finished"  # this worker's own view: every point of the space was told
+        params = work.search.get_next_params()
+        if params is None:
+            return "finished"
+        trial = work.search._pending[-1][0]  # the Optuna trial just asked
+        self.lease.set_current(work.study.study_name, trial.number, trial._trial_id)
+        try:
+            key = params_key(params)
+            # One fresh read after asking: trials created before this one are all in it.
+            running = self._others_running(work, trial, work.sync())
+            if not self._await_duplicate(work, trial, key, running):
+                self._give_up(work, params, "the same configuration is being evaluated elsewhere")
+                return "full"
+            free = key in work.state.seen or cost_skip(self.run, work.group, params) is not None
+            if not free:
+                trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.lease.id)
+                if not self._await_claim(work, trial, running):
+                    self._give_up(work, params, _SURPLUS)
+                    self.report.surplus += 1
+                    return "full"
+            before = work.state.evaluated
+            try:
+                search_loop._answer(self.run, work.state, dict(params))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This process stalled past the grace period and another worker took its
+                # trial for a dead one's (failed and re-enqueued it): the result is dropped
+                # and the retry evaluates it again.
+                self.run.log(f"[{work.group.key}] trial {trial.number} was taken over by "
+                             "another worker while this one stalled; its result is dropped")
+            work.known.add(trial.number)
+            work.just_ran = True
+            if work.state.evaluated > before:
+                self.report.evaluated += 1
+                self.report.groups[work.group.key] = self.report.groups.get(work.group.key, 0) + 1
+            else:
+                self.report.free += 1
+        finally:
+            self.lease.set_current(None)
+        return "ran"
+
+    def _give_up(self, work: _GroupWork, params: dict[str, Any], why: str) -> None:
+        """End this worker's trial unevaluated: FAIL, not counted toward the budget."""
+        trial = work.search._pop_pending(params)
+        work.search._mark_failed(trial, why, evaluated=False)
+        work.search._count_result(evaluated=False)
+        if trial is not None:
+            work.known.add(trial.number)
+
+    @staticmethod
+    def _others_running(work: _GroupWork, trial: Any, trials: list[Any]) -> list[Any]:
+        import optuna
+
+        return [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
+                and t.number != trial.number]
+
+    def _await_duplicate(self, work: _GroupWork, trial: Any, key: Any,
+                         running: list[Any]) -> bool:
+        """Wait while another worker evaluates the same configuration (then it is cached).
+
+        Returns False when that takes so long that the trial is better given up (the
+        other worker's result will teach the sampler anyway).
+        """
+        from panther.tuner.search.base import params_key
+        from panther.tuner.storage import OWNER_ATTR, WAITING_SUFFIX
+
+        deadline = time.monotonic() + max(30.0, 4 * self.lease.grace)
+        rounds = 0
+        tagged = False
+        while time.monotonic() < deadline:
+            if key in work.state.seen:
+                return True
+            # Wait for a claimed evaluation of it, or for a lower-numbered trial of it that is
+            # still deciding (of two workers proposing it at once, the later one waits).
+            if not any(params_key(t.params) == key
+                       and (_claimed(t) or t.number < trial.number)
+                       for t in running):
+                return True
+            if not tagged:
+                # Waiting may take a whole evaluation: say whose trial this is, unclaimed, so
+                # it is not taken for a dead worker's.
+                trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
+                                                    self.lease.id + WAITING_SUFFIX)
+                tagged = True
+            rounds += 1
+            self._sleep(rounds)
+            work.reap(self.lease.run_name, self.reap_s, self.report)
+            running = self._others_running(work, trial, work.sync())
+        return False
+
+    def _await_claim(self, work: _GroupWork, trial: Any, running: list[Any]) -> bool:
+        """Whether this claimed trial is within the group's global evaluation budget.
+
+        Rank = evaluations completed + lower-numbered trials still running. Within the
+        budget: go. Over it even if every undecided lower trial turns out free: give up.
+        Otherwise wait for those trials to decide.
+        """
+        if work.budget is None:
+            return True
+        trials = None
+        rounds = 0
+        while True:
+            if trials is not None:  # the first round reuses the read made right after asking
+                running = self._others_running(work, trial, trials)
+            done = work.counts(trials if trials is not None else work.last_trials)["evaluated"]
+            if done >= work.budget:
+                return False
+            lower = [t for t in running if t.number < trial.number]
+            claimed = sum(_claimed(t) for t in lower)
+            if done + len(lower) < work.budget:
+                return True
+            if done + claimed >= work.budget:
+                return False
+            rounds += 1
+            self._sleep(rounds)
+            work.reap(self.lease.run_name, self.reap_s, self.report)
+            trials = work.sync()
+
+
+# ---------------------------------------------------------------------- public entry points
+def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
+               heartbeat_interval: int = 5, grace_period: int | None = None,
+               poll_interval: float = 0.05) -> WorkerReport:
+    """Work on a shared tuning run until every group's budget is used (see the module doc).
+
+    Args:
+        tuner: an ``SKAutoTuner`` built the same way in every worker (same model weights,
+            configs, evaluation settings) with an ``OptunaSearch`` backend.
+        storage: the shared storage URL (default: the backend's ``storage``).
+        device: evaluate on this device (``"cuda:1"``); default ``$PANTHER_DEVICE``, else
+            where the model is. The tuner's model is moved there.
+        heartbeat_interval: seconds between liveness beats (lease and Optuna heartbeat).
+        grace_period: seconds without a beat after which a worker on another machine counts
+            as dead (default ``4 * heartbeat_interval``). On one machine a dead worker is
+            noticed at once (its process is gone).
+        poll_interval: seconds between looks at the storage while waiting for other workers.
+
+    Returns:
+        A :class:`WorkerReport`. The run's results come from :func:`finalize`.
+
+    Raises:
+        FingerprintMismatch: the run was started with another model or config.
+        ConcurrentRunError: a single-process ``tune()`` drives the same studies.
+        StorageError: the storage URL is unusable.
+    """
+    from panther.tuner.fingerprint import tuner_fingerprint
+    from panther.tuner.run import Run
+    from panther.tuner.storage import (
+        Lease,
+        check_no_conflict,
+        live_leases,
+        open_storage,
+        quiet_optuna,
+        run_study_name,
+    )
+
+    started = time.perf_counter()
+    source, spec = _shared_storage(tuner, storage)
+    dev = resolve_device(device)
+    fingerprint = tuner_fingerprint(tuner)  # before moving: digests are device-independent
+    if dev is not None:
+        tuner.model.to(dev)
+    interval = max(1, int(heartbeat_interval))
+    grace = int(grace_period) if grace_period else 4 * interval
+    with quiet_optuna():
+        storage_obj = open_storage(spec, heartbeat_interval=interval, grace_period=grace)
+    run_name = run_study_name(source.study_name)
+    lease = Lease(storage_obj, run_name, role="worker", interval=interval, grace=grace).acquire()
+    run = None
+    try:
+        check_no_conflict(lease, repr(spec.display))
+        run_study = _run_study(storage_obj, run_name)
+        _check_run_fingerprint(run_study, fingerprint, spec.display)
+        ordinal = sum(1 for other in live_leases(storage_obj, run_name)
+                      if other.role == "worker" and other.number < lease.number)
+        report = WorkerReport(worker=lease.id, ordinal=ordinal)
+        search = _clone_search(source, spec, storage_obj, ordinal)
+        # Workers tag a trial when they claim it, not when they ask (one write less each).
+        search.use_lease(lease, tag_trials=False)
+        search.fingerprint = fingerprint
+        # The first worker draws the sketch seeds a single process would; others their own.
+        rng = tuner._rng if not ordinal else random.Random(f"{tuner.settings.seed}:{ordinal}")
+        # A worker neither verifies nor shows progress: finalize() does the combination.
+        settings = dataclasses.replace(tuner.settings, verify=False, progress=False)
+        run = Run(tuner.model, settings, tuner.groups, rng)
+        run.results.info["worker"] = lease.id
+        run.measure_baseline()  # only when the threshold is relative or for the pre-check
+        _shared_threshold(run, run_study)
+        with quiet_optuna():
+            _Worker(run, search, lease, report, poll_s=poll_interval,
+                    reap_s=2.0 * interval).loop()
+    finally:
+        if run is not None:
+            run.restore_modes()
+            run.sync_trials()
+        lease.release()
+    report.wall_time_s = time.perf_counter() - started
+    return report
+
+
+def finalize(tuner: Any, storage: str | None = None, *, wait: bool = False,
+             timeout: float | None = None, poll_interval: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Gather a shared run's trials and verify the combination, exactly as ``tune()`` does.
+
+    No new configuration is evaluated: each group's trials are read from the storage;
+    then the top candidates are re-measured, the winners combined and verified (with the
+    back-off under an accuracy constraint), and :attr:`SKAutoTuner.results` holds the same
+    results as a single-process run (``apply_best_params``, ``save_tuning_results``...).
+
+    Args:
+        tuner: built like the workers' tuners.
+        storage: the shared storage URL (default: the backend's ``storage``).
+        wait: wait for live workers to finish instead of refusing.
+        timeout: with ``wait``, give up after this many seconds.
+        poll_interval: seconds between looks while waiting.
+
+    Returns:
+        What ``tune()`` returns: per layer, the search winner's params and score.
+
+    Raises:
+        ConcurrentRunError: workers (or a ``tune()``) are still running and ``wait`` is False.
+        FingerprintMismatch: the run was made with another model or config.
+    """
+    from panther.tuner.fingerprint import tuner_fingerprint
+    from panther.tuner.storage import (
+        ConcurrentRunError,
+        Lease,
+        live_leases,
+        open_storage,
+        run_study_name,
+    )
+    from panther.tuner.tuner import TuningWarning
+
+    source, spec = _shared_storage(tuner, storage)
+    storage_obj = open_storage(spec)
+    run_name = run_study_name(source.study_name)
+    fingerprint = tuner_fingerprint(tuner)
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    while True:
+        others = [lease for lease in live_leases(storage_obj, run_name)
+                  if not (lease.pid == os.getpid() and lease.role == "finalize")]
+        if not others:
+            break
+        if not wait or (deadline is not None and time.monotonic() >= deadline):
+            listed = "; ".join(lease.describe() for lease in others[:5])
+            raise ConcurrentRunError(
+                f"{len(others)} process(es) still work on the run {run_name!r} in storage "
+                f"{spec.display!r}: {listed}. Finalize when they are done, or wait for them "
+                "(finalize(wait=True) / panther-tune finalize --wait)")
+        time.sleep(poll_interval)
+    lease = Lease(storage_obj, run_name, role="finalize").acquire()
+    saved = (tuner.search_algorithm, tuner.max_trials, tuner.progress)
+    try:
+        run_study = _run_study_or_none(storage_obj, run_name)
+        if run_study is not None:
+            _check_run_fingerprint(run_study, fingerprint, spec.display)
+        search = _clone_search(source, spec, storage_obj, 0)
+        search.use_lease(lease)
+        search.fingerprint = fingerprint
+        tuner.search_algorithm = search
+        # Budget 0: every group reads its stored trials and evaluates nothing new.
+        tuner.max_trials = 0
+        tuner.progress = False  # nothing is evaluated: a bar would only show 0
+        budget = min(n for n in (saved[1], source.n_trials) if n is not None)
+        best = tuner.tune()
+    finally:
+        tuner.search_algorithm, tuner.max_trials, tuner.progress = saved
+        lease.release()
+    info = tuner._results.info
+    info["finalized"] = True
+    short = {key: g["n_evaluated"] for key, g in tuner._results.groups.items()
+             if g["n_evaluated"] < budget}
+    if short:
+        info["incomplete_groups"] = short
+        warnings.warn(
+            f"finalized with fewer evaluations than the budget ({budget}) in "
+            f"{len(short)} group(s): {short}; start more workers on the same storage and "
+            "finalize again to use the whole budget", TuningWarning, stacklevel=2)
+    return best
+
+
+def _run_study_or_none(storage_obj: Any, run_name: str) -> Any:
+    try:
+        return _run_study(storage_obj, run_name)
+    except KeyError:
+        return None
+
+
+def run_status(storage: str, study_name: str | None = None) -> dict[str, Any]:
+    """Progress of a shared run: per group study, and the live workers.
+
+    Returns:
+        ``{"run": name, "storage": url (password hidden), "studies": [{"study", "group",
+        "evaluated", "free", "running", "waiting", "failed", "best_score", "best_params"}...],
+        "workers": [{"id", "role", "pid", "host", "started", "last_beat_s", "current"}...]}``.
+        ``failed`` counts evaluations whose functions raised and trials of dead workers;
+        ``free`` counts cached and skipped proposals.
+    """
+    import optuna
+
+    from panther.tuner.search.optuna import EXTRA_ATTR, SCORE_ATTR, _was_evaluated
+    from panther.tuner.storage import (
+        RUN_STUDY_SUFFIX,
+        check_storage,
+        live_leases,
+        open_storage,
+        run_study_name,
+    )
+
+    spec = check_storage(storage)
+    storage_obj = open_storage(spec)
+    run_name = run_study_name(study_name)
+    prefix = f"{study_name or 'panther'}/"
+    state = optuna.trial.TrialState
+    studies = []
+    for summary in storage_obj.get_all_studies():
+        name = summary.study_name
+        if not name.startswith(prefix) or name.endswith(RUN_STUDY_SUFFIX):
+            continue
+        trials = storage_obj.get_all_trials(summary._study_id, deepcopy=False)
+        entry: dict[str, Any] = {"study": name, "group": name[len(prefix):], "evaluated": 0,
+                                 "free": 0, "running": 0, "waiting": 0, "failed": 0,
+                                 "best_score": None, "best_params": None}
+        for t in trials:
+            if t.state == state.RUNNING:
+                entry["running"] += 1
+            elif t.state == state.WAITING:
+                entry["waiting"] += 1
+            elif t.state == state.FAIL:
+                # Claims given up (budget taken, duplicates) are no failures.
+                if _was_evaluated(t.user_attrs):
+                    entry["failed"] += 1
+            elif t.state == state.COMPLETE:
+                if not _was_evaluated(t.user_attrs):
+                    entry["free"] += 1
+                    continue
+                entry["evaluated"] += 1
+                row = (t.user_attrs.get(EXTRA_ATTR) or {}).get("panther_row") or {}
+                if row.get("status") == "failed":
+                    entry["failed"] += 1
+                if row.get("status", "ok") != "ok":
+                    continue
+                score = t.user_attrs.get(SCORE_ATTR, t.value)
+                if score is not None and (entry["best_score"] is None or score > entry["best_score"]):
+                    entry["best_score"], entry["best_params"] = float(score), dict(t.params)
+        studies.append(entry)
+    now = time.time()
+    workers = [{"id": lease.id, "role": lease.role, "pid": lease.pid, "host": lease.host,
+                "started": lease.started, "last_beat_s": round(max(0.0, now - lease.beat), 1),
+                "current": lease.current}
+               for lease in live_leases(storage_obj, run_name)]
+    return {"run": study_name or "panther", "storage": spec.display, "studies": studies,
+            "workers": workers}

@@ -1,0 +1,236 @@
+"""Workers sharing one tuning run through Optuna's storage (panther.tuner.worker).
+
+The run is tests/distributed_app.py: two separately tuned layers whose scores depend only
+on the sketch parameters, with an accuracy function that sleeps briefly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from panther.tuner.fingerprint import FingerprintMismatch
+from panther.tuner.storage import (
+    OWNER_ATTR,
+    RETRY_ATTR,
+    ConcurrentRunError,
+    Lease,
+    StorageError,
+    check_storage,
+    open_storage,
+)
+from panther.tuner.worker import resolve_device, run_status
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import distributed_app as app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = Path(app.__file__)
+FREE = ("cached", "skipped")
+
+
+def postgres_url() -> str:
+    """The test server's URL; outside CI a missing server skips, naming the make target."""
+    url = os.environ.get("PANTHER_TEST_POSTGRES_URL")
+    problem = "PANTHER_TEST_POSTGRES_URL is not set"
+    if url:
+        try:
+            check_storage(url)
+            return url
+        except StorageError as exc:
+            problem = str(exc)
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must test against PostgreSQL (.ci/run starts it): {problem}")
+    pytest.skip(f"no PostgreSQL server ({problem}); start one with "
+                "`export PANTHER_TEST_POSTGRES_URL=$(make -s postgres)`")
+
+
+def start_workers(storage: str, n: int, *extra: str) -> list[subprocess.Popen]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "PANTHER_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    return [subprocess.Popen([sys.executable, str(APP), "worker", storage, *extra],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(n)]
+
+
+def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        out.append((proc.returncode, stdout, stderr))
+    return out
+
+
+def study_trials(storage: str, study: str, group: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=f"{study}/{group}", storage=open_storage(storage)).trials
+
+
+def evaluated_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """COMPLETE trials whose configuration was evaluated (not cached, not skipped)."""
+    return [t for t in trials if t.state.name == "COMPLETE"
+            and t.user_attrs["panther_attrs"]["panther_row"]["status"] not in FREE]
+
+
+def evaluated_rows(tuner) -> list[tuple]:
+    return sorted((r["layer_name"], tuple(sorted(r["params"].items())), r["status"], r["score"])
+                  for r in tuner.results.trials if r["status"] not in FREE)
+
+
+def check_shared_run(storage: str, study: str, budget: int) -> None:
+    """Budgets are global, no configuration was evaluated twice, nothing is left running."""
+    for group in ("0", "2"):
+        trials = study_trials(storage, study, group)
+        evaluated = evaluated_trials(trials)
+        assert len(evaluated) == budget, (group, len(evaluated))
+        configs = [tuple(sorted(t.params.items())) for t in evaluated]
+        assert len(set(configs)) == len(configs), configs  # no duplicate completed configuration
+        assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+
+
+def check_matches_single_process(storage: str, study: str) -> None:
+    """finalize() gives the single-process results.
+
+    The budget (7) equals the configurations the cost model lets through (8 minus one
+    skipped), so any set of workers evaluates exactly the configurations one process does;
+    the scores depend on the parameters alone, so trials, winners and the verified
+    combination are equal. Only the sketch seeds differ (each worker draws its own),
+    which is why the rows are compared without them.
+    """
+    shared = app.build(storage, study=study, n_trials=7, sampler="random")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "fewer evaluations than the budget" warning
+        shared.finalize()
+    alone = app.build(None, n_trials=7, sampler="random")
+    alone.tune()
+    assert evaluated_rows(shared) == evaluated_rows(alone)
+    assert shared.selected_params == alone.selected_params
+    for key in ("final_accuracy", "final_speed", "speedup", "sketched_layers"):
+        assert shared.report[key] == alone.report[key], key
+    assert shared.report["finalized"] is True
+
+
+@pytest.mark.slow
+def test_four_workers_on_a_journal_file(tmp_path):
+    storage = f"journal://{tmp_path}/run.log"
+    results = finish(start_workers(storage, 4, "--n-trials", "7", "--sleep", "0.05",
+                                   "--sampler", "random"))
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    reports = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+    assert sorted(r["ordinal"] for r in reports) == [0, 1, 2, 3]
+    assert sum(r["evaluated"] for r in reports) == 2 * 7  # the budget, not 4 x the budget
+    check_shared_run(storage, "dist", 7)
+    check_matches_single_process(storage, "dist")
+    status = run_status(storage, "dist")
+    assert [s["evaluated"] for s in status["studies"]] == [7, 7] and status["workers"] == []
+
+
+@pytest.mark.slow
+def test_four_workers_on_postgresql():
+    storage = postgres_url()
+    study = f"dist-{uuid.uuid4().hex[:8]}"
+    results = finish(start_workers(storage, 4, "--n-trials", "7", "--sleep", "0.05",
+                                   "--sampler", "random", "--study", study))
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    check_shared_run(storage, study, 7)
+    check_matches_single_process(storage, study)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_another_worker_continues(tmp_path):
+    storage = f"journal://{tmp_path}/run.log"
+    (killed,) = finish(start_workers(storage, 1, "--n-trials", "4", "--die-at", "2"))
+    assert killed[0] == -9, killed[2][-2000:]
+    trials = study_trials(storage, "dist", "0")
+    (running,) = [t for t in trials if t.state.name == "RUNNING"]  # died evaluating it
+    assert OWNER_ATTR in running.system_attrs  # claimed for evaluation by the killed worker
+    kept = evaluated_trials(trials)
+    assert len(kept) == 1
+    (rc, out, err), = finish(start_workers(storage, 1, "--n-trials", "4"))
+    assert rc == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["retried"] == 1
+    check_shared_run(storage, "dist", 4)
+    trials = study_trials(storage, "dist", "0")
+    assert trials[running.number].state.name == "FAIL"
+    (retry,) = [t for t in trials if t.user_attrs.get(RETRY_ATTR) == running.number]
+    assert retry.state.name == "COMPLETE" and retry.params == running.params
+    assert trials[kept[0].number].state.name == "COMPLETE"  # completed work is kept
+    assert run_status(storage, "dist")["studies"][0]["failed"] == 1
+
+
+def test_one_worker_then_finalize_equals_tune(tmp_path):
+    """In one process a worker draws the same proposals and sketch seeds as tune():
+    finalize() reproduces tune()'s results exactly, seeds included."""
+    storage = f"journal://{tmp_path}/run.log"
+    report = app.build(storage, n_trials=4).run_worker(heartbeat_interval=1)
+    assert report.ordinal == 0 and report.evaluated == 8 and report.retried == 0
+    shared = app.build(storage, n_trials=4)
+    shared.finalize()
+    alone = app.build(None, n_trials=4)
+    alone.tune()
+    key = ("layer_name", "params", "status", "score", "accuracy", "speed", "seeds")
+    assert [tuple(str(r[k]) for k in key) for r in shared.results.trials] == \
+        [tuple(str(r[k]) for k in key) for r in alone.results.trials]
+    assert shared.results.selection == alone.results.selection
+    # A second worker on the finished run has nothing to do.
+    assert app.build(storage, n_trials=4).run_worker(heartbeat_interval=1).evaluated == 0
+
+
+def test_joining_with_another_model_is_refused(tmp_path):
+    storage = f"journal://{tmp_path}/run.log"
+    app.build(storage, n_trials=1).run_worker(heartbeat_interval=1)
+    other = app.build(storage, n_trials=1)
+    with torch.no_grad():
+        other.model[0].weight.add_(1.0)
+    with pytest.raises(FingerprintMismatch, match="model weights") as info:
+        other.run_worker(heartbeat_interval=1)
+    assert "dist#run" in str(info.value)
+    with pytest.raises(FingerprintMismatch, match="model weights"):
+        other.finalize()
+    changed = app.build(storage, n_trials=1, num_runs_per_param=2)
+    with pytest.raises(FingerprintMismatch, match="num_runs_per_param: stored 1, now 2"):
+        changed.run_worker(heartbeat_interval=1)
+
+
+def test_finalize_waits_for_or_refuses_live_workers(tmp_path):
+    storage = f"journal://{tmp_path}/run.log"
+    app.build(storage, n_trials=1).run_worker(heartbeat_interval=1)
+    lease = Lease(open_storage(storage), "dist#run", role="worker").acquire()
+    try:
+        with pytest.raises(ConcurrentRunError, match="still work on the run") as info:
+            app.build(storage, n_trials=1).finalize()
+        assert "--wait" in str(info.value)
+        with pytest.raises(ConcurrentRunError):
+            app.build(storage, n_trials=1).finalize(wait=True, timeout=0.2, poll_interval=0.05)
+        assert [w["role"] for w in run_status(storage, "dist")["workers"]] == ["worker"]
+    finally:
+        lease.release()
+    app.build(storage, n_trials=1).finalize()
+
+
+def test_finalize_warns_when_workers_stopped_short(tmp_path):
+    storage = f"journal://{tmp_path}/run.log"
+    app.build(storage, n_trials=4, max_trials=2).run_worker(heartbeat_interval=1)
+    with pytest.warns(UserWarning, match="fewer evaluations than the budget"):
+        app.build(storage, n_trials=4).finalize()
+
+
+def test_workers_need_a_shared_storage_and_a_real_device():
+    with pytest.raises(ValueError, match="storage URL they all open"):
+        app.build(None).run_worker()
+    with pytest.raises(StorageError, match="memory"):
+        app.build(None).run_worker(storage="sqlite:///:memory:")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("gpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="0 CUDA device"):
+            resolve_device("cuda:3")
+    assert resolve_device("cpu") == torch.device("cpu")
