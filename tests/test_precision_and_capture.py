@@ -34,10 +34,11 @@ HALF_TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
 MODES = ["native", "reference"]
 
 
-def _assert_near(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+def _assert_near(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype,
+                 slack: float = 1.0) -> None:
     scale = want.abs().max().item() or 1.0
     err = (got.float() - want.float()).abs().max().item()
-    assert err <= HALF_TOL[dtype] * scale, f"max error {err:.3g} vs scale {scale:.3g}"
+    assert err <= slack * HALF_TOL[dtype] * scale, f"max error {err:.3g} vs scale {scale:.3g}"
 
 
 def _mode(mode: str):
@@ -66,12 +67,14 @@ def test_sklinear_half_matches_float32(mode, dtype, shape):
         want.square().sum().backward()
         got.float().square().sum().backward()
     _assert_near(got.detach(), want.detach(), dtype)
-    # Gradients: round the float32 ones' scale generously (two more products each).
+    # Gradients pass through two more half-precision products each: a looser bound.
     for p32, ph in [(layer.S1, half.S1), (layer.S2, half.S2), (layer.bias, half.bias)]:
         assert ph.grad is not None and ph.grad.dtype == dtype
-        _assert_near(ph.grad / 2, p32.grad / 2, dtype) if dtype == torch.float16 else \
-            torch.testing.assert_close(ph.grad.float(), p32.grad, rtol=0.1,
-                                       atol=0.1 * p32.grad.abs().max().item())
+        _assert_near(ph.grad, p32.grad, dtype, slack=3.0)
+    x32 = x.clone().requires_grad_()
+    with _mode(mode):
+        (gx32,) = torch.autograd.grad(layer(x32).square().sum(), x32)
+    _assert_near(xh.grad, gx32, dtype, slack=3.0)
 
 
 @pytest.mark.parametrize("mode", MODES)
