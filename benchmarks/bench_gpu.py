@@ -105,6 +105,18 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def _linear_pair(shape: tuple[int, int, int, int, int], device: torch.device,
+                 dtype: torch.dtype) -> tuple[nn.Linear, nn.Module, torch.Tensor]:
+    """A seeded nn.Linear, its SKLinear.from_linear and an input of ``rows`` rows."""
+    from panther.nn import SKLinear
+
+    d_in, d_out, rows, L, k = shape
+    torch.manual_seed(0)
+    dense = nn.Linear(d_in, d_out, device=device, dtype=dtype)
+    sk = SKLinear.from_linear(dense, L, k, seed=0)
+    return dense, sk, torch.randn(rows, d_in, device=device, dtype=dtype)
+
+
 def linear_flop_ratio(d_in: int, d_out: int, L: int, k: int) -> float:
     """Dense multiply-adds over sketched ones per row."""
     return d_in * d_out / (2 * L * k * (d_in + d_out))
@@ -113,16 +125,11 @@ def linear_flop_ratio(d_in: int, d_out: int, L: int, k: int) -> float:
 def bench_linear(device: torch.device, dtypes: list[str], timer: Timer,
                  shapes: list[tuple[int, int, int, int, int]]) -> list[dict]:
     """SKLinear vs nn.Linear at each shape and dtype, forward and forward+backward."""
-    from panther.nn import SKLinear
-
     rows_out = []
-    for d_in, d_out, rows, L, k in shapes:
+    for shape in shapes:
+        d_in, d_out, rows, L, k = shape
         for name in dtypes:
-            dtype = DTYPES[name]
-            torch.manual_seed(0)
-            dense = nn.Linear(d_in, d_out, device=device, dtype=dtype)
-            sk = SKLinear.from_linear(dense, L, k, seed=0)
-            x = torch.randn(rows, d_in, device=device, dtype=dtype)
+            dense, sk, x = _linear_pair(shape, device, DTYPES[name])
             fwd = timer.median({"dense": _forward(dense, x), "sk": _forward(sk, x)})
             both = timer.median({"dense": _forward_backward(dense, x),
                                  "sk": _forward_backward(sk, x)})
@@ -234,20 +241,13 @@ def profile_layers(device: torch.device, dtypes: list[str], quick: bool,
     """Top device kernels and host vs device time per call of each layer's forward."""
     from torch.profiler import ProfilerActivity, profile
 
-    from panther.nn import SKLinear
-
-    d_in, d_out, rows, L, k = shape
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     calls = 3 if quick else 20
     out = []
     for name in dtypes:
-        dtype = DTYPES[name]
-        torch.manual_seed(0)
-        dense = nn.Linear(d_in, d_out, device=device, dtype=dtype)
-        sk = SKLinear.from_linear(dense, L, k, seed=0)
-        x = torch.randn(rows, d_in, device=device, dtype=dtype)
+        dense, sk, x = _linear_pair(shape, device, DTYPES[name])
         for label, layer in (("nn.Linear", dense), ("SKLinear", sk)):
             for passes, fn in (("fwd", _forward(layer, x)), ("fwd+bwd", _forward_backward(layer, x))):
                 fn()

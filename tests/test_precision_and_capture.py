@@ -41,6 +41,12 @@ def _assert_near(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype,
     assert err <= slack * HALF_TOL[dtype] * scale, f"max error {err:.3g} vs scale {scale:.3g}"
 
 
+def _run_python(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that imports this checkout's panther."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout)
+
+
 def _mode(mode: str):
     if mode == "native" and not STATUS.cpu_loaded:
         pytest.skip("native extension not loaded")
@@ -192,8 +198,7 @@ def test_layers_import_without_tuner_dependencies():
         "import panther.nn, panther.native, panther.native.ops, panther.sketch\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    proc = _run_python(code, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
@@ -315,8 +320,7 @@ def test_cuda_out_of_range_rows_never_write_out_of_bounds():
         "except Exception as e:\n"
         "    print('raised', type(e).__name__)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    proc = _run_python(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "raised" in proc.stdout
 
