@@ -108,7 +108,9 @@ def mutated_call(draw) -> dict:
                 arg["strided"] = True
             elif how == "rank":
                 arg["shape"] = draw(st.lists(st.integers(0, 4), max_size=5))
-            elif how == "indices":
+            elif how == "indices" and arg["device"] == "cpu":
+                # (On CUDA a bad index fires a device-side assertion, which poisons the
+                # context for every later call: test_precision_and_capture covers it alone.)
                 arg["range"] = (draw(st.integers(-5, 0)), draw(st.integers(1, 12)))
                 arg["dtype"] = "int64"
             elif how == "none":
