@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Plugin problems (unknown hooks or hook arguments, API mismatch, import errors) fail
+# the suite instead of warning; tests of broken plugins switch it off for themselves.
+os.environ.setdefault("PANTHER_STRICT_PLUGINS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

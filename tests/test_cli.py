@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from panther.cli import ConfigError, load_tune_config, main
+from panther.tuner.settings import AccuracyConstraint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -176,7 +178,9 @@ def test_plugins_lists_builtins_with_versions_and_contributions():
     for name in ("optuna", "grid", "throughput", "Linear", "Conv2d"):
         assert name in proc.stdout
     assert "built-in" in proc.stdout
-    listed = json.loads(run_cli("plugins", "--json").stdout)
+    report = json.loads(run_cli("plugins", "--json").stdout)
+    assert report["broken"] == [] and report["conflicts"] == []
+    listed = report["plugins"]
     names = {p["name"] for p in listed}
     assert "panther.tuner.search.optuna" in names
     optuna = next(p for p in listed if p["name"] == "panther.tuner.search.optuna")
@@ -232,6 +236,12 @@ ERROR_CASES = [
     ("bad-int-bounds",
      _config(layers='[[layers]]\nselector = "0"\nparams = { low_rank = { type = "int", low = 9, high = 4 } }\n'),
      "layers[0].params.low_rank", ["low <= high"]),
+    ("param-value-does-not-fit",
+     _config(layers='[[layers]]\nselector = "0"\nparams = { low_rank = [4, 0] }\n'),
+     "layers[0].params", ["low_rank", ">= 1"]),
+    ("layer-in-two-tables",
+     _config(layers='[[layers]]\nselector = "0"\n[[layers]]\nselector = { type = "Linear" }\n'),
+     "layers", ["selected by configs #0 and #1"]),
     ("unsketchable-layer",
      _config(layers='[[layers]]\nselector = "1"\n'), "layers[0].selector", ["ReLU"]),
     ("unknown-backend", _config(search='[search]\nbackend = "optunaa"\n'), "search.backend",
@@ -253,6 +263,13 @@ ERROR_CASES = [
     ("threshold-without-speed", _config("threshold = 0.9"), "speed", ["threshold"]),
     ("bad-threshold-kind", _config('speed = { evaluator = "flops", inverse = true }\nthreshold = { dorp = 0.1 }'),
      "threshold.dorp", ["did you mean 'drop'"]),
+    ("threshold-nan", _config('speed = { evaluator = "flops", inverse = true }\nthreshold = nan'),
+     "threshold", ["nan", "finite"]),
+    ("threshold-inf", _config('speed = { evaluator = "flops", inverse = true }\nthreshold = inf'),
+     "threshold", ["inf", "finite"]),
+    ("threshold-drop-inf",
+     _config('speed = { evaluator = "flops", inverse = true }\nthreshold = { drop = inf }'),
+     "threshold.drop", ["inf"]),
     ("wrong-value-type", _config(search="[search]\nn_trials = \"ten\"\n"), "search.n_trials", ["integer"]),
     ("toml-syntax", "model = \n", "", ["TOML"]),
 ]
@@ -317,6 +334,47 @@ def test_factory_module_next_to_the_config_is_importable(tmp_path):
     assert spec.threshold is None and spec.speed_fn is None
 
 
+def test_config_folder_is_on_the_import_path_only_while_importing_its_modules(tmp_path):
+    """A ``pandas.py`` next to a config that never names it is never executed (issue 15 item 9).
+
+    The factory module still imports its own sibling; afterwards the folder is off
+    ``sys.path``, so the CLI's later ``import pandas`` finds the installed package. Run in
+    a subprocess: this test process may have imported pandas already.
+    """
+    marker = tmp_path / "shadow-ran"
+    (tmp_path / "pandas.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (tmp_path / "sibling_helper.py").write_text("WIDTH = 8\n")
+    (tmp_path / "shadow_factory.py").write_text(textwrap.dedent("""
+        from torch import nn
+        import sibling_helper
+        def build():
+            return nn.Sequential(nn.Linear(sibling_helper.WIDTH, 64), nn.ReLU(), nn.Linear(64, 64))
+        def accuracy(model):
+            return 1.0
+    """))
+    config = write_config(tmp_path, """
+        model = "shadow_factory:build"
+        accuracy = "shadow_factory:accuracy"
+        [[layers]]
+        selector = "2"
+        params = { low_rank = [2] }
+    """)
+    script = textwrap.dedent(f"""
+        import sys
+        from panther.cli import load_tune_config
+        spec = load_tune_config({str(config)!r})
+        assert spec.model[0].in_features == 8
+        assert {str(tmp_path)!r} not in sys.path, sys.path
+        import pandas
+        print(pandas.__file__)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    assert str(tmp_path) not in proc.stdout
+
+
 def test_evaluator_options_call_and_reference_model(tmp_path, monkeypatch):
     """``{call = ...}`` options are built by calling the function; agreement gets the original."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
@@ -337,7 +395,7 @@ def test_evaluator_options_call_and_reference_model(tmp_path, monkeypatch):
     spec = load_tune_config(config)
     assert spec.accuracy_fn(spec.model) == pytest.approx(1.0)  # the original agrees with itself
     assert spec.speed_fn(spec.model) > 0
-    assert spec.threshold == ("absolute", 0.9)
+    assert spec.threshold == AccuracyConstraint("absolute", 0.9)
     assert spec.configs[0].separate is False
 
 
@@ -481,7 +539,7 @@ def test_tune_resumes_from_storage(tmp_path, monkeypatch, capsys):
 @settings(max_examples=25, deadline=None)
 @given(low=st.integers(1, 64), span=st.integers(0, 64), step=st.integers(1, 9))
 def test_int_space_tables_match_int_specs(low, span, step):
-    from panther.cli import _parse_param_space
+    from panther.cli.schema import parse_param_space as _parse_param_space
     from panther.tuner import Int
 
     path = Path("cfg.toml")
@@ -500,7 +558,8 @@ def test_int_space_tables_match_int_specs(low, span, step):
 @given(values=st.lists(st.integers(1, 512), min_size=1, max_size=8, unique=True),
        extra=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8))
 def test_list_spaces_keep_order_and_unknown_spec_keys_are_named(values, extra):
-    from panther.cli import PARAM_SPEC_KEYS, _parse_param_space
+    from panther.cli.schema import PARAM_SPEC_KEYS
+    from panther.cli.schema import parse_param_space as _parse_param_space
 
     path = Path("cfg.toml")
     space = _parse_param_space(path, "p", {"low_rank": values})
@@ -557,7 +616,7 @@ def test_trial_plot_handles_rejected_only_and_empty_runs(tmp_path):
     """A search whose every trial was rejected, and a run with no trials, still plot."""
     import pandas as pd
 
-    from panther.cli import _plot_trials
+    from panther.tuner.visualizer import save_trial_plot as _plot_trials
 
     inf = float("inf")
     df = pd.DataFrame({
@@ -585,3 +644,212 @@ def test_show_hides_cached_repeats(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("fc")]
     statuses = [row[-1] for row in rows]
     assert "cached" not in statuses and "skipped" in statuses
+
+
+# ---- outputs checked before tuning, rescued at the end (issue 15 items 2 and 10) ----------
+def _tiny_run(folder: Path, accuracy_body: str = "    return 1.0", threshold: str = "") -> Path:
+    """A config tuning one Linear(64, 64) over two ranks (grid), with the given accuracy body.
+
+    The accuracy function gets the model as ``model`` and may use ``folder`` (this test's
+    folder) and ``is_sketched(model)``.
+    """
+    # One module name per test: an in-process run imports it, and a second test must not
+    # get the first one's module back from sys.modules.
+    module = "run_model_" + re.sub(r"\W", "_", folder.name)
+    (folder / f"{module}.py").write_text(textwrap.dedent("""
+        import pathlib
+        import torch
+        from torch import nn
+
+        folder = pathlib.Path({folder!r})
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64)).eval()
+
+        def is_sketched(model):
+            return any(type(m).__name__.startswith("SK") for m in model.modules())
+
+        def accuracy(model):
+        {body}
+    """).format(folder=str(folder), body=accuracy_body.strip("\n")))
+    speed = 'speed = { evaluator = "flops", input_shape = [1, 16], inverse = true }\n' if threshold else ""
+    return write_config(folder, f"""
+        model = "{module}:build"
+        accuracy = "{module}:accuracy"
+        {speed}{threshold}
+        [[layers]]
+        selector = "2"
+        params = {{ low_rank = [2, 4] }}
+        [search]
+        backend = "grid"
+    """.replace("\n        ", "\n"))
+
+
+@pytest.mark.parametrize("kind", ["a file", "inside a file"])
+def test_unusable_output_is_refused_before_tuning(tmp_path, capsys, kind):
+    marker = tmp_path / "evaluated"
+    config = _tiny_run(tmp_path, f"    open({str(marker)!r}, 'w').close()\n    return 1.0")
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    output = blocker if kind == "a file" else blocker / "out"
+    code = main(["tune", str(config), "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(output) in err and "--output" in err and "Traceback" not in err
+    assert not marker.exists()  # refused before the first evaluation
+    assert blocker.read_text() == "not a folder"
+
+
+def test_output_lost_during_the_run_is_saved_to_a_named_rescue_folder(tmp_path, monkeypatch, capsys):
+    """The output folder turns into a file mid-run: the results go to a rescue folder the message names."""
+    out = tmp_path / "out"
+    body = f"""
+    out = pathlib.Path({str(out)!r})
+    if out.is_dir():  # the user's folder disappears (and a file takes its name) mid-run
+        for f in out.iterdir():
+            f.unlink()
+        out.rmdir()
+        out.write_text("in the way")
+    return 1.0
+"""
+    config = _tiny_run(tmp_path, body)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = main(["tune", str(config), "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    rescued = list(work.glob("panther-tune-rescue-*"))
+    assert len(rescued) == 1
+    assert str(rescued[0].resolve()) in captured.err and str(out) in captured.err
+    from panther.tuner import load_tuning_results
+
+    assert load_tuning_results(rescued[0] / "results.json").trials
+    assert (rescued[0] / "summary.json").is_file()
+
+
+def test_report_says_when_every_trial_crashed(tmp_path, capsys):
+    body = """
+    if is_sketched(model):
+        raise RuntimeError("evaluation crashed")
+    return 1.0
+"""
+    config = _tiny_run(tmp_path, body)
+    assert main(["tune", str(config), "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "every trial failed (2 of 2)" in out
+    assert "met the threshold" not in out
+    shown = main(["show", str(tmp_path / "out")])
+    assert shown == 0
+    assert "every trial failed" in capsys.readouterr().out
+
+
+def test_report_counts_rejections_when_no_configuration_met_the_threshold(tmp_path, capsys):
+    body = """
+    return 0.5 if is_sketched(model) else 1.0
+"""
+    config = _tiny_run(tmp_path, body, threshold="threshold = { drop = 0.1 }")
+    assert main(["tune", str(config), "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "no configuration met the threshold (2 rejected)" in out
+
+
+def test_no_plots_and_threads(tmp_path, capsys):
+    config = _tiny_run(tmp_path)
+    out = tmp_path / "out"
+    (out / "plots").mkdir(parents=True)
+    (out / "plots" / "trials.png").write_bytes(b"\x89PNG old run")
+    assert main(["tune", str(config), "--output", str(out), "--no-plots", "--threads", "1"]) == 0, \
+        capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["torch_threads"] == 1
+    assert "trials_plot" not in summary["files"]
+    assert not list((out / "plots").glob("*.png"))  # the stale plot is gone, no new one drawn
+    assert main(["tune", str(config), "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_show_names_a_csv_without_the_trial_columns(tmp_path, capsys):
+    csv = tmp_path / "other.csv"
+    csv.write_text("a,b\n1,2\n")
+    assert main(["show", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert "other.csv" in err and "layer_name" in err and "score" in err and "Traceback" not in err
+    assert main(["plot", str(csv)]) == 2
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert main(["show", str(empty)]) == 2
+    assert "empty.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"before": {}, "after": 3}', "\xff\xfe"])
+def test_show_names_a_corrupt_summary(tuned_run, tmp_path, capsys, text):
+    out, proc = tuned_run
+    assert proc.returncode == 0, proc.stderr
+    copy_dir = tmp_path / "run"
+    copy_dir.mkdir()
+    (copy_dir / "results.json").write_bytes((out / "results.json").read_bytes())
+    (copy_dir / "summary.json").write_bytes(text.encode("latin-1"))
+    assert main(["show", str(copy_dir)]) == 2
+    err = capsys.readouterr().err
+    assert str(copy_dir / "summary.json") in err and "Traceback" not in err
+
+
+# ---- the report asks each layer type what to show ---------------------------------------------
+def test_report_shows_what_each_layer_type_describes(capsys):
+    """A plugin's layer type appears in the report with its own settings, no CLI edits needed."""
+    from torch import nn
+
+    from panther.cli.report import layer_choices, print_report
+    from panther.tuner import plugins
+    from panther.tuner.layers.base import Cost, LayerType
+
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(8, 8))
+
+    class Narrow(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.width, self.seed = width, 5
+            self.weight = nn.Parameter(torch.zeros(8, width))
+
+    class NarrowType(LayerType):
+        name = "Narrowing"
+        module_types = (Wide,)
+        sketched_type = Narrow
+        param_names = ("width",)
+
+        def build(self, original, params, copy_weights=True):
+            return Narrow(params["width"])
+
+        def auto_space(self, original):
+            return {}
+
+        def cost(self, original, params=None):
+            return Cost(1, 1)
+
+    class Plugin:
+        @staticmethod
+        @plugins.hookspecs.hookimpl
+        def panther_layer_types():
+            return [NarrowType()]
+
+    name = plugins.register_plugin(Plugin(), name="narrowing-for-report")
+    try:
+        original = nn.Sequential(Wide(), nn.Linear(16, 64))
+        from panther.nn import SKLinear
+
+        tuned = nn.Sequential(Narrow(2), SKLinear.from_linear(original[1], 1, 4, seed=3))
+        rows = layer_choices(original, tuned)
+    finally:
+        plugins.unregister_plugin(name)
+    assert rows[0]["width"] == 2 and rows[0]["seed"] == 5
+    assert rows[1]["low_rank"] == 4 and rows[1]["num_terms"] == 1 and rows[1]["seed"] == 3
+    print_report({"before": {"params": 1000}, "after": {"params": 100}, "layers": rows})
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("layer"))
+    assert header.split()[:6] == ["layer", "original", "sketched", "width", "num_terms", "low_rank"]
+    assert "Narrow" in table and "seed" not in header

@@ -17,6 +17,7 @@ from panther.tuner.layers import (
     Cost,
     LayerType,
     LinearLayerType,
+    LowRankLayerType,
     low_rank_space,
     saves_work,
 )
@@ -304,3 +305,141 @@ def test_attention_seq_len_is_changed_by_registering_a_layer_type_by_hand():
     finally:
         plugins.unregister_plugin(name)
     assert layer_type_for(mha).seq_len == 512
+
+
+# --------------------------------------------------------------------------- public extension points
+
+
+class _GPT2Conv1D(nn.Module):
+    """A stand-in for transformers' Conv1D: a linear map whose weight is stored (in, out)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) / nx**0.5)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(
+            *x.shape[:-1], self.nf
+        )
+
+
+class _GPT2Conv1DType(LowRankLayerType):
+    """Written from the documented hooks only: fans, sketch_copy, sketch_empty."""
+
+    name = "Conv1D"
+    module_types = (_GPT2Conv1D,)
+    sketched_type = SKLinear
+
+    def factory_signature_source(self):
+        return SKLinear
+
+    def fans(self, layer):
+        # Also called with the sketched SKLinear, by sketched_cost() (the flops evaluator).
+        if isinstance(layer, SKLinear):
+            return layer.in_features, layer.out_features
+        return layer.weight.shape[0], layer.weight.shape[1]
+
+    def sketch_copy(self, original, num_terms, low_rank, **options):
+        layer = SKLinear(*self.fans(original), num_terms, low_rank,
+                         W_init=original.weight.detach().T, **options)
+        with torch.no_grad():
+            layer.bias.copy_(original.bias)
+        return layer
+
+    def sketch_empty(self, original, num_terms, low_rank, **options):
+        return SKLinear(*self.fans(original), num_terms, low_rank, **options)
+
+
+def test_low_rank_layer_type_public_hooks_build_a_third_party_layer():
+    torch.manual_seed(0)
+    original = _GPT2Conv1D(48, 32).eval()
+    with torch.no_grad():  # rank 4, so a rank-8 sketch can be close
+        original.weight.copy_(torch.randn(32, 4) @ torch.randn(4, 48) / 4)
+    layer_type = _GPT2Conv1DType()
+    assert layer_type.param_names == ("num_terms", "low_rank", "init")
+    sketched = layer_type.build(original, {"num_terms": 1, "low_rank": 8, "init": "svd", "seed": 3})
+    x = torch.randn(5, 32)
+    assert isinstance(sketched, SKLinear) and not sketched.training and sketched.seed == 3
+    err = (sketched(x) - original(x)).norm() / original(x).norm()
+    assert err < 0.5
+    # The inherited cost model uses fans(): SKLinear's formula.
+    assert layer_type.cost(original) == Cost(params=32 * 48 + 48, macs=32 * 48)
+    assert layer_type.cost(original, {"num_terms": 1, "low_rank": 4}) == Cost(
+        params=4 * (32 + 48) + 48, macs=2 * 4 * (32 + 48)
+    )
+    # The sketched-cost contract: params read back from the sketched layer.
+    assert layer_type.sketched_params(sketched)["low_rank"] == 8
+    assert layer_type.sketched_cost(sketched) == layer_type.cost(
+        sketched, {"num_terms": 1, "low_rank": 8, "init": "svd"}
+    )
+    empty = layer_type.build(original, {"num_terms": 1, "low_rank": 4}, copy_weights=False)
+    assert empty(x).shape == (5, 48)
+
+
+def test_missing_hook_names_itself_and_legacy_private_hooks_still_work():
+    class Unfinished(LowRankLayerType):
+        name = "Unfinished"
+        module_types = (nn.Linear,)
+
+        def factory_signature_source(self):
+            return SKLinear
+
+    with pytest.raises(NotImplementedError, match="Unfinished must implement fans"):
+        Unfinished().auto_space(nn.Linear(8, 8))
+
+    class Legacy(Unfinished):
+        def _fans(self, original):
+            return original.in_features, original.out_features
+
+    with pytest.warns(DeprecationWarning, match="rename it to the public fans"):
+        assert Legacy().auto_space(nn.Linear(64, 64))["low_rank"].values()
+
+
+def test_flops_costs_sketched_layers_through_sketched_cost():
+    from panther.tuner import plugins
+    from panther.tuner.evaluators import flops
+    from panther.tuner.hookspecs import hookimpl
+
+    class Wrapped(nn.Module):
+        """A sketched layer that keeps its configuration in a dict, not as attributes."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = {"num_terms": inner.num_terms, "low_rank": inner.low_rank}
+
+        def forward(self, x):
+            return self.inner(x)
+
+    class WrappedType(_GPT2Conv1DType):
+        name = "WrappedConv1D"
+        sketched_type = Wrapped
+
+        def sketch_copy(self, original, num_terms, low_rank, **options):
+            return Wrapped(super().sketch_copy(original, num_terms, low_rank, **options))
+
+        def sketched_params(self, sketched):
+            return dict(sketched.config)
+
+        def sketched_cost(self, sketched):
+            n_in, n_out = sketched.inner.in_features, sketched.inner.out_features
+            lk = sketched.config["num_terms"] * sketched.config["low_rank"]
+            return Cost(params=lk * (n_in + n_out), macs=2 * lk * (n_in + n_out))
+
+    class Plugin:
+        @hookimpl
+        def panther_layer_types(self):
+            return [WrappedType()]
+
+    name = plugins.register_plugin(Plugin(), name="wrapped-conv1d")
+    try:
+        original = _GPT2Conv1D(64, 64)
+        sketched = WrappedType().build(original, {"num_terms": 1, "low_rank": 4})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the old read-attributes path warned and fell back
+            assert flops()(nn.Sequential(sketched)) == 2 * 4 * 128
+            assert flops()(nn.Sequential(original)) == 64 * 64
+    finally:
+        plugins.unregister_plugin(name)

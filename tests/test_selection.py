@@ -353,3 +353,92 @@ def test_suggestions_are_short_and_never_containers(model, data):
     has_params = [n for n in close if list(modules[n].parameters(False))]
     # parameter-free leaves only appear when no layer with parameters is close
     assert not has_params or len(has_params) == len(close)
+
+
+# --------------------------------------------------------------------------- one naming rule
+
+
+class Conv1D(nn.Module):
+    """Named like transformers' Conv1D (GPT-2): differs from torch's Conv1d only in case."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(nx, nf))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+class _Projection(nn.Linear):
+    """A subclass handled by a layer type named differently from the class."""
+
+
+@pytest.fixture
+def naming_plugin():
+    from panther.tuner import LayerType, hookimpl, plugins
+
+    class ConvType(LayerType):
+        name = "Conv1D"
+        module_types = (Conv1D,)
+        sketched_type = nn.Linear
+        param_names = ("rank",)
+
+        def build(self, original, params, copy_weights=True):
+            raise NotImplementedError
+
+        def auto_space(self, original):
+            return {}
+
+        def cost(self, original, params=None):
+            raise NotImplementedError
+
+    class ProjType(ConvType):
+        name = "LowRankProjection"
+        module_types = (_Projection,)
+
+    class Plugin:
+        @hookimpl
+        def panther_layer_types(self):
+            return [ConvType(), ProjType()]
+
+    name = plugins.register_plugin(Plugin(), name="naming-rule")
+    yield
+    plugins.unregister_plugin(name)
+
+
+def _mixed() -> nn.Module:
+    return nn.Sequential(Conv1D(8, 4), nn.Conv1d(2, 2, 1), _Projection(4, 4), nn.Linear(4, 4))
+
+
+def test_type_selector_accepts_layer_type_names_and_says_which_matched(naming_plugin):
+    from panther.tuner.selection import type_matches
+
+    model = _mixed()
+    assert select_layers(model, {"type": "LowRankProjection"}) == ["2"]
+    assert select_layers(model, {"type": "_Projection"}) == ["2"]
+    assert type_matches(model, "LowRankProjection") == {"2": "layer-type name"}
+    assert type_matches(model, "_Projection") == {"2": "class name"}
+    assert type_matches(model, "Conv1D") == {"0": "class name and layer-type name"}
+    # The built-in Linear layer type handles exact nn.Linear only, like the class name.
+    assert type_matches(model, "Linear") == {"3": "class name and layer-type name"}
+
+
+def test_names_differing_in_case_never_meet(naming_plugin):
+    from panther.tuner import plugins
+
+    model = _mixed()
+    assert select_layers(model, {"type": "Conv1D"}) == ["0"]
+    assert select_layers(model, {"type": "Conv1d"}) == ["1"]
+    # Both layer types are registered, neither shadows the other (the example plugin
+    # contributes torch's "Conv1d").
+    assert plugins.get_layer_type("Conv1D").module_types == (Conv1D,)
+    assert plugins.get_layer_type("Conv1d").name == "Conv1d"
+    assert not [c for c in plugins.conflicts() if c.name.lower() == "conv1d"]
+    with pytest.raises(ValueError, match=r"did you mean type \['Conv1D', 'Conv1d'\]\?.*case-sensitive"):
+        select_layers(model, {"type": "conv1d"})
+
+
+def test_no_match_lists_the_layer_types_that_can_sketch(naming_plugin):
+    with pytest.raises(ValueError, match=r"layer types that can sketch its modules: \['Conv1D', "
+                                         r"'Conv1d', 'Linear', 'LowRankProjection'\]"):
+        select_layers(_mixed(), {"type": "Embedding"})

@@ -10,6 +10,12 @@ al., "Rethinking Attention with Performers", 2021), so attention becomes
 which costs O(n * m * d) for n tokens, m random features and head size d, and never forms the
 n x n attention matrix. Causal attention uses prefix sums of the same quantities
 (:func:`panther.native.ops.causal_linear_attention`).
+
+``approximation="landmark"`` is a more accurate option at the same ``m``: every query attends
+exactly to the keys of its own segment of ``ceil(S/m)`` tokens and to one landmark per other
+segment (the segment's mean key and value, weighted by the segment's size), see
+:func:`landmark_attention`. On CUDA the random-feature core runs in the Triton kernels of
+:mod:`panther.native.triton`.
 """
 
 from __future__ import annotations
@@ -26,10 +32,18 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from panther.native import ops
 
-__all__ = ["RandMultiHeadAttention", "orthogonal_gaussian_projection"]
+__all__ = [
+    "RandMultiHeadAttention",
+    "landmark_attention",
+    "landmark_clusters",
+    "orthogonal_gaussian_projection",
+]
 
 KernelName = Literal["softmax", "relu"]
 _KERNELS = ("softmax", "relu")
+ApproximationName = Literal["random_features", "landmark"]
+_APPROXIMATIONS = ("random_features", "landmark")
+_GPU_BACKENDS = ("auto", "triton", "torch", "off")
 
 # Added to the ReLU features (before the 1/sqrt(m) scaling) so that the attention denominator
 # stays positive even when every projection of a query or key is negative.
@@ -124,6 +138,259 @@ def _relu_bias_top(key_bias: Tensor | None) -> Tensor | None:
     return _finite_or_zero(key_bias.amax(dim=-1, keepdim=True))
 
 
+def landmark_clusters(
+    k: Tensor,
+    key_bias: Tensor | None,
+    num_landmarks: int,
+    causal: bool,
+    directions: Tensor,
+    iterations: int = 5,
+) -> Tensor:
+    """Group the keys ``(B, H, S, d)`` into ``num_landmarks`` clusters; returns ids ``(B, H, S)``.
+
+    Non-causal: Lloyd's k-means on each (batch row, head)'s own keys, started from the means of
+    ``num_landmarks`` contiguous segments (deterministic), ``iterations`` rounds, removed keys
+    (``key_bias`` ``-inf``) carrying no weight. Causal: a key's cluster must not depend on
+    later keys, so it is the random direction of ``directions`` (``(H, >= num_landmarks, d)``,
+    the layer's Gaussian projection) with the largest projection (cross-polytope style
+    locality-sensitive hashing): similar keys share a cluster whatever comes after them.
+    No gradient flows through the (discrete) grouping.
+    """
+    k = k.detach()
+    B, H, S, d = k.shape
+    if causal:
+        return torch.einsum("bhsd,hmd->bhsm", k, directions[:, :num_landmarks].to(k.dtype)).argmax(-1)
+    m = min(num_landmarks, S)
+    weight = _key_weights(key_bias, B, S, k)[0][:, None, :, None]  # (B, 1, S, 1)
+    segment = torch.arange(S, device=k.device) * m // S
+    member = _one_hot(segment, m, k.dtype) * weight  # (B, 1, S, m)
+    centroids = _weighted_means(member.expand(B, H, S, m), k)[0]
+    for _ in range(iterations + 1):
+        # argmin |k - c|^2 = argmax 2 k.c - |c|^2; an empty cluster keeps its old centroid.
+        score = 2 * (k @ centroids.transpose(-1, -2)) - (centroids * centroids).sum(-1)[:, :, None]
+        assign = score.argmax(-1)
+        if _ == iterations:
+            break
+        member = _one_hot(assign, m, k.dtype) * weight
+        means, mass = _weighted_means(member, k)
+        centroids = torch.where(mass.unsqueeze(-1) > 0, means, centroids)
+    return assign
+
+
+def _one_hot(ids: Tensor, m: int, dtype: torch.dtype) -> Tensor:
+    # F.one_hot validates the ids' range on the host (a device sync on CUDA); a scatter does
+    # not. The ids come from argmax/arange here, so they are in range by construction.
+    out = torch.zeros(*ids.shape, m, dtype=dtype, device=ids.device)
+    return out.scatter_(-1, ids.unsqueeze(-1), 1.0)
+
+
+def _key_weights(key_bias: Tensor | None, B: int, S: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-key weights ``exp(bias - top)`` ``(B, S)`` (0 for removed keys) and ``top`` ``(B, 1)``."""
+    if key_bias is None:
+        return like.new_ones(B, S), like.new_zeros(B, 1)
+    bias = key_bias.to(like.dtype)
+    top = _finite_or_zero(bias.amax(dim=-1, keepdim=True))
+    return torch.exp(bias - top), top
+
+
+def _weighted_means(member: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Means ``(..., m, d)`` of rows of ``x`` ``(..., S, d)`` weighted by ``member`` ``(..., S, m)``,
+    and the weights' totals ``(..., m)`` (means of empty groups are 0)."""
+    mass = member.sum(dim=-2)
+    sums = member.transpose(-1, -2) @ x
+    return sums / torch.where(mass > 0, mass, torch.ones_like(mass)).unsqueeze(-1), mass
+
+
+def landmark_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_bias: Tensor | None,
+    num_landmarks: int,
+    causal: bool,
+    eps: float = _DEFAULT_EPS,
+    local: bool = True,
+    window: int = 1,
+    clusters: Tensor | None = None,
+    fused_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Softmax attention with the keys outside a local window compressed into landmarks.
+
+    ``q`` is ``(B, H, L, d)``, ``k``/``v`` are ``(B, H, S, d)``; ``key_bias`` (``(B, S)``, finite
+    or ``-inf``) is an additive per-key logit bias. ``clusters`` (``(B, H, S)`` ids in
+    ``[0, num_landmarks)``, e.g. from :func:`landmark_clusters`) groups the keys; None groups
+    them into contiguous segments. The sequence is cut into segments of
+    ``g = ceil(S / num_landmarks)`` tokens. Query ``t`` of segment ``i`` attends exactly to the
+    keys of segments ``i - window .. i + window`` (``i - window .. i``, and only keys ``<= t``,
+    if ``causal``), and to one landmark per cluster summarising that cluster's *other* keys (in
+    causal mode only keys of segments before ``i - window``: nothing summarises a later key).
+    A landmark is the bias-weighted mean key and value of its keys, with logit bias ``log`` of
+    their total weight, so it stands for that many copies of its mean key (Nystrom-style
+    column sampling of the attention matrix by clustering). Without ``local`` every query
+    attends to all landmarks (cross-attention). The sums outside the window are prefix and
+    suffix sums over segments, never differences, so empty landmarks stay exactly empty.
+
+    Exact when every cluster holds one key. Costs ``O(L * ((2 * window + 1) * g + m) * d)``
+    for ``m = num_landmarks`` landmarks, with no ``L x S`` matrix; a query whose keys are all
+    removed gets a zero output. Returns ``(B, H, L, d)``. Differentiable (given the clusters);
+    vectorised torch on any device.
+
+    ``fused_dtype`` (e.g. the inputs' bf16 on a GPU) runs the final softmax-and-sum in
+    :func:`torch.nn.functional.scaled_dot_product_attention` in that dtype (fused
+    flash/memory-efficient kernels: the scores are never stored), with the per-key biases
+    folded into an extra head dimension and a lower-right causal mask; None computes the
+    scores explicitly in the inputs' dtype.
+    """
+    if num_landmarks <= 0:
+        raise ValueError(f"num_landmarks must be positive, got {num_landmarks}")
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    B, H, L, d = q.shape
+    S = k.shape[2]
+    if local and L != S:
+        raise ValueError(f"local landmark attention needs L == S, got L={L}, S={S}")
+    if causal and not local:
+        raise ValueError("causal landmark attention needs local=True")
+    neg_inf = float("-inf")
+    g = -(-S // num_landmarks)
+    segs = -(-S // g)
+    pad = segs * g - S
+    m = num_landmarks
+    alpha, top = _key_weights(key_bias, B, S, k)
+    bias = k.new_zeros(B, S) if key_bias is None else key_bias.to(k.dtype)
+    if clusters is None:
+        clusters = (torch.arange(S, device=k.device) // g).expand(B, H, S)
+    if pad:
+        k, v = (F.pad(t, (0, 0, 0, pad)) for t in (k, v))
+        bias = F.pad(bias, (0, pad), value=neg_inf)
+        alpha = F.pad(alpha, (0, pad))
+        clusters = F.pad(clusters, (0, pad))
+    ks = k.reshape(B, H, segs, g, d)
+    vs = v.reshape(B, H, segs, g, d)
+    bs = bias.reshape(B, segs, g)
+    # Per segment and cluster: total weight and weighted sums of keys and values.
+    member = _one_hot(clusters, m, k.dtype) * alpha[:, None, :, None]
+    member = member.reshape(B, H, segs, g, m).transpose(-1, -2)  # (B, H, segs, m, g)
+    seg_mass = member.sum(-1)  # (B, H, segs, m)
+    seg_k = member @ ks  # (B, H, segs, m, d)
+    seg_v = member @ vs
+    scale = d**-0.5
+
+    def landmarks(mass: Tensor, ksum: Tensor, vsum: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        safe = torch.where(mass > 0, mass, torch.ones_like(mass)).unsqueeze(-1)
+        log_mass = torch.where(mass > 0, mass, torch.zeros_like(mass)).log()  # -inf if empty
+        return ksum / safe, vsum / safe, log_mass + top.view(B, *[1] * (mass.dim() - 1))
+
+    if not local:
+        k_land, v_land, l_bias = landmarks(seg_mass.sum(2), seg_k.sum(2), seg_v.sum(2))
+        if fused_dtype is not None:
+            return _sdpa_apply(q, k_land, v_land, l_bias, 0, fused_dtype).to(q.dtype)
+        scores = (q @ k_land.transpose(-1, -2)) * scale + l_bias.unsqueeze(-2)
+        return _stable_softmax_apply([(scores, v_land)], eps)
+
+    def outside(t: Tensor) -> Tensor:
+        # Sum over segments j < i - window (and j > i + window unless causal), per segment i.
+        front = (0, 0) * (t.dim() - 3) + (window + 1, 0)  # pads the segment axis in front
+        before = F.pad(t, front).cumsum(2)[:, :, :segs]
+        if causal:
+            return before
+        after = F.pad(t.flip(2), front).cumsum(2)[:, :, :segs].flip(2)
+        return before + after
+
+    k_land, v_land, l_bias = landmarks(outside(seg_mass), outside(seg_k), outside(seg_v))
+    qs = F.pad(q, (0, 0, 0, pad)).reshape(B, H, segs, g, d)
+    # Exact keys: the own segment and `window` neighbours on each side (only earlier ones if
+    # causal), gathered by shifting the segment axis; out-of-range neighbours are all padding.
+    offsets = range(-window, 1 if causal else window + 1)
+    ks_pad = F.pad(ks, (0, 0, 0, 0, window, window))
+    vs_pad = F.pad(vs, (0, 0, 0, 0, window, window))
+    bs_pad = F.pad(bs, (0, 0, window, window), value=neg_inf)
+    near_k = torch.cat([ks_pad[:, :, window + o: window + o + segs] for o in offsets], dim=3)
+    near_v = torch.cat([vs_pad[:, :, window + o: window + o + segs] for o in offsets], dim=3)
+    near_b = torch.cat([bs_pad[:, window + o: window + o + segs] for o in offsets], dim=2)
+    if fused_dtype is not None:
+        # Keys per segment: the landmarks, then the window (own segment last, so a lower-right
+        # causal mask hides exactly the own segment's later keys).
+        keys = torch.cat([k_land, near_k], dim=3)
+        values = torch.cat([v_land, near_v], dim=3)
+        key_bias_all = torch.cat([l_bias, near_b[:, None].expand(B, H, segs, -1)], dim=-1)
+        out = _sdpa_apply(qs, keys, values, key_bias_all, g if causal else 0, fused_dtype)
+        return out.to(q.dtype).reshape(B, H, segs * g, d)[:, :, :L]
+    local_scores = (qs @ near_k.transpose(-1, -2)) * scale + near_b[:, None, :, None, :]
+    if causal:
+        # Within the own segment (the last g exact keys) only keys <= the query.
+        future = torch.zeros(g, len(offsets) * g, dtype=torch.bool, device=q.device)
+        future[:, -g:] = torch.ones(g, g, dtype=torch.bool, device=q.device).triu(1)
+        local_scores = local_scores.masked_fill(future, neg_inf)
+    land_scores = (qs @ k_land.transpose(-1, -2)) * scale + l_bias.unsqueeze(-2)
+    out = _stable_softmax_apply([(local_scores, near_v), (land_scores, v_land)], eps)
+    return out.reshape(B, H, segs * g, d)[:, :, :L]
+
+
+# A removed key's logit inside the fused kernel: exp() of it underflows to 0 next to any real
+# logit, and it fits fp16 (the bias rides in an extra head dimension, multiplied by sqrt(d)).
+_MASKED_LOGIT = -1e4
+
+
+def _sdpa_apply(q: Tensor, keys: Tensor, values: Tensor, key_bias: Tensor, own: int,
+                dtype: torch.dtype) -> Tensor:
+    """``softmax(q keys^T / sqrt(d) + key_bias) values`` by fused scaled-dot-product attention.
+
+    ``q`` is ``(B, ..., Lq, d)``, ``keys``/``values`` ``(B, ..., K, d)``, ``key_bias``
+    ``(B, ..., K)`` (``-inf`` removes a key). The bias is folded into an extra dimension
+    (``q`` gets ``sqrt(d)``, a key its bias) so no ``Lq x K`` mask is materialised. With
+    ``own > 0`` the last ``own == Lq`` keys are the queries' own tokens and only those up to
+    each query count (lower-right causal). Rows with no key left are 0.
+    """
+    from torch.nn.attention.bias import causal_lower_right
+
+    d = q.shape[-1]
+    lq, k_len = q.shape[-2], keys.shape[-2]
+    dead = torch.isneginf(key_bias)
+    folded = torch.where(dead, torch.full_like(key_bias, _MASKED_LOGIT), key_bias)
+    width = -(-(d + 1) // 8) * 8  # fused kernels want head sizes in multiples of 8
+    qa = torch.cat([q, q.new_full((*q.shape[:-1], 1), math.sqrt(d))], dim=-1)
+    ka = torch.cat([keys, folded.unsqueeze(-1)], dim=-1)
+    qa = F.pad(qa, (0, width - d - 1)).to(dtype)
+    ka = F.pad(ka, (0, width - d - 1)).to(dtype)
+    va = F.pad(values, (0, width - d)).to(dtype)
+    batch = q.shape[0]
+    # Fused kernels take 4-D (N, heads, L, E): fold every middle axis into the heads.
+    qa, ka, va = (t.reshape(batch, -1, t.shape[-2], width) for t in (qa, ka, va))
+    mask = causal_lower_right(lq, k_len) if own else None
+    out = F.scaled_dot_product_attention(qa, ka, va, attn_mask=mask, scale=d**-0.5)
+    out = out[..., :d].reshape(*q.shape)
+    alive = ~dead
+    if own:
+        valid = alive[..., :-own].any(-1, keepdim=True) | (alive[..., -own:].cumsum(-1) > 0)
+    else:
+        valid = alive.any(-1, keepdim=True)
+    return torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
+
+
+def _stable_softmax_apply(parts: list[tuple[Tensor, Tensor]], eps: float) -> Tensor:
+    """Softmax over all key groups of ``parts`` = [(group scores, group values)], applied.
+
+    The row maximum is taken over all groups together; a row with no finite score (every key
+    removed) gets 0 instead of NaN, and without a host sync.
+    """
+    maxima = [group.amax(dim=-1, keepdim=True) for group, _ in parts]
+    row_max = maxima[0]
+    for other in maxima[1:]:
+        row_max = torch.maximum(row_max, other)
+    row_max = _finite_or_zero(row_max.detach())
+    num = None
+    den = None
+    for group, values in parts:
+        p = torch.exp(group - row_max)
+        term = p @ values
+        num = term if num is None else num + term
+        mass = p.sum(dim=-1, keepdim=True)
+        den = mass if den is None else den + mass
+    assert num is not None and den is not None
+    return num / (den + eps)
+
+
 class RandMultiHeadAttention(nn.Module):
     """Multi-head attention with random-feature (Performer / FAVOR+) kernels.
 
@@ -149,6 +416,12 @@ class RandMultiHeadAttention(nn.Module):
         device, dtype: where and in what precision parameters and buffers live.
         seed: seed of the random projections; drawn from torch's global RNG when None and
             stored in ``self.seed`` so the layer can be rebuilt exactly.
+        approximation: ``"random_features"`` (default; the kernels above) or ``"landmark"``:
+            exact softmax attention within segments of ``ceil(S/m)`` tokens plus one landmark
+            (mean key and value) per other segment, ``m`` = ``num_random_features``
+            (:func:`landmark_attention`). Much more accurate at the same ``m`` on trained
+            models (``benchmarks/bench_attention_accuracy.py``); cost grows like
+            ``n * (n/m + m)`` instead of ``n * m``. ``kernel_fn`` does not apply to it.
 
     The random projections are the persistent buffer ``projection`` of shape
     ``(num_heads, m, head_dim)`` (saved in ``state_dict``). ``eps`` (default 1e-12) is added to
@@ -159,11 +432,18 @@ class RandMultiHeadAttention(nn.Module):
     unchanged. In causal mode a key whose features are ~exp(-87) below the largest key's
     (float32) underflows to zero weight; this only matters for extreme activations.
 
-    Inference (no autograd needed, dropout inactive) on long sequences runs blockwise so the
-    working set stays in cache: non-causal attention in two passes (keys/values, then
-    queries), causal attention in one pass carrying the prefix state. The key stabiliser is
-    then the running maximum, with the accumulated state rescaled as it grows; results match
-    the unchunked computation up to rounding. Training keeps the unchunked graph.
+    On a CPU, inference (no autograd needed, dropout inactive) on long sequences runs
+    blockwise so the working set stays in cache: non-causal attention in two passes
+    (keys/values, then queries), causal attention in one pass carrying the prefix state. The
+    key stabiliser is then the running maximum, with the accumulated state rescaled as it
+    grows; results match the unchunked computation up to rounding. Training keeps the
+    unchunked graph.
+
+    On CUDA tensors (see :attr:`gpu_backend`) the random-feature core runs in the Triton
+    kernels of :mod:`panther.native.triton` (fused feature maps and stabiliser, tensor-core
+    state products, the chunked-parallel causal form; half precision kept, no host sync),
+    and landmark attention finishes in fused ``scaled_dot_product_attention``. Both give the
+    CPU paths' results up to rounding, gradients included.
     """
 
     # PyTorch's fused TransformerEncoderLayer / TransformerEncoder fast path reads
@@ -188,6 +468,19 @@ class RandMultiHeadAttention(nn.Module):
     # (2048: 27.8 vs 29.4 ms median, 26.8 vs 25.6 ms best), so short sequences stay unchunked.
     _causal_chunk_min_len: int | None = 2048
 
+    #: Which implementation runs the attention core. ``"auto"`` (default): on CUDA tensors the
+    #: Triton kernels of :mod:`panther.native.triton` (the vectorised chunked torch form when
+    #: ``triton`` is not installed), on other devices the CPU paths above. ``"triton"`` and
+    #: ``"torch"`` force that GPU path on any device (Triton on CPU tensors needs
+    #: ``TRITON_INTERPRET=1``); ``"off"`` always takes the CPU-oriented paths (never the CPU's
+    #: token blocking on a GPU, though). Set it on an instance or on the class.
+    gpu_backend: Literal["auto", "triton", "torch", "off"] = "auto"
+    # Tokens per Triton program / causal chunk (None: chosen from m and head_dim by
+    # panther.native.triton.linear_attention.default_block). Tests shrink it to cross chunks.
+    _gpu_block: int | None = None
+    # Class-level default so layers pickled before the option existed still load.
+    approximation: ApproximationName = "random_features"
+
     def __init__(
         self,
         embed_dim: int,
@@ -201,6 +494,7 @@ class RandMultiHeadAttention(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         seed: int | None = None,
+        approximation: ApproximationName = "random_features",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -219,6 +513,9 @@ class RandMultiHeadAttention(nn.Module):
             )
         if kernel_fn not in _KERNELS:
             raise ValueError(f"kernel_fn must be one of {_KERNELS}, got {kernel_fn!r}")
+        if approximation not in _APPROXIMATIONS:
+            raise ValueError(
+                f"approximation must be one of {_APPROXIMATIONS}, got {approximation!r}")
         if not isinstance(dropout, int | float) or not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -233,6 +530,7 @@ class RandMultiHeadAttention(nn.Module):
         self.num_random_features = num_random_features
         self.dropout = float(dropout)
         self.kernel_fn: KernelName = kernel_fn
+        self.approximation: ApproximationName = approximation
         self.iscausal = bool(iscausal)
         self.batch_first = bool(batch_first)
         self.eps = _DEFAULT_EPS
@@ -309,11 +607,14 @@ class RandMultiHeadAttention(nn.Module):
         kernel_fn: KernelName = "softmax",
         iscausal: bool = False,
         seed: int | None = None,
+        approximation: ApproximationName = "random_features",
     ) -> RandMultiHeadAttention:
         """Build a random-feature layer carrying over an ``nn.MultiheadAttention``'s weights.
 
         Copies the q/k/v and output projection weights and biases and keeps the original's
         device, dtype, ``batch_first``, dropout probability and train/eval mode.
+        ``approximation`` chooses random features (default) or landmark attention (see the
+        class arguments).
         Only ``kdim == vdim == embed_dim`` without ``add_bias_kv``/``add_zero_attn`` is
         supported.
         """
@@ -348,6 +649,7 @@ class RandMultiHeadAttention(nn.Module):
             device=weight.device,
             dtype=weight.dtype,
             seed=seed,
+            approximation=approximation,
         )
         with torch.no_grad():
             layer.in_proj_weight.copy_(weight)
@@ -363,6 +665,7 @@ class RandMultiHeadAttention(nn.Module):
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
             f"num_random_features={self.num_random_features}, kernel_fn={self.kernel_fn!r}, "
+            f"approximation={self.approximation!r}, "
             f"iscausal={self.iscausal}, dropout={self.dropout}, "
             f"bias={self.in_proj_bias is not None}, batch_first={self.batch_first}, "
             f"seed={self.seed}"
@@ -618,13 +921,18 @@ class RandMultiHeadAttention(nn.Module):
         if tgt_len == 0 or src_len == 0:
             # Nothing to attend to: the attention output is 0, as for a fully masked row.
             return self.out_proj(query.new_zeros(batch, tgt_len, self.embed_dim))
-        h, d = self.num_heads, self.head_dim
+        if self.approximation == "landmark":
+            return self._landmark_attention(query, key, value, key_padding_mask, causal)
+        fused = self._fused_backend_for(query, key_padding_mask)
+        if fused is not None:
+            return self._fused_attention(query, key, value, key_padding_mask, causal, fused)
         chunk = self._inference_chunk_size
         # Causal blocks carry the prefix state; that only pays off on long sequences (see
-        # _causal_chunk_min_len).
+        # _causal_chunk_min_len). The blocking is sized for a CPU's caches: never on a GPU.
         min_len = self._causal_chunk_min_len if causal else chunk
         if (
-            chunk is not None
+            not query.is_cuda
+            and chunk is not None
             and min_len is not None
             and max(tgt_len, src_len) > max(chunk, min_len)
             and not (self.training and self.dropout > 0.0)
@@ -633,6 +941,21 @@ class RandMultiHeadAttention(nn.Module):
             if causal:
                 return self._chunked_causal_attention(query, key, value, key_padding_mask, chunk)
             return self._chunked_attention(query, key, value, key_padding_mask, chunk)
+        q, k, v = self._project(query, key, value)
+        out_dtype = q.dtype
+        work = _compute_dtype(out_dtype)
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        q_feat, k_feat = self.feature_maps(q, k, key_bias)
+        attn = self._attend(q_feat, k_feat, v, causal).to(out_dtype)  # (B, H, L, d)
+
+        return self._heads_out(attn.transpose(1, 2))
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-head projections ``(B, H, n, d)`` (strided views of the projection output)."""
+        batch, tgt_len, _ = query.shape
+        src_len = key.shape[1]
+        h, d = self.num_heads, self.head_dim
         if key is query and value is query:
             # Self-attention: one GEMM with the packed weight beats three thin ones.
             q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
@@ -647,17 +970,80 @@ class RandMultiHeadAttention(nn.Module):
         q = q.reshape(batch, tgt_len, h, d).transpose(1, 2)
         k = k.reshape(batch, src_len, h, d).transpose(1, 2)
         v = v.reshape(batch, src_len, h, d).transpose(1, 2)
+        return q, k, v
 
+    def _heads_out(self, attn: Tensor) -> Tensor:
+        """Merge per-head outputs ``(B, L, H, d)``, apply dropout and the output projection."""
+        attn = attn.reshape(attn.shape[0], attn.shape[1], self.embed_dim)
+        attn = F.dropout(attn, p=self.dropout, training=self.training)
+        return self.out_proj(attn)
+
+    def _fused_backend_for(self, query: Tensor, key_padding_mask: Tensor | None) -> str | None:
+        """``"triton"``, ``"torch"`` or None (the CPU paths) for this call; see ``gpu_backend``."""
+        backend = self.gpu_backend
+        if backend not in _GPU_BACKENDS:
+            raise ValueError(
+                f"gpu_backend must be one of {_GPU_BACKENDS}, got {backend!r}")
+        if backend == "off" or (backend == "auto" and not query.is_cuda):
+            return None
+        if key_padding_mask is not None and key_padding_mask.requires_grad:
+            # The fused path treats a float padding bias as a constant.
+            return None
+        if backend == "auto":
+            from panther.native.triton import triton_available
+
+            return "triton" if triton_available() else "torch"
+        return backend
+
+    def _fused_attention(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        backend: str,
+    ) -> Tensor:
+        """The GPU path: Triton kernels (or the chunked torch form), no host synchronisation.
+
+        Half-precision projections stay in half precision; the kernels compute features and
+        carried states in float32. No Python loop over blocks and nothing ``n x n``.
+        """
+        from panther.native.triton import fused_random_feature_attention
+
+        batch, tgt_len, _ = query.shape
+        q, k, v = self._project(query, key, value)
+        key_bias = self._key_bias(key_padding_mask, batch, key.shape[1], torch.float32)
+        attn = fused_random_feature_attention(
+            q, k, v, self._feature_weights(torch.float32), key_bias, self.feature_maps,
+            softmax=self.kernel_fn == "softmax", causal=causal, eps=self.eps,
+            use_triton=backend == "triton", block=self._gpu_block)
+        return self._heads_out(attn)
+
+    def _landmark_attention(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+    ) -> Tensor:
+        """``approximation="landmark"``: :func:`landmark_attention` on every device."""
+        batch, tgt_len, _ = query.shape
+        src_len = key.shape[1]
+        q, k, v = self._project(query, key, value)
         out_dtype = q.dtype
         work = _compute_dtype(out_dtype)
         q, k, v = q.to(work), k.to(work), v.to(work)
         key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
-        q_feat, k_feat = self.feature_maps(q, k, key_bias)
-        attn = self._attend(q_feat, k_feat, v, causal).to(out_dtype)  # (B, H, L, d)
-
-        attn = attn.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
-        attn = F.dropout(attn, p=self.dropout, training=self.training)
-        return self.out_proj(attn)
+        m = self.num_random_features
+        clusters = landmark_clusters(k, key_bias, m, causal, self.projection)
+        # On a GPU the softmax runs fused (scaled_dot_product_attention) in the inputs' dtype.
+        fused = self._fused_backend_for(query, key_padding_mask) is not None
+        attn = landmark_attention(q, k, v, key_bias, m, causal, self.eps,
+                                  local=tgt_len == src_len, clusters=clusters,
+                                  fused_dtype=out_dtype if fused else None)
+        return self._heads_out(attn.to(out_dtype).transpose(1, 2))
 
     def _needs_grad(self, *inputs: Tensor) -> bool:
         if not torch.is_grad_enabled():

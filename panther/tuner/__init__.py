@@ -8,6 +8,11 @@ Public API::
         load_tuning_results, register_plugin, list_plugins, hookimpl,
     )
 
+Plugin authors use only these public names: ``hookimpl``, ``PLUGIN_API``,
+``SearchAlgorithm``, ``LayerType``, ``LowRankLayerType``, ``Cost``, ``Evaluator``,
+``ReferenceModel``, the parameter classes, ``register_plugin``/``unregister_plugin``,
+``PluginWarning``/``PluginError``/``PluginConflictError`` (docs/plugins.md).
+
 Names other than the configuration classes are imported lazily on first access,
 so ``import panther.tuner`` stays cheap and a missing optional backend only
 fails when it is used.
@@ -19,7 +24,7 @@ import importlib
 from typing import Any
 
 from panther.tuner.config import Categorical, Float, Int, LayerConfig, TuningConfigs
-from panther.tuner.hookspecs import hookimpl, hookspec
+from panther.tuner.hookspecs import PLUGIN_API, hookimpl, hookspec
 
 # name -> (module, attribute)
 _LAZY: dict[str, tuple[str, str]] = {
@@ -35,6 +40,12 @@ _LAZY: dict[str, tuple[str, str]] = {
     "SearchAlgorithm": ("panther.tuner.search.base", "SearchAlgorithm"),
     "LayerType": ("panther.tuner.layers.base", "LayerType"),
     "Cost": ("panther.tuner.layers.base", "Cost"),
+    "LowRankLayerType": ("panther.tuner.layers.linear", "LowRankLayerType"),
+    "Evaluator": ("panther.tuner.evaluators", "Evaluator"),
+    "ReferenceModel": ("panther.tuner.evaluators", "ReferenceModel"),
+    "PluginWarning": ("panther.tuner.plugins", "PluginWarning"),
+    "PluginError": ("panther.tuner.plugins", "PluginError"),
+    "PluginConflictError": ("panther.tuner.plugins", "PluginConflictError"),
     "ModelVisualizer": ("panther.tuner.visualizer", "ModelVisualizer"),
     "select_layers": ("panther.tuner.selection", "select_layers"),
     "register_plugin": ("panther.tuner.plugins", "register_plugin"),
@@ -49,6 +60,7 @@ __all__ = [
     "Float",
     "Int",
     "LayerConfig",
+    "PLUGIN_API",
     "TuningConfigs",
     "hookimpl",
     "hookspec",

@@ -26,21 +26,25 @@ CLI can build them by name.
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from panther.tuner.hookspecs import hookimpl
+from panther.tuner.timing import device_of, eval_mode, time_calls
 
 __all__ = [
     "Evaluator",
+    "ReferenceModel",
+    "reference_model_parameters",
     "throughput",
     "latency",
     "agreement",
@@ -86,6 +90,52 @@ class Evaluator:
         return f"<Evaluator {self.name}({opts}); {direction}>"
 
 
+class _ReferenceModelMarker:
+    """The metadata that makes ``Annotated[nn.Module, ...]`` a :data:`ReferenceModel`."""
+
+    def __repr__(self) -> str:
+        return "panther.tuner.evaluators.REFERENCE_MODEL"
+
+
+REFERENCE_MODEL = _ReferenceModelMarker()
+
+#: Annotate an evaluator-factory parameter with this to receive the untouched model.
+#: The CLI builds evaluators after copying the model it is about to tune, and passes
+#: that copy to every parameter so marked (unless the config sets it), so an
+#: evaluator can compare against the original while layers are swapped::
+#:
+#:     def my_agreement(reference: ReferenceModel, inputs, batch_size=64): ...
+#:
+#: From Python, pass the model yourself. A parameter named exactly
+#: ``reference_model`` is treated the same way, for plugins written before the marker.
+ReferenceModel = Annotated[nn.Module, REFERENCE_MODEL]
+
+
+def reference_model_parameters(factory: Callable[..., Any]) -> list[str]:
+    """The parameters of ``factory`` that receive the reference model (see :data:`ReferenceModel`)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return []
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # unresolvable string annotations: fall back to their text
+        hints = {}
+    marked = []
+    for name, param in params.items():
+        hint = hints.get(name, param.annotation)
+        text = hint if isinstance(hint, str) else ""
+        if (
+            REFERENCE_MODEL in getattr(hint, "__metadata__", ())
+            or text == "ReferenceModel"
+            or text.endswith(".ReferenceModel")
+            or name == "reference_model"
+        ):
+            marked.append(name)
+    return marked
+
+
 def _short(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"Tensor{tuple(value.shape)}"
@@ -98,33 +148,12 @@ def _short(value: Any) -> str:
 # --- shared helpers -------------------------------------------------------------------------------
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
+#: The device of the model's first parameter or buffer (CPU for a stateless model).
+model_device = device_of
 
 
 def _has_state(model: nn.Module) -> bool:
     return any(True for _ in model.parameters()) or any(True for _ in model.buffers())
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Put every submodule in eval mode and restore each one's own mode afterwards.
-
-    ``model.train(previous)`` would flatten mixed modes (e.g. a frozen BatchNorm
-    kept in eval inside a training model), so the flags are saved per module.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -162,15 +191,6 @@ def _first_tensor(obj: Any) -> torch.Tensor | None:
             if t is not None:
                 return t
     return None
-
-
-def _synchronize(device: torch.device) -> None:
-    # Kernels run asynchronously on accelerators; without a sync the clock
-    # measures only the launch time.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def _check_count(value: Any, name: str, minimum: int) -> int:
@@ -272,17 +292,9 @@ def _seconds_per_batch(
             )
     inputs = input_factory() if input_factory is not None else example_input
     inputs = _to_device(inputs, dev)
-    times: list[float] = []
-    with _eval_mode(model), _grad_context(inference_mode):
-        for _ in range(warmup):
-            _call(model, inputs)
-        _synchronize(dev)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(iters):
-                _call(model, inputs)
-            _synchronize(dev)
-            times.append((time.perf_counter() - start) / iters)
+    with eval_mode(model), _grad_context(inference_mode):
+        times = time_calls(lambda: _call(model, inputs), warmup=warmup, iters=iters, repeats=repeats,
+                           device=dev, clock=time.perf_counter)
     return statistics.median(times), inputs
 
 
@@ -448,7 +460,7 @@ class _Outputs:
     def run(self, model: nn.Module, post: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
         device = model_device(model)
         out: list[torch.Tensor] = []
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x in self.batches:
                 y = self.output_fn(_call(model, x.to(device)))
                 if not isinstance(y, torch.Tensor):
@@ -458,7 +470,7 @@ class _Outputs:
 
 
 def agreement(
-    reference_model: nn.Module,
+    reference_model: ReferenceModel,
     inputs: Any,
     *,
     dim: int = -1,
@@ -514,7 +526,7 @@ def agreement(
 
 
 def output_similarity(
-    reference_model: nn.Module,
+    reference_model: ReferenceModel,
     inputs: Any,
     *,
     floor: float | None = 0.0,
@@ -630,19 +642,16 @@ def _module_cost(module: nn.Module, layer_types: Sequence[Any], layer_type_for: 
     """Multiply-adds per row/position of ``module`` from its layer type's cost model, or None.
 
     An original layer is costed by ``lt.cost(module)``. A sketched layer (its type
-    is some layer type's ``sketched_type``) is costed by ``lt.cost(module, params)``
-    with the params read from its attributes: the built-in cost models only read
-    shape attributes (``in_features``, ``out_channels``, ``embed_dim``, ...) that
-    the sketched classes share with the originals.
+    is some layer type's ``sketched_type``) is costed by ``lt.sketched_cost(module)``
+    (:meth:`panther.tuner.layers.base.LayerType.sketched_cost` documents the contract).
     """
     lt = layer_type_for(module)
     if lt is not None:
         return int(lt.cost(module).macs)
     for lt in layer_types:
         if type(module) is getattr(lt, "sketched_type", None):
-            params = {p: getattr(module, p) for p in lt.param_names if hasattr(module, p)}
             try:
-                return int(lt.cost(module, params).macs)
+                return int(lt.sketched_cost(module).macs)
             except Exception as err:  # noqa: BLE001 - a plugin's cost model may not accept sketched modules
                 warnings.warn(
                     f"flops: the {lt.name} cost model cannot cost a {type(module).__name__} ({err}); "
@@ -721,7 +730,7 @@ def flops(
 
             handles.append(m.register_forward_hook(hook))
         try:
-            with _eval_mode(model), torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 _call(model, _to_device(example_input, model_device(model)))
         finally:
             for h in handles:

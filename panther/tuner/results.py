@@ -19,6 +19,7 @@ each sketched layer is rebuilt from its recorded layer type, params and seed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -29,6 +30,14 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from panther.tuner.manifest import (
+    check_depth,
+    check_shapes,
+    check_within_bounds,
+    module_shapes,
+    strict_bool,
+)
 
 __all__ = [
     "TRIAL_STATUSES",
@@ -108,9 +117,15 @@ def build_layer(layer_type: Any, original: nn.Module, params: dict[str, Any],
     else:
         # Everything random in the build (fresh weights with copy_weights=False, a third-party
         # type's own draws) then follows the recorded seed, so every rebuild is the same layer.
-        devices = [device] if device is not None and device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        cuda = device is not None and device.type == "cuda"
+        with torch.random.fork_rng(devices=[device] if cuda else []):
+            # Seed exactly the generators fork_rng restores: torch.manual_seed would also
+            # reseed (and leave changed) every other device's generator, and costs ~2 ms
+            # per call in lazy-initialisation bookkeeping when CUDA is not initialised.
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
             module = layer_type.build(original, params, copy_weights=copy_weights)
     if device is not None:
         module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
@@ -139,6 +154,8 @@ class LayerChoice:
         params: the layer type's parameters (without ``seed``).
         seed: the seed of the layer's random sketches, or ``None``.
         copy_weights: whether the sketch was initialised from the original weights.
+        shapes: the original module's parameter and buffer shapes (checked when applying;
+            ``None`` in manifests written before they were recorded).
     """
 
     layer_name: str
@@ -147,6 +164,15 @@ class LayerChoice:
     params: dict[str, Any]
     seed: int | None = None
     copy_weights: bool = True
+    shapes: dict[str, list[int]] | None = None
+
+    @classmethod
+    def for_module(cls, layer_name: str, layer_type: str, module: nn.Module, params: dict[str, Any],
+                   seed: int | None = None, copy_weights: bool = True) -> LayerChoice:
+        """The choice for ``module``, recording its class and shapes so it applies to no other."""
+        return cls(layer_name=layer_name, layer_type=layer_type, module_class=type(module).__name__,
+                   params=dict(params), seed=seed, copy_weights=copy_weights,
+                   shapes=module_shapes(module))
 
     def build_params(self) -> dict[str, Any]:
         """The params passed to ``LayerType.build`` (with the seed when known)."""
@@ -157,7 +183,7 @@ class LayerChoice:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
+        out = {
             "layer_name": self.layer_name,
             "layer_type": self.layer_type,
             "module_class": self.module_class,
@@ -165,6 +191,9 @@ class LayerChoice:
             "seed": self.seed,
             "copy_weights": self.copy_weights,
         }
+        if self.shapes is not None:
+            out["shapes"] = {k: list(v) for k, v in self.shapes.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerChoice:
@@ -177,13 +206,18 @@ class LayerChoice:
         seed = data.get("seed")
         _require(seed is None or (isinstance(seed, int) and not isinstance(seed, bool)),
                  "layer choice 'seed' must be an integer or null")
+        shapes = data.get("shapes")
+        _require(shapes is None or (isinstance(shapes, Mapping) and all(
+            isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            for v in shapes.values())), "layer choice 'shapes' must map names to lists of sizes")
         return cls(
             layer_name=data["layer_name"],
             layer_type=data["layer_type"],
             module_class=data["module_class"],
             params={str(k): _check_scalar(v) for k, v in params.items()},
             seed=seed,
-            copy_weights=bool(data.get("copy_weights", True)),
+            copy_weights=strict_bool(data.get("copy_weights", True), "layer choice 'copy_weights'"),
+            shapes=None if shapes is None else {str(k): list(v) for k, v in shapes.items()},
         )
 
 
@@ -255,7 +289,20 @@ class TuningResults:
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
-        target = model if inplace else copy.deepcopy(model)
+        if inplace:
+            target = model
+        else:
+            # The layers about to be replaced are not copied: the copy shares them until
+            # their sketched replacements (built from them, read-only) are swapped in, so
+            # applying costs a copy of the rest of the model only.
+            memo: dict[int, Any] = {}
+            for name in self.selection:
+                try:
+                    original = get_submodule(model, name)
+                except ValueError:
+                    continue  # reported below, on the copy
+                memo[id(original)] = original
+            target = copy.deepcopy(model, memo)
         # Build everything before swapping anything in, so a bad manifest (or a failing
         # build) leaves an in-place model untouched.
         built = {}
@@ -266,7 +313,9 @@ class TuningResults:
                     f"layer {name!r} is a {type(original).__name__} in this model but the results "
                     f"were tuned on a {choice.module_class}; apply them to the same architecture"
                 )
+            check_shapes(name, choice.shapes, original)
             layer_type = plugins.get_layer_type(choice.layer_type)
+            check_within_bounds(layer_type, original, choice.build_params(), name)
             built[name] = build_layer(layer_type, original, choice.build_params(), choice.copy_weights)
         for name, module in built.items():
             set_submodule(target, name, module)
@@ -282,7 +331,7 @@ class TuningResults:
                 "info": self.info,
                 "groups": self.groups,
                 "selection": {k: v.to_dict() for k, v in self.selection.items()},
-                "trials": self.trials,
+                "trials": _compact_cached(_encode(self.trials)),
             }
         )
 
@@ -293,21 +342,31 @@ class TuningResults:
         _require(data.get("format") == FORMAT_NAME,
                  f"not a panther tuning-results manifest (format is {data.get('format')!r})")
         version = data.get("version")
-        _require(isinstance(version, int) and version <= FORMAT_VERSION,
-                 f"unsupported manifest version {version!r} (this panther reads <= {FORMAT_VERSION})")
-        data = _decode(data)
+        _require(isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= FORMAT_VERSION,
+                 f"unsupported manifest version {version!r} (this panther reads 1 to {FORMAT_VERSION})")
+        check_depth(data)
+        trials = data.get("trials", [])
+        _require(isinstance(trials, list) and all(isinstance(t, dict) for t in trials),
+                 "'trials' must be a list of objects")
+        try:
+            expanded = _expand_cached(trials)
+        except TypeError as exc:  # e.g. a list where panther writes a name or a trial number
+            raise ValueError(f"invalid tuning-results manifest: malformed cached trial rows ({exc})") from exc
+        data = _decode({**data, "trials": expanded})
         trials = data.get("trials", [])
         groups = data.get("groups", {})
         selection = data.get("selection", {})
         info = data.get("info", {})
-        _require(isinstance(trials, list) and all(isinstance(t, dict) for t in trials),
-                 "'trials' must be a list of objects")
         _require(isinstance(groups, dict), "'groups' must be an object")
         for key, summary in groups.items():
             _require(isinstance(summary, dict) and isinstance(summary.get("layers"), list),
                      f"group {key!r} must be an object with a 'layers' list")
         _require(isinstance(selection, dict), "'selection' must be an object")
         _require(isinstance(info, dict), "'info' must be an object")
+        for key, choice in selection.items():
+            _require(isinstance(choice, Mapping) and choice.get("layer_name") == key,
+                     f"selection key {key!r} disagrees with its layer_name "
+                     f"{choice.get('layer_name') if isinstance(choice, Mapping) else choice!r}")
         for row in trials:
             _require(isinstance(row.get("layer_name"), str), "each trial needs a 'layer_name'")
             _require(isinstance(row.get("params", {}), dict), "trial 'params' must be an object")
@@ -322,10 +381,20 @@ class TuningResults:
         """Write the JSON manifest to ``path`` (any suffix; the content is always JSON)."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default)
         tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        # Atomic replace: a crash while saving never leaves a truncated manifest behind.
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                # On disk before the rename, so a power loss cannot leave an empty manifest.
+                os.fsync(fh.fileno())
+            # Atomic replace: a crash while saving never leaves a truncated manifest behind.
+            os.replace(tmp, path)
+        except BaseException:
+            # A full disk or an interrupt: the previous manifest stays, and no half-written
+            # temporary file is left next to it.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TuningResults:
@@ -339,6 +408,11 @@ class TuningResults:
             )
         try:
             data = json.loads(raw.decode("utf-8"))
+        except RecursionError as exc:  # nesting deeper than the parser's stack
+            raise ValueError(
+                f"invalid tuning-results manifest {os.fspath(path)!r}: nested too deeply to be one "
+                "panther wrote"
+            ) from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(
                 f"{os.fspath(path)!r} is not a panther tuning-results manifest (JSON): {exc}"
@@ -369,6 +443,52 @@ def _check_scalar(value: Any) -> Any:
 
 
 _FLOAT_TAG = "__float__"
+# A cached trial repeats its source trial's results; in the file it keeps only what
+# differs and lists the keys it shares with the source under this key.
+_SHARED_TAG = "shared_with_source"
+_SHAREABLE = ("accuracy", "speed", "seeds", "error", "told", "constraint", "eval_time_s",
+              "speed_median")
+
+
+def _compact_cached(trials: list[Any]) -> list[Any]:
+    """Drop from each cached row the values equal to its source row's (lossless, see :func:`_expand_cached`)."""
+    sources = {(r.get("layer_name"), r.get("trial_number")): r for r in trials
+               if isinstance(r, dict) and r.get("status") != "cached"}
+    out = []
+    for row in trials:
+        source = None
+        if isinstance(row, dict) and row.get("status") == "cached" and _SHARED_TAG not in row:
+            source = sources.get((row.get("layer_name"), row.get("cached_from")))
+        if source is None:
+            out.append(row)
+            continue
+        shared = [k for k in _SHAREABLE if k in row and k in source and row[k] == source[k]]
+        compact = {k: v for k, v in row.items() if k not in shared}
+        if shared:
+            compact[_SHARED_TAG] = shared
+        out.append(compact)
+    return out
+
+
+def _expand_cached(trials: list[Any]) -> list[Any]:
+    """Inverse of :func:`_compact_cached`: put the shared values back from the source rows."""
+    if not any(isinstance(r, dict) and _SHARED_TAG in r for r in trials):
+        return trials
+    sources = {(r.get("layer_name"), r.get("trial_number")): r for r in trials
+               if isinstance(r, dict) and r.get("status") != "cached"}
+    out = []
+    for row in trials:
+        if not (isinstance(row, dict) and _SHARED_TAG in row):
+            out.append(row)
+            continue
+        shared = row[_SHARED_TAG]
+        source = sources.get((row.get("layer_name"), row.get("cached_from")))
+        _require(isinstance(shared, list) and source is not None and all(k in source for k in shared),
+                 f"cached trial {row.get('trial_number')!r} refers to a missing source trial")
+        full = {k: v for k, v in row.items() if k != _SHARED_TAG}
+        full.update({k: source[k] for k in shared if k in _SHAREABLE})
+        out.append(full)
+    return out
 
 
 def _encode(value: Any) -> Any:

@@ -12,12 +12,17 @@ A selector is one of:
   ``pattern``
       a regex or a list of regexes (any of them, full match);
   ``type``
-      a class name such as ``"Linear"`` or a class object, or a list of them
-      (any). Matching is by *exact* type: ``"Linear"`` does not select
-      subclasses such as ``NonDynamicallyQuantizableLinear`` (the ``out_proj``
-      of ``nn.MultiheadAttention``, which that module reads directly and must not
-      be replaced). A dotted name (``"torch.nn.Linear"``) must match the class's
-      full import path;
+      a name, a class object, or a list of them (any). A plain name matches a
+      module whose class is named exactly that *or* whose layer type (the plugin
+      that sketches it) is named exactly that -- one naming rule, case-sensitive
+      like Python class names, so ``"Conv1D"`` (transformers) never selects
+      ``nn.Conv1d``; :func:`type_matches` says which of the two matched.
+      Matching is by *exact* type: ``"Linear"`` does not select subclasses such
+      as ``NonDynamicallyQuantizableLinear`` (the ``out_proj`` of
+      ``nn.MultiheadAttention``, which that module reads directly and must not
+      be replaced), and the built-in ``Linear`` layer type does not handle them
+      either. A dotted name (``"torch.nn.Linear"``) must match the class's full
+      import path; a class object matches that class only;
   ``contains``
       a substring or a list of substrings (any);
   ``indices``
@@ -49,7 +54,10 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["select_layers", "natural_key", "natural_sorted", "SELECTOR_KEYS"]
+__all__ = ["select_layers", "natural_key", "natural_sorted", "type_matches", "SELECTOR_KEYS"]
+
+#: How a ``type`` name matched a module (values of :func:`type_matches`).
+BY_CLASS, BY_LAYER_TYPE, BY_BOTH = "class name", "layer-type name", "class name and layer-type name"
 
 SELECTOR_KEYS: tuple[str, ...] = ("pattern", "type", "contains", "indices", "range")
 _POSITION_KEYS = ("indices", "range")
@@ -168,17 +176,62 @@ def _as_list(value: Any, key: str, selector: Any) -> list[Any]:
     return [value]
 
 
-def _type_matcher(spec: Any, selector: Any):
-    """Return a predicate on classes for one ``type`` entry (name string or class)."""
+def _layer_type_name(module: nn.Module) -> str | None:
+    """The name of the layer type that would sketch ``module``, if any."""
+    from panther.tuner import plugins  # lazy: the host loads plugins on first use
+
+    try:
+        layer_type = plugins.layer_type_for(module)
+    except plugins.PluginConflictError:
+        # An ambiguous handler is reported when the layer is tuned; the class name
+        # still selects it.
+        return None
+    return None if layer_type is None else layer_type.name
+
+
+def _how_matched(spec: Any, module: nn.Module) -> str | None:
+    """How one ``type`` entry matches ``module`` (:data:`BY_CLASS`, ...), or ``None``."""
+    cls = type(module)
     if isinstance(spec, type):
-        return lambda cls: cls is spec
-    if isinstance(spec, str) and spec:
-        if "." in spec:
-            return lambda cls: f"{cls.__module__}.{cls.__qualname__}" == spec or _public_path(cls) == spec
-        return lambda cls: cls.__name__ == spec
+        return BY_CLASS if cls is spec else None
+    if "." in spec:
+        full = f"{cls.__module__}.{cls.__qualname__}"
+        return BY_CLASS if spec in (full, _public_path(cls)) else None
+    by_class = cls.__name__ == spec
+    by_type = _layer_type_name(module) == spec
+    if by_class and by_type:
+        return BY_BOTH
+    return BY_CLASS if by_class else BY_LAYER_TYPE if by_type else None
+
+
+def _type_matcher(spec: Any, selector: Any):
+    """Return a predicate on modules for one ``type`` entry (name string or class)."""
+    if isinstance(spec, type) or (isinstance(spec, str) and spec):
+        return lambda module: _how_matched(spec, module) is not None
     raise TypeError(
-        f"layer selector {selector!r}: 'type' entries must be class names or classes, got {spec!r}"
+        f"layer selector {selector!r}: 'type' entries must be class names, layer-type names "
+        f"or classes, got {spec!r}"
     )
+
+
+def type_matches(model: nn.Module, spec: Any) -> dict[str, str]:
+    """Which modules of ``model`` a ``{"type": spec}`` entry selects, and how.
+
+    Returns:
+        ``{module name: how}`` in natural order, where ``how`` is ``"class name"``,
+        ``"layer-type name"`` or ``"class name and layer-type name"``.
+
+    Example::
+
+        type_matches(gpt2, "Conv1D")   # {"h.0.attn.c_attn": "class name and layer-type name", ...}
+    """
+    _type_matcher(spec, {"type": spec})  # same validation as selectors
+    found = {}
+    for name, module in model.named_modules():
+        how = _how_matched(spec, module) if name else None
+        if how is not None:
+            found[name] = how
+    return {n: found[n] for n in natural_sorted(found)}
 
 
 def _public_path(cls: type) -> str:
@@ -211,7 +264,7 @@ def _select_dict(model: nn.Module, modules: dict[str, nn.Module], names: list[st
 
     if "type" in selector:
         matchers = [_type_matcher(t, selector) for t in _as_list(selector["type"], "type", selector)]
-        hits = [n for n in names if any(f(type(modules[n])) for f in matchers)]
+        hits = [n for n in names if any(f(modules[n]) for f in matchers)]
         counts["type"] = len(hits)
         hit_set = set(hits)
         candidates = [n for n in candidates if n in hit_set]
@@ -307,11 +360,11 @@ def _suggestion_tiers(modules: dict[str, nn.Module], selector: Any) -> dict[str,
             matchers = [_type_matcher(t, selector) for t in _as_list(selector["type"], "type", selector)]
         except (TypeError, ValueError):
             matchers = []
-        if any(f(type(m)) for m in modules.values() for f in matchers):
+        if any(f(m) for m in modules.values() for f in matchers):
             wanted = matchers
     tiers: dict[str, int] = {}
     for name, module in modules.items():
-        if wanted is not None and any(f(type(module)) for f in wanted):
+        if wanted is not None and any(f(module) for f in wanted):
             tiers[name] = 0
         elif _is_container(module):
             continue
@@ -367,12 +420,22 @@ def _no_match(
         parts.append(f"layer names include: {_preview(ranked, limit=6)}")
     if isinstance(selector, dict) and "type" in selector:
         present = sorted({type(m).__name__ for m in modules.values()})
-        layer_types = sorted({type(m).__name__ for m in modules.values() if not _is_container(m)})
+        classes = sorted({type(m).__name__ for m in modules.values() if not _is_container(m)})
+        sketchable = sorted({t for t in map(_layer_type_name, modules.values()) if t})
+        known = sorted(set(present) | set(sketchable))
         wanted = [t for t in _as_list(selector["type"], "type", selector) if isinstance(t, str)]
-        guesses = [g for t in wanted for g in difflib.get_close_matches(t.split(".")[-1], present, n=3)]
+        guesses = [
+            g for t in wanted for g in difflib.get_close_matches(t.split(".")[-1], known, n=3)
+        ]
+        guesses += [k for t in wanted for k in known if k.lower() == t.lower() and k != t]
         if guesses and not set(guesses) & {t.split(".")[-1] for t in wanted}:
-            parts.append(f"did you mean type {sorted(set(guesses))}?")
+            parts.append(
+                f"did you mean type {sorted(set(guesses))}? (class and layer-type names are "
+                "case-sensitive)"
+            )
         # containers cannot be sketched; listing them only lengthens the message
-        parts.append(f"layer types in the model: {layer_types or present}")
+        parts.append(f"classes in the model: {classes or present}")
+        if sketchable:
+            parts.append(f"layer types that can sketch its modules: {sketchable}")
     parts.append("use ModelVisualizer.print_module_tree(model) to see all names")
     return ValueError("; ".join(parts))

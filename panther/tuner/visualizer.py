@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from panther.tuner.combine import pareto_front_mask
 from panther.tuner.selection import natural_key
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "ModelVisualizer",
     "describe_module",
     "plot_tuning_results",
+    "save_trial_plot",
     "plot_pareto_front",
     "pareto_front_mask",
 ]
@@ -537,6 +539,7 @@ def plot_tuning_results(
     param_columns: Sequence[str] | None = None,
     accuracy_threshold: float | None = None,
     title: str | None = None,
+    score_label: str | None = None,
 ) -> Figure:
     """Plot a tuning run: one row of plots per layer group.
 
@@ -565,6 +568,7 @@ def plot_tuning_results(
             a known result column (see :data:`META_COLUMNS`).
         accuracy_threshold: draw this level on the accuracy plots.
         title: the figure title.
+        score_label: the score axis label (default ``"score"``), e.g. what the score measures.
 
     Returns:
         The matplotlib figure.
@@ -594,10 +598,10 @@ def plot_tuning_results(
     metrics = ["score"] + [
         m for m in ("accuracy", "speed") if m in df and pd.to_numeric(drawn[m], errors="coerce").notna().any()
     ]
-    score_label = "score"
     if "speed" in metrics and _speed_is_score(drawn):
         metrics.remove("speed")
-        score_label = "score (= speed)"
+        score_label = score_label or "score (= speed)"
+    score_label = score_label or "score"
     groups = [(name, g) for name, g in df.groupby("layer_name", sort=False)]
     group_params = [[p for p in param_columns if g[p].notna().any()] for _, g in groups]
     ncols = len(metrics) + max((len(p) for p in group_params), default=0)
@@ -639,34 +643,32 @@ def plot_tuning_results(
     return _finish(fig, save_path, show_plot)
 
 
-def pareto_front_mask(
-    x: Sequence[float] | np.ndarray,
-    y: Sequence[float] | np.ndarray,
-    maximize: tuple[bool, bool] = (True, True),
-) -> np.ndarray:
-    """Boolean mask of the points no other point dominates.
+def save_trial_plot(
+    df: pd.DataFrame,
+    path: str | Path,
+    title: str = "",
+    threshold: float | None = None,
+    score_label: str = "score",
+) -> Path:
+    """Write :func:`plot_tuning_results` of ``df`` to the PNG ``path`` and return the path.
 
-    A point dominates another when it is at least as good in both objectives and
-    strictly better in one. Non-finite points are never on the front; identical
-    points on the front are all kept.
+    What ``panther-tune`` draws for a run (``plots/trials.png``, ``panther-tune plot``).
+    Unlike :func:`plot_tuning_results` it accepts a run without trials (an interrupted
+    or empty run), drawing a figure that says so, since a report must not fail on it.
     """
-    xs = np.asarray(x, dtype=float) * (1 if maximize[0] else -1)
-    ys = np.asarray(y, dtype=float) * (1 if maximize[1] else -1)
-    if xs.shape != ys.shape or xs.ndim != 1:
-        raise ValueError(f"x and y must be 1-d of equal length, got shapes {xs.shape} and {ys.shape}")
-    mask = np.zeros(xs.shape, dtype=bool)
-    idx = np.flatnonzero(np.isfinite(xs) & np.isfinite(ys))
-    # sweep from the best x down; a point is on the front when its y beats every
-    # point with a larger (or equal, sorted earlier) x
-    order = idx[np.lexsort((-ys[idx], -xs[idx]))]
-    best_y, best_x = -np.inf, np.nan
-    for i in order:
-        if ys[i] > best_y:
-            mask[i] = True
-            best_y, best_x = ys[i], xs[i]
-        elif ys[i] == best_y and xs[i] == best_x:
-            mask[i] = True
-    return mask
+    path = Path(path)
+    if isinstance(df, pd.DataFrame) and df.empty:
+        fig = _new_figure((6.0, 2.0), show_plot=False)
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no trials", ha="center", va="center")
+        if title:
+            fig.suptitle(title)
+        _finish(fig, path, show_plot=False)
+        return path
+    plot_tuning_results(df, save_path=path, accuracy_threshold=threshold, title=title or None,
+                        score_label=score_label)
+    return path
 
 
 def plot_pareto_front(

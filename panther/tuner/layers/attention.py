@@ -9,7 +9,17 @@ Cost model, per token, for embedding size ``E``, ``H`` heads of size ``d = E/H``
   and keys (``2*m*E``) and the linear-attention products (``phi(k) v^T`` summary and
   ``phi(q)`` against it, ``2*m*E``): ``4*E^2 + 4*m*E``, independent of ``n``.
 
-So random features save work when ``m < n/2``. The sequence length is not known
+So random features save work when ``m < n/2``.
+
+* landmark attention (``approximation="landmark"``, segments of ``g = ceil(n/m)``
+  tokens): scores and weighted values against the exact window of ``3g`` keys (``2g``
+  causal), ``2*3g*E``; against the ``m`` landmarks, ``2*m*E``; building the landmarks
+  (cluster sums of keys and values), ``2*m*E``; and the clustering: five k-means rounds
+  plus the final assignment, ``11*m*E`` (causal: one hashing projection, ``m*E``). In all
+  ``4*E^2 + (6g + 15m)*E``, causal ``4*E^2 + (4g + 5m)*E``. It depends on ``n`` through
+  ``g`` but is far more accurate at the same ``m``.
+
+The sequence length is not known
 from the module; the layer type assumes :attr:`AttentionLayerType.seq_len`
 (default 512). For another length, register ``AttentionLayerType(seq_len=n)``
 by hand (``panther.tuner.plugins.register_plugin``): a hand-registered layer
@@ -28,18 +38,20 @@ from panther.tuner.hookspecs import hookimpl
 from panther.tuner.layers.base import Cost, LayerType
 from panther.tuner.layers.linear import check_positive_int
 
-__all__ = ["AttentionLayerType", "KERNEL_FUNCTIONS"]
+__all__ = ["AttentionLayerType", "KERNEL_FUNCTIONS", "APPROXIMATIONS"]
 
 KERNEL_FUNCTIONS = ("softmax", "relu")
+APPROXIMATIONS = ("random_features", "landmark")
 
 
 class AttentionLayerType(LayerType):
     """Replace ``nn.MultiheadAttention`` with random-feature attention.
 
-    Tunable parameters: ``num_random_features`` (``m``) and ``kernel_fn``
-    (``"softmax"`` or ``"relu"``). A configuration may also carry ``iscausal``
-    (default ``False``) and ``seed``. Missing tunables default to
-    ``m = 2*head_dim`` and ``"softmax"``.
+    Tunable parameters: ``num_random_features`` (``m``), ``kernel_fn``
+    (``"softmax"`` or ``"relu"``) and ``approximation`` (``"random_features"`` or
+    ``"landmark"``; ``kernel_fn`` only matters for random features). A configuration
+    may also carry ``iscausal`` (default ``False``) and ``seed``. Missing tunables
+    default to ``m = 2*head_dim``, ``"softmax"`` and ``"random_features"``.
 
     Args:
         seq_len: sequence length the cost model assumes for the exact attention
@@ -48,7 +60,7 @@ class AttentionLayerType(LayerType):
 
     name = "MultiheadAttention"
     module_types = (nn.MultiheadAttention,)
-    param_names = ("num_random_features", "kernel_fn")
+    param_names = ("num_random_features", "kernel_fn", "approximation")
     extra_param_keys = frozenset({"seed", "iscausal"})
 
     def __init__(self, seq_len: int = 512) -> None:
@@ -81,6 +93,7 @@ class AttentionLayerType(LayerType):
         return {
             "num_random_features": 2 * self._head_dim(original),
             "kernel_fn": "softmax",
+            "approximation": "random_features",
             **params,
         }
 
@@ -97,6 +110,11 @@ class AttentionLayerType(LayerType):
             raise ValueError(
                 f"{self.name} parameter 'kernel_fn' must be one of {list(KERNEL_FUNCTIONS)}, "
                 f"got {params['kernel_fn']!r}"
+            )
+        if "approximation" in params and params["approximation"] not in APPROXIMATIONS:
+            raise ValueError(
+                f"{self.name} parameter 'approximation' must be one of {list(APPROXIMATIONS)}, "
+                f"got {params['approximation']!r}"
             )
 
     def build(
@@ -119,6 +137,7 @@ class AttentionLayerType(LayerType):
                 kernel_fn=p["kernel_fn"],
                 iscausal=p.get("iscausal", False),
                 seed=p.get("seed"),
+                approximation=p["approximation"],
             )
         else:
             layer = cls(
@@ -133,13 +152,15 @@ class AttentionLayerType(LayerType):
                 device=weight.device,
                 dtype=weight.dtype,
                 seed=p.get("seed"),
+                approximation=p["approximation"],
             )
         layer = layer.to(device=weight.device, dtype=weight.dtype)
         layer.train(original.training)
         return layer
 
     def auto_space(self, original: nn.Module) -> dict[str, ParamSpec]:
-        """``m`` = powers of two from ``head_dim/2`` to ``4*head_dim``, both kernel functions."""
+        """``m`` = powers of two from ``head_dim/2`` to ``4*head_dim``, both kernel functions,
+        both approximations."""
         d = self._head_dim(original)
         m = 1
         while m * 2 <= max(1, d // 2):
@@ -151,6 +172,7 @@ class AttentionLayerType(LayerType):
         return {
             "num_random_features": Categorical(features),
             "kernel_fn": Categorical(list(KERNEL_FUNCTIONS)),
+            "approximation": Categorical(list(APPROXIMATIONS)),
         }
 
     def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
@@ -161,7 +183,12 @@ class AttentionLayerType(LayerType):
         if params is None:
             return Cost(params=n_params, macs=projections + 2 * self.seq_len * E)
         p = self.full_params(original, params)
-        return Cost(params=n_params, macs=projections + 4 * p["num_random_features"] * E)
+        m = p["num_random_features"]
+        if p["approximation"] == "landmark":
+            g = -(-self.seq_len // m)  # tokens per segment
+            per_token = 4 * g + 5 * m if p.get("iscausal", False) else 6 * g + 15 * m
+            return Cost(params=n_params, macs=projections + per_token * E)
+        return Cost(params=n_params, macs=projections + 4 * m * E)
 
     def size_key(self, module: nn.Module) -> tuple[Any, ...]:
         """Type, embedding size, heads, ``batch_first`` and bias."""

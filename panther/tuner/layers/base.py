@@ -31,8 +31,15 @@ class Cost:
 class LayerType(ABC):
     """Base class of sketchable layer types.
 
+    **Naming rule** (the one rule, used everywhere): layer-type names and class
+    names are compared exactly, case included, as Python compares class names.
+    A selector ``{"type": "X"}`` picks modules whose class is named ``X`` or whose
+    layer type is named ``X`` (:func:`panther.tuner.selection.type_matches` says
+    which), so ``"Conv1D"`` (transformers) and ``"Conv1d"`` (torch) never meet.
+
     Attributes:
-        name: the type name selectors use (``{"type": name}``), e.g. ``"Linear"``.
+        name: the layer-type name (registry key, selector ``{"type": name}``,
+            saved in results), e.g. ``"Linear"``; compared exactly.
         module_types: the torch module classes this type replaces (exact types).
         sketched_type: the class :meth:`build` returns.
         param_names: the tunable parameter names, in a stable order.
@@ -66,7 +73,15 @@ class LayerType(ABC):
 
     @abstractmethod
     def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
-        """The cost of ``original`` (``params=None``) or of its sketch with ``params``."""
+        """The cost of ``original`` (``params=None``) or of its sketch with ``params``.
+
+        The tuner calls it with an original layer, to skip configurations that do
+        not save work. The ``flops`` evaluator also costs already-sketched layers
+        through :meth:`sketched_cost`, which by default calls
+        ``cost(sketched, sketched_params(sketched))``: either read only attributes
+        the sketched class shares with the original, or override
+        :meth:`sketched_cost`.
+        """
 
     def validate_params(self, original: nn.Module, params: dict[str, Any]) -> None:
         """Raise ``ValueError`` naming the problem if ``params`` cannot build a layer.
@@ -107,3 +122,19 @@ class LayerType(ABC):
     def sketch_seed(self, sketched: nn.Module) -> int | None:
         """The seed of ``sketched``'s random sketches, recorded in saved results."""
         return getattr(sketched, "seed", None)
+
+    def sketched_params(self, sketched: nn.Module) -> dict[str, Any]:
+        """The configuration a sketched layer was built with, read back from it.
+
+        The default reads each of :attr:`param_names` as an attribute of
+        ``sketched`` (so a sketched class should expose its tunables, as
+        ``SKLinear.num_terms`` does); override it when they live elsewhere.
+        """
+        return {p: getattr(sketched, p) for p in self.param_names if hasattr(sketched, p)}
+
+    def sketched_cost(self, sketched: nn.Module) -> Cost:
+        """The cost of a layer of :attr:`sketched_type` (used by the ``flops`` evaluator).
+
+        Default: ``cost(sketched, sketched_params(sketched))`` -- see :meth:`cost`.
+        """
+        return self.cost(sketched, self.sketched_params(sketched))

@@ -51,16 +51,19 @@ class Conv2dLayerType(LowRankLayerType):
             and module.padding_mode == "zeros"
         )
 
-    def _fans(self, original: nn.Module) -> tuple[int, int]:
+    def fans(self, original: nn.Module) -> tuple[int, int]:
+        """``(in_channels*kh*kw, out_channels)``."""
         kh, kw = original.kernel_size
         return original.in_channels * kh * kw, original.out_channels
 
-    def _sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
-                     **options: Any) -> nn.Module:
+    def sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
+                    **options: Any) -> nn.Module:
+        """``SKConv2d.from_conv2d(original, ...)``."""
         return self.sketched_type.from_conv2d(original, num_terms, low_rank, **options)
 
-    def _sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
-                      **options: Any) -> nn.Module:
+    def sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
+                     **options: Any) -> nn.Module:
+        """A new ``SKConv2d`` with the original's geometry, dtype and device."""
         weight = original.weight
         padding = original.padding
         return self.sketched_type(
@@ -74,7 +77,7 @@ class Conv2dLayerType(LowRankLayerType):
 
     def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
         """Learnable parameters and multiply-adds per output position (module docstring)."""
-        fan_in, out = self._fans(original)
+        fan_in, out = self.fans(original)
         bias = out if original.bias is not None else 0
         if params is None:
             return Cost(params=fan_in * out + bias, macs=fan_in * out)

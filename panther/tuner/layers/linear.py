@@ -9,7 +9,9 @@ plus the bias; the fixed random buffers ``U1``/``U2`` are not counted.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import warnings
 from typing import Any
 
 from torch import nn
@@ -71,20 +73,40 @@ def check_positive_int(layer: str, name: str, value: Any) -> None:
 
 
 def _supports_init(factory: Any) -> bool:
+    # Asked on every build and cost query: the signature is read once per function.
+    return _function_takes_init(getattr(factory, "__func__", factory))
+
+
+@functools.lru_cache(maxsize=256)
+def _function_takes_init(function: Any) -> bool:
     try:
-        return "init" in inspect.signature(factory).parameters
+        return "init" in inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
 
 
 class LowRankLayerType(LayerType):
-    """Shared logic of layer types tuned by ``num_terms``/``low_rank``/``init``.
+    """Base for layer types tuned by ``num_terms``/``low_rank``/``init`` (public extension point).
 
-    Subclasses set ``name``/``module_types``, :meth:`factory_signature_source`,
-    :meth:`_fans` (the ``fan_in, fan_out`` of the equivalent matrix),
-    :meth:`_sketch_copy`/:meth:`_sketch_empty` (the two ways :meth:`build` makes a
-    layer) and :meth:`cost`. Parameters missing from a configuration default to
-    ``num_terms=1``, the middle of the auto ranks and ``init="svd"``.
+    A subclass for a third-party layer class sets ``name``, ``module_types`` and
+    ``sketched_type`` and implements four hooks; :meth:`build`, validation,
+    defaults, the "auto" space and the cost model come from here:
+
+    * :meth:`fans` -- ``(fan_in, fan_out)`` of the matrix the layer applies per
+      row/position (``in*kernel_size, out`` for a convolution);
+    * :meth:`sketch_copy` -- the sketched layer initialised from the original's
+      weights (``copy_weights=True``);
+    * :meth:`sketch_empty` -- a freshly initialised sketched layer with the
+      original's geometry (``copy_weights=False``, used for exact rebuilds);
+    * :meth:`factory_signature_source` -- the callable whose signature says
+      whether ``init`` is supported (usually the ``sketch_copy`` constructor).
+
+    The default :meth:`cost` is the ``SKLinear`` model on :meth:`fans`:
+    ``L*k*(fan_in + fan_out)`` learnable parameters (plus the bias) and
+    ``2*L*k*(fan_in + fan_out)`` multiply-adds; override it when the sketched
+    layer differs (``Conv2d`` does). Parameters missing from a configuration
+    default to ``num_terms=1``, the middle of the auto ranks and ``init="svd"``.
+    Set :attr:`requirements` when :meth:`handles` checks more than the type.
     """
 
     #: What :meth:`handles` needs beyond the module type, for the error :meth:`build` raises.
@@ -106,26 +128,43 @@ class LowRankLayerType(LayerType):
         options: dict[str, Any] = {"seed": p.get("seed")}
         if "init" in self.param_names:
             options["init"] = p["init"]
-        make = self._sketch_copy if copy_weights else self._sketch_empty
+        make = self.sketch_copy if copy_weights else self.sketch_empty
         layer = make(original, p["num_terms"], p["low_rank"], **options)
         weight = original.weight
         layer = layer.to(device=weight.device, dtype=weight.dtype)
         layer.train(original.training)
         return layer
 
-    def _sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
-                     **options: Any) -> nn.Module:
-        """The sketched layer initialised from ``original``'s weights."""
-        raise NotImplementedError
+    def sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
+                    **options: Any) -> nn.Module:
+        """The sketched layer initialised from ``original``'s weights.
 
-    def _sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
-                      **options: Any) -> nn.Module:
-        """A freshly initialised sketched layer with ``original``'s geometry."""
-        raise NotImplementedError
+        ``options`` holds ``seed`` (``None``: draw one; record it as ``.seed``) and,
+        when :attr:`param_names` has it, ``init``. :meth:`build` moves the result
+        to the original's device and dtype and copies its train/eval mode.
+        """
+        return self._legacy("sketch_copy")(original, num_terms, low_rank, **options)
+
+    def sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
+                     **options: Any) -> nn.Module:
+        """A freshly initialised sketched layer with ``original``'s geometry (same ``options``)."""
+        return self._legacy("sketch_empty")(original, num_terms, low_rank, **options)
+
+    def _legacy(self, hook: str) -> Any:
+        # Subclasses written before these hooks were public overrode ``_fans``,
+        # ``_sketch_copy`` and ``_sketch_empty``; keep them working, with a nudge.
+        legacy = getattr(self, f"_{hook}", None)
+        if legacy is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement {hook}()")
+        warnings.warn(f"{type(self).__name__} overrides _{hook}(); rename it to the public "
+                      f"{hook}()", DeprecationWarning, stacklevel=3)
+        return legacy
 
     def factory_signature_source(self) -> Any:
         """The callable whose signature says whether ``init`` is supported."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement factory_signature_source()"
+        )
 
     @property
     def param_names(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -134,11 +173,22 @@ class LowRankLayerType(LayerType):
             return ("num_terms", "low_rank", "init")
         return ("num_terms", "low_rank")
 
-    def _fans(self, original: nn.Module) -> tuple[int, int]:
-        raise NotImplementedError
+    def fans(self, original: nn.Module) -> tuple[int, int]:
+        """``(fan_in, fan_out)`` of the matrix ``original`` applies per row/position."""
+        return self._legacy("fans")(original)
+
+    def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
+        """The ``SKLinear`` cost model on :meth:`fans` (see the class docstring)."""
+        n_in, n_out = self.fans(original)
+        bias = n_out if getattr(original, "bias", None) is not None else 0
+        if params is None:
+            return Cost(params=n_in * n_out + bias, macs=n_in * n_out)
+        p = self.full_params(original, params)
+        lk = p["num_terms"] * p["low_rank"]
+        return Cost(params=lk * (n_in + n_out) + bias, macs=2 * lk * (n_in + n_out))
 
     def _defaults(self, original: nn.Module) -> dict[str, Any]:
-        _terms, ranks = low_rank_space(*self._fans(original))
+        _terms, ranks = low_rank_space(*self.fans(original))
         defaults: dict[str, Any] = {"num_terms": 1, "low_rank": ranks[len(ranks) // 2]}
         if "init" in self.param_names:
             defaults["init"] = "svd"
@@ -165,7 +215,7 @@ class LowRankLayerType(LayerType):
         Combinations of a large rank with several terms may not save work; the
         tuner's cost check skips those without evaluating them.
         """
-        terms, ranks = low_rank_space(*self._fans(original))
+        terms, ranks = low_rank_space(*self.fans(original))
         space: dict[str, ParamSpec] = {
             "num_terms": Categorical(terms),
             "low_rank": Categorical(ranks),
@@ -196,30 +246,23 @@ class LinearLayerType(LowRankLayerType):
         """``SKLinear.from_linear``."""
         return self.sketched_type.from_linear
 
-    def _fans(self, original: nn.Module) -> tuple[int, int]:
+    def fans(self, original: nn.Module) -> tuple[int, int]:
+        """``(in_features, out_features)``."""
         return original.in_features, original.out_features
 
-    def _sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
-                     **options: Any) -> nn.Module:
+    def sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
+                    **options: Any) -> nn.Module:
+        """``SKLinear.from_linear(original, ...)``."""
         return self.sketched_type.from_linear(original, num_terms, low_rank, **options)
 
-    def _sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
-                      **options: Any) -> nn.Module:
+    def sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
+                     **options: Any) -> nn.Module:
+        """A new ``SKLinear`` of the same shape, dtype and device."""
         weight = original.weight
         return self.sketched_type(
             original.in_features, original.out_features, num_terms, low_rank,
             bias=original.bias is not None, dtype=weight.dtype, device=weight.device, **options,
         )
-
-    def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
-        """Learnable parameters and multiply-adds per input row (see the module docstring)."""
-        n_in, n_out = self._fans(original)
-        bias = n_out if original.bias is not None else 0
-        if params is None:
-            return Cost(params=n_in * n_out + bias, macs=n_in * n_out)
-        p = self.full_params(original, params)
-        lk = p["num_terms"] * p["low_rank"]
-        return Cost(params=lk * (n_in + n_out) + bias, macs=2 * lk * (n_in + n_out))
 
     def size_key(self, module: nn.Module) -> tuple[Any, ...]:
         """``("Linear", in_features, out_features, has_bias)``."""

@@ -1,8 +1,13 @@
 """The ``Conv1d`` layer type: how panther's tuner sketches ``nn.Conv1d`` layers.
 
-Cost model (per output position): dense ``out*in*k`` multiply-adds; sketched
+Cost model (per output position), inherited from ``LowRankLayerType`` on
+:meth:`Conv1dLayerType.fans`: dense ``out*in*k`` multiply-adds; sketched
 ``2*L*r*(in*k + out)`` (the inner ``SKLinear`` on ``in*k``-long patches).
 Parameters: ``out*in*k`` versus ``L*r*(in*k + out)`` learnable, plus the bias.
+
+Only public panther API is used: ``panther.tuner.LowRankLayerType`` and its
+documented hooks (``fans``, ``sketch_copy``, ``sketch_empty``,
+``factory_signature_source``).
 """
 
 from __future__ import annotations
@@ -11,8 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from panther.tuner.layers.base import Cost
-from panther.tuner.layers.linear import LowRankLayerType
+from panther.tuner import LowRankLayerType
 from panther_conv1d.layer import SKConv1d
 
 __all__ = ["Conv1dLayerType"]
@@ -38,15 +42,18 @@ class Conv1dLayerType(LowRankLayerType):
         """Exact ``nn.Conv1d`` with ``groups=1`` and zero padding."""
         return type(module) is nn.Conv1d and module.groups == 1 and module.padding_mode == "zeros"
 
-    def _fans(self, original: nn.Module) -> tuple[int, int]:
+    def fans(self, original: nn.Module) -> tuple[int, int]:
+        """``(in_channels*kernel_size, out_channels)``: the patch-to-channel matrix."""
         return original.in_channels * original.kernel_size[0], original.out_channels
 
-    def _sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
-                     **options: Any) -> nn.Module:
+    def sketch_copy(self, original: nn.Module, num_terms: int, low_rank: int,
+                    **options: Any) -> nn.Module:
+        """``SKConv1d.from_conv1d(original, ...)``."""
         return SKConv1d.from_conv1d(original, num_terms, low_rank, **options)
 
-    def _sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
-                      **options: Any) -> nn.Module:
+    def sketch_empty(self, original: nn.Module, num_terms: int, low_rank: int,
+                     **options: Any) -> nn.Module:
+        """A new ``SKConv1d`` with the original's geometry, dtype and device."""
         weight = original.weight
         padding = original.padding
         return SKConv1d(
@@ -57,16 +64,6 @@ class Conv1dLayerType(LowRankLayerType):
             num_terms=num_terms, low_rank=low_rank,
             dtype=weight.dtype, device=weight.device, **options,
         )
-
-    def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
-        """Learnable parameters and multiply-adds per output position (module docstring)."""
-        fan_in, out = self._fans(original)
-        bias = out if original.bias is not None else 0
-        if params is None:
-            return Cost(params=fan_in * out + bias, macs=fan_in * out)
-        p = self.full_params(original, params)
-        lk = p["num_terms"] * p["low_rank"]
-        return Cost(params=lk * (fan_in + out) + bias, macs=2 * lk * (fan_in + out))
 
     def size_key(self, module: nn.Module) -> tuple[Any, ...]:
         """Type, channels, kernel, stride, padding, dilation and bias."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from panther.tuner.hookspecs import hookimpl
-from panther.tuner.layers.base import LayerType
+from panther.tuner import LayerType, hookimpl
 from panther_conv1d.layer_type import Conv1dLayerType
+
+#: The panther plugin API this package was written for (panther warns on a mismatch).
+PANTHER_PLUGIN_API = 1
 
 
 @hookimpl
