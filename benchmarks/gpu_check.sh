@@ -71,7 +71,8 @@ env \$env $PY -X faulthandler /tmp/panther_crash_repro.py; rc=\$?; echo \"[\$env
 [ \$rc -ne 0 ] && worst=\$rc; done; exit \$worst"
 # Only the files of the layers and ops: the tuner's tests import optuna, which is not there.
 CUDA_TEST_FILES=$(ls tests/test_native.py tests/test_sketch.py tests/test_precision_and_capture.py \
-  tests/test_sklinear.py tests/test_skconv2d.py tests/test_attention.py 2>/dev/null)
+  tests/test_sklinear.py tests/test_skconv2d.py tests/test_attention.py tests/test_attention_gpu.py \
+  tests/test_attention_landmark.py 2>/dev/null)
 step tests 300 $PY -m pytest -q -p no:cacheprovider -m cuda $CUDA_TEST_FILES
 step bench 240 $PY benchmarks/bench_gpu.py --profile
 cp benchmarks/results/gpu_cuda.json "$OUT/" 2>/dev/null || true
