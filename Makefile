@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.panther-installed
 PLUGIN_DIRS := $(wildcard plugins/*/)
 
-.PHONY: setup native test lint demo bench clean postgres
+.PHONY: setup native test test-min-torch lint demo bench clean postgres
 
 setup: $(STAMP) native
 
@@ -26,8 +26,28 @@ lint: $(STAMP)
 	$(PY) -m ruff check panther tests benchmarks plugins
 
 # PANTHER_REQUIRE_NATIVE makes the suite fail if the extension silently did not load.
+# Services too: a throw-away PostgreSQL on loopback for the distributed tests (installed from
+# Debian's packages when missing; an already exported PANTHER_TEST_POSTGRES_URL is used as is).
 test: setup lint
+	PANTHER_TEST_POSTGRES_URL="$${PANTHER_TEST_POSTGRES_URL:-$$(bash .ci/postgres.sh)}" \
 	PANTHER_REQUIRE_NATIVE=1 MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider
+
+# tests/test_native.py and the op fuzzing against the oldest torch pyproject accepts (torch>=2.11),
+# in a venv of its own, built once. PyPI's torch 2.11 for Linux is a CUDA build: its nvidia-*
+# wheels (~3.5 GB, ~40 s to install here) are needed only so that `import torch` finds its
+# libraries; the tests run on the CPU and build the extension against 2.11's headers.
+MIN_TORCH ?= 2.11.0
+MIN_VENV ?= .venv-min-torch
+MIN_STAMP := $(MIN_VENV)/.panther-torch-$(MIN_TORCH)
+
+$(MIN_STAMP):
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q torch==$(MIN_TORCH) numpy ninja "pytest>=8" "hypothesis>=6"
+	touch $@
+
+test-min-torch: $(MIN_STAMP)
+	PANTHER_REQUIRE_NATIVE=1 PYTHONPATH=$(CURDIR) $(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_op_fuzz.py
 
 demo: setup
 	MPLBACKEND=Agg $(VENV)/bin/panther-tune demo --output panther-demo-output
@@ -45,4 +65,4 @@ postgres:
 	@bash .ci/postgres.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(MIN_VENV) build *.egg-info .pytest_cache .hypothesis

@@ -471,11 +471,18 @@ def test_bad_env_value(monkeypatch):
 def test_unsupported_inputs_fall_back_or_raise(monkeypatch):
     spy = _Spy()
     monkeypatch.setattr(ops, "_ops", lambda: spy)
-    x = torch.randn(3, 8, dtype=torch.bfloat16)
-    torch.testing.assert_close(ops.fwht(x), reference.fwht(x))  # auto: reference for bf16
+    # The causal scan takes float32/float64 only: in auto mode bf16 takes the reference.
+    q = torch.rand(1, 2, 5, 4, dtype=torch.bfloat16)
+    v = torch.randn(1, 2, 5, 3, dtype=torch.bfloat16)
+    torch.testing.assert_close(ops.causal_linear_attention(q, q, v),
+                               reference.causal_linear_attention(q, q, v))
     assert spy.calls == []
     with native.use_backend("native"), pytest.raises(RuntimeError, match="bfloat16"):
-        ops.fwht(x)
+        ops.causal_linear_attention(q, q, v)
+    # fwht takes half precision natively, accumulating in float32.
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    torch.testing.assert_close(ops.fwht(x), reference.fwht(x.float()).to(torch.bfloat16))
+    assert spy.calls == ["fwht"]
     xi = torch.randn(2, 4, dtype=torch.float64)
     w = torch.randn(4, 2, dtype=torch.float32)  # mixed dtypes: reference handles promotion rules
     with pytest.raises(RuntimeError):

@@ -99,7 +99,9 @@ def _sources(suffix: str) -> list[Path]:
 
 def _key(sources: list[Path], flags: list[str], extra: str = "") -> str:
     h = hashlib.sha256()
-    for src in sources:
+    # Headers are compiled into every source that includes them.
+    headers = sorted({p for src in sources for p in src.parent.glob("*.h")})
+    for src in [*sources, *headers]:
         h.update(src.name.encode())
         h.update(src.read_bytes())
     h.update(repr(flags).encode())

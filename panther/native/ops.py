@@ -4,9 +4,11 @@ Layers and sketch operators call these functions only. Each picks the compiled
 kernel when the extension is loaded and supports the inputs, and the pure-PyTorch
 reference in :mod:`panther.native.reference` otherwise.
 
-Supported by the native kernels: float32/float64 tensors, all on one device, on CPU (when the C++
-library is loaded) or CUDA (when the CUDA library is loaded; ``sketched_linear`` only needs the
-C++ library because it is built from ATen GEMMs). Anything else takes the reference path, unless
+Supported by the native kernels: tensors all on one device, on CPU (when the C++ library is
+loaded) or CUDA (when the CUDA library is loaded; ``sketched_linear`` only needs the C++ library
+because it is built from ATen GEMMs). ``sketched_linear``, ``fwht`` and ``sparse_sketch_apply``
+take float32, float64, float16 and bfloat16 (half precision accumulates in float32); the causal
+attention ops take float32/float64. Anything else takes the reference path, unless
 ``PANTHER_NATIVE=1`` (or ``use_backend("native")``) is set, in which case it is an error.
 Non-contiguous inputs are fine: the kernels make their own contiguous copies where they need them.
 """
@@ -24,6 +26,7 @@ __all__ = ["sketched_linear", "fwht", "sparse_sketch_apply", "causal_linear_atte
            "causal_linear_attention_stateful"]
 
 _FLOATS = (torch.float32, torch.float64)
+_ALL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _CUDA_SHARED_BYTES = 48 * 1024
 
 
@@ -32,7 +35,8 @@ def _ops():
 
 
 def _use_native(op: str, tensors: list[Tensor], cuda_generic: bool = False,
-                same_device: tuple[Tensor, ...] = (), cuda_problem: str | None = None) -> bool:
+                same_device: tuple[Tensor, ...] = (), cuda_problem: str | None = None,
+                dtypes: tuple[torch.dtype, ...] = _FLOATS) -> bool:
     """Decide between the kernel and the reference for one call (see the module docstring).
 
     ``tensors`` must share the device and a supported dtype; ``same_device`` (index tensors,
@@ -49,8 +53,9 @@ def _use_native(op: str, tensors: list[Tensor], cuda_generic: bool = False,
     problem = None
     if not st.cpu_loaded:
         problem = f"the extension is not loaded ({st.reason})"
-    elif dtype not in _FLOATS:
-        problem = f"dtype {dtype} is not supported (float32/float64 only)"
+    elif dtype not in dtypes:
+        names = "/".join(str(d).replace("torch.", "") for d in dtypes)
+        problem = f"dtype {dtype} is not supported ({names} only)"
     elif any(t.device != device or t.dtype != dtype for t in tensors):
         problem = "inputs are on different devices or have different dtypes"
     elif any(t.device != device for t in same_device):
@@ -91,12 +96,41 @@ def sketched_linear(x: Tensor, S1: Tensor, U2: Tensor, U1: Tensor, S2: Tensor,
     if bias is not None and tuple(bias.shape) != (U1.shape[1],):
         raise ValueError(f"bias must have shape ({U1.shape[1]},), got {tuple(bias.shape)}")
     tensors = [x, S1, U2, U1, S2] + ([bias] if bias is not None else [])
-    if not _use_native("sketched_linear", tensors, cuda_generic=True):
+    if not _use_native("sketched_linear", tensors, cuda_generic=True, dtypes=_ALL_FLOATS):
         return reference.sketched_linear(x, S1, U2, U1, S2, bias, num_terms)
-    lead = x.shape[:-1]
-    y, _ = _ops().sketched_linear(x.reshape(math.prod(lead), x.shape[-1]), S1, U2, U1, S2, bias,
-                                  int(num_terms))
-    return y.reshape(*lead, U1.shape[1])
+    return _ops().sketched_linear(x, S1, U2, U1, S2, bias, int(num_terms))[0]
+
+
+def sketched_linear_prevalidated(x: Tensor, S1: Tensor, U2: Tensor, U1: Tensor, S2: Tensor,
+                                 bias: Tensor | None, num_terms: int) -> Tensor:
+    """:func:`sketched_linear` for callers whose factors were validated once (``SKLinear``).
+
+    Skips the per-call Python checks: when the native path applies (the common case: the
+    extension is loaded, ``x`` shares the factors' dtype and device) this is one call into the
+    compiled op, whose C++ checks still guard memory. Anything else goes through
+    :func:`sketched_linear` and its full dispatch.
+    """
+    # Device and dtype agreement is checked by the compiled op itself (a clear TypeError or
+    # ValueError); here only what decides the path: loaded, a supported dtype and device.
+    if (_build._STATE.cpu_loaded and x.dtype in _ALL_FLOATS and (x.is_cpu or x.is_cuda)
+            and backend() != "reference"):
+        return _sketched_linear_op()(x, S1, U2, U1, S2, bias, num_terms)[0]
+    return sketched_linear(x, S1, U2, U1, S2, bias, num_terms)
+
+
+def _sketched_linear_op():
+    # torch.ops.panther.sketched_linear resolved once (each lookup costs microseconds). Eager
+    # calls take the overload's C++ entry point directly, skipping a Python frame; while
+    # compiling, the OpOverload itself, which dynamo knows how to trace.
+    if torch.compiler.is_compiling():
+        return torch.ops.panther.sketched_linear.default
+    global _SKETCHED_LINEAR_OP
+    if _SKETCHED_LINEAR_OP is None:
+        _SKETCHED_LINEAR_OP = torch.ops.panther.sketched_linear.default._op
+    return _SKETCHED_LINEAR_OP
+
+
+_SKETCHED_LINEAR_OP = None
 
 
 def fwht(x: Tensor) -> Tensor:
@@ -106,7 +140,7 @@ def fwht(x: Tensor) -> Tensor:
     n = x.shape[-1]
     if n == 0 or n & (n - 1) != 0:
         raise ValueError(f"fwht needs a power-of-two length on the last dimension, got {n}")
-    if not _use_native("fwht", [x]):
+    if not _use_native("fwht", [x], dtypes=_ALL_FLOATS):
         return reference.fwht(x)
     return _ops().fwht(x)
 
@@ -125,7 +159,8 @@ def sparse_sketch_apply(x: Tensor, rows: Tensor, values: Tensor, m: int) -> Tens
         raise ValueError(f"sketch size m must be >= 1, got {m}")
     if rows.dtype.is_floating_point or rows.dtype == torch.bool:
         raise TypeError(f"rows must be an integer tensor, got {rows.dtype}")
-    if not _use_native("sparse_sketch_apply", [x], same_device=(rows, values)):
+    if not _use_native("sparse_sketch_apply", [x], same_device=(rows, values),
+                       dtypes=_ALL_FLOATS):
         return reference.sparse_sketch_apply(x, rows, values, m)
     lead = x.shape[:-1]
     out = _ops().sparse_sketch_apply(x.reshape(math.prod(lead), x.shape[-1]), rows.to(torch.long),

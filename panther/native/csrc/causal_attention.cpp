@@ -23,6 +23,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 #include <algorithm>
 #include <array>
 #include <tuple>
@@ -102,16 +104,7 @@ inline int64_t block_width(int64_t rows, int64_t width, int64_t elem) {
 }
 
 void check_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK_VALUE(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
-                    "panther::causal_linear_attention expects (B, H, n, m) features and "
-                    "(B, H, n, d) values");
-  TORCH_CHECK_VALUE(q.sizes() == k.sizes(), "q_feat and k_feat must have the same shape, got ",
-                    q.sizes(), " and ", k.sizes());
-  TORCH_CHECK_VALUE(v.size(0) == q.size(0) && v.size(1) == q.size(1) && v.size(2) == q.size(2),
-                    "v must share (B, H, n) with the features, got ", v.sizes(), " and ",
-                    q.sizes());
-  TORCH_CHECK_TYPE(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
-                   "q_feat, k_feat and v must share a dtype");
+  check_attention_args("panther::causal_linear_attention", q, k, v);
 }
 
 // Pointers of one head.
@@ -281,20 +274,10 @@ std::tuple<at::Tensor, at::Tensor> causal_forward_cpu(const at::Tensor& q_in,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_forward_stateful_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& kv0_in, const at::Tensor& z0_in, double eps) {
-  check_attention(q_in, k_in, v_in);
+  check_attention_args("panther::causal_linear_attention_stateful", q_in, k_in, v_in);
+  check_attention_state_args(q_in, v_in, kv0_in, z0_in);
   const int64_t B = q_in.size(0), H = q_in.size(1), n = q_in.size(2), m = q_in.size(3);
   const int64_t d = v_in.size(3);
-  TORCH_CHECK_VALUE(kv0_in.dim() == 4 && kv0_in.size(0) == B && kv0_in.size(1) == H &&
-                        kv0_in.size(2) == m && kv0_in.size(3) == d,
-                    "kv0 must have shape (B, H, m, d) = (", B, ", ", H, ", ", m, ", ", d,
-                    "), got ", kv0_in.sizes());
-  TORCH_CHECK_VALUE(z0_in.dim() == 3 && z0_in.size(0) == B && z0_in.size(1) == H &&
-                        z0_in.size(2) == m,
-                    "z0 must have shape (B, H, m) = (", B, ", ", H, ", ", m, "), got ",
-                    z0_in.sizes());
-  TORCH_CHECK_TYPE(kv0_in.scalar_type() == q_in.scalar_type() &&
-                       z0_in.scalar_type() == q_in.scalar_type(),
-                   "kv0 and z0 must have the dtype of q_feat");
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor kv0 = kv0_in.contiguous(), z0 = z0_in.contiguous();
   const int64_t heads = B * H;
@@ -345,9 +328,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& den_in,
     std::array<bool, 3> mask) {
-  check_attention(q_in, k_in, v_in);
-  TORCH_CHECK_VALUE(grad_in.sizes() == v_in.sizes() && out_in.sizes() == v_in.sizes(),
-                    "grad and out must have the shape of v");
+  check_attention_backward_args(grad_in, q_in, k_in, v_in, out_in, den_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor g = grad_in.contiguous(), o = out_in.contiguous(), den = den_in.contiguous();
   const int64_t B = q.size(0), H = q.size(1), n = q.size(2), m = q.size(3), d = v.size(3);

@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 #include <cmath>
 
 namespace panther {
@@ -62,12 +64,12 @@ void fwht_row(T* __restrict__ x, int64_t n, T scale) {
 }
 
 at::Tensor fwht_cpu(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, "panther::fwht expects at least one dimension");
+  check_fwht_args(x);
+  if (x.scalar_type() != to_compute(x).scalar_type()) {
+    // Half precision: butterflies in float32, one rounding at the end.
+    return fwht_cpu(to_compute(x)).to(x.scalar_type());
+  }
   const int64_t n = x.size(-1);
-  TORCH_CHECK_VALUE(n > 0 && (n & (n - 1)) == 0,
-              "panther::fwht needs a power-of-two length on the last dimension, got ", n);
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "panther::fwht supports float32 and float64, got ", x.scalar_type());
   at::Tensor out = x.clone(at::MemoryFormat::Contiguous);
   const int64_t rows = n == 0 ? 0 : out.numel() / n;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "panther_fwht", [&] {

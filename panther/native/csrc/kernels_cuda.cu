@@ -10,6 +10,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 #include <array>
 #include <cmath>
 #include <tuple>
@@ -63,12 +65,11 @@ __global__ void fwht_stage_kernel(T* __restrict__ data, int64_t rows, int64_t n,
 }
 
 at::Tensor fwht_cuda(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, "panther::fwht expects at least one dimension");
+  check_fwht_args(x);
+  if (x.scalar_type() != to_compute(x).scalar_type()) {
+    return fwht_cuda(to_compute(x)).to(x.scalar_type());  // float32 butterflies, one rounding
+  }
   const int64_t n = x.size(-1);
-  TORCH_CHECK_VALUE(n > 0 && (n & (n - 1)) == 0,
-                    "panther::fwht needs a power-of-two length on the last dimension, got ", n);
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "panther::fwht supports float32 and float64, got ", x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = x.clone(at::MemoryFormat::Contiguous);
   const int64_t rows = out.numel() / n;
@@ -98,48 +99,48 @@ at::Tensor fwht_cuda(const at::Tensor& x) {
 
 // --- sparse sketch ------------------------------------------------------------------------------
 
-void check_sparse(const at::Tensor& x, const at::Tensor& rows, const at::Tensor& values,
-                  int64_t m) {
-  TORCH_CHECK_VALUE(x.dim() == 2, "panther::sparse_sketch_apply expects a 2-D input");
-  TORCH_CHECK_VALUE(rows.dim() == 2 && values.sizes() == rows.sizes(),
-                    "rows and values must both have shape (n, s)");
-  TORCH_CHECK_TYPE(rows.scalar_type() == at::kLong, "rows must be int64");
-  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), "values must match the input dtype");
-  TORCH_CHECK_VALUE(rows.size(0) == x.size(1), "input has ", x.size(1),
-                    " features on its last dimension, sketch expects ", rows.size(0));
-  TORCH_CHECK_VALUE(m >= 1, "sketch size m must be >= 1, got ", m);
-  TORCH_CHECK_VALUE(rows.device() == x.device() && values.device() == x.device(),
-                    "rows and values must be on the input's device");
-  if (rows.numel() > 0) {
-    const auto lo = rows.min().item<int64_t>();
-    const auto hi = rows.max().item<int64_t>();
-    TORCH_CHECK_VALUE(lo >= 0 && hi < m, "sketch row indices must lie in [0, ", m, "), got [", lo,
-                      ", ", hi, "]");
-  }
+// Indices are checked on the device, without a host sync (so the ops stay capturable in CUDA
+// graphs): every kernel skips an out-of-range index instead of touching memory through it and
+// raises a flag, and the flag feeds a device-side assertion (at::_assert_async), the mechanism
+// torch's own indexing ops use. The host-side checks cover shapes, dtypes and devices.
+inline __device__ bool row_ok(int64_t r, int64_t m, int* bad) {
+  if (r >= 0 && r < m) return true;
+  *bad = 1;
+  return false;
+}
+
+void assert_rows_ok(const at::Tensor& bad, const char* op) {
+  at::_assert_async(bad.eq(0), std::string(op) +
+                                   ": sketch row indices must lie in [0, m); an index out of "
+                                   "range was skipped");
 }
 
 template <typename T>
 __global__ void sparse_apply_kernel(const T* __restrict__ x, const int64_t* __restrict__ rows,
                                     const T* __restrict__ values, T* __restrict__ out, int64_t B,
-                                    int64_t n, int64_t s, int64_t m) {
+                                    int64_t n, int64_t s, int64_t m, int* __restrict__ bad) {
   const int64_t total = B * n * s;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = idx / (n * s), js = idx % (n * s), j = js / s;
-    atomicAdd(out + b * m + rows[js], values[js] * x[b * n + j]);
+    const int64_t r = rows[js];
+    if (row_ok(r, m, bad)) atomicAdd(out + b * m + r, values[js] * x[b * n + j]);
   }
 }
 
 template <typename T>
 __global__ void sparse_grad_x_kernel(const T* __restrict__ g, const int64_t* __restrict__ rows,
                                      const T* __restrict__ values, T* __restrict__ gx, int64_t B,
-                                     int64_t n, int64_t s, int64_t m) {
+                                     int64_t n, int64_t s, int64_t m, int* __restrict__ bad) {
   const int64_t total = B * n;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = idx / n, j = idx % n;
     T acc = 0;
-    for (int64_t t = 0; t < s; ++t) acc += values[j * s + t] * g[b * m + rows[j * s + t]];
+    for (int64_t t = 0; t < s; ++t) {
+      const int64_t r = rows[j * s + t];
+      if (row_ok(r, m, bad)) acc += values[j * s + t] * g[b * m + r];
+    }
     gx[idx] = acc;
   }
 }
@@ -147,32 +148,41 @@ __global__ void sparse_grad_x_kernel(const T* __restrict__ g, const int64_t* __r
 template <typename T>
 __global__ void sparse_grad_values_kernel(const T* __restrict__ g, const T* __restrict__ x,
                                           const int64_t* __restrict__ rows, T* __restrict__ gv,
-                                          int64_t B, int64_t n, int64_t s, int64_t m) {
+                                          int64_t B, int64_t n, int64_t s, int64_t m,
+                                          int* __restrict__ bad) {
   const int64_t total = B * n * s;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = idx / (n * s), js = idx % (n * s), j = js / s;
-    atomicAdd(gv + js, g[b * m + rows[js]] * x[b * n + j]);
+    const int64_t r = rows[js];
+    if (row_ok(r, m, bad)) atomicAdd(gv + js, g[b * m + r] * x[b * n + j]);
   }
 }
 
 at::Tensor sparse_apply_cuda(const at::Tensor& x_in, const at::Tensor& rows_in,
                              const at::Tensor& values_in, int64_t m) {
-  check_sparse(x_in, rows_in, values_in, m);
+  check_sparse_args(x_in, rows_in, values_in, m);
+  if (x_in.scalar_type() != to_compute(x_in).scalar_type()) {
+    // Half precision: float32 accumulation (the atomics too), one rounding at the end.
+    return sparse_apply_cuda(to_compute(x_in), rows_in, to_compute(values_in), m)
+        .to(x_in.scalar_type());
+  }
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), rows = rows_in.contiguous();
   const at::Tensor values = values_in.contiguous();
   const int64_t B = x.size(0), n = x.size(1), s = rows.size(1);
   at::Tensor out = at::zeros({B, m}, x.options());
   if (B * n * s == 0) return out;
+  at::Tensor bad = at::zeros({1}, x.options().dtype(at::kInt));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "panther_sparse_apply_cuda", [&] {
     sparse_apply_kernel<scalar_t>
         <<<static_cast<unsigned>(blocks_for(B * n * s, kThreads)), kThreads, 0, stream>>>(
             x.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(), values.data_ptr<scalar_t>(),
-            out.data_ptr<scalar_t>(), B, n, s, m);
+            out.data_ptr<scalar_t>(), B, n, s, m, bad.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  assert_rows_ok(bad, "panther::sparse_sketch_apply");
   return out;
 }
 
@@ -181,33 +191,38 @@ std::tuple<at::Tensor, at::Tensor> sparse_apply_backward_cuda(const at::Tensor& 
                                                               const at::Tensor& rows_in,
                                                               const at::Tensor& values_in,
                                                               std::array<bool, 2> mask) {
+  check_sparse_backward_args(grad_in, x_in, rows_in, values_in);
+  if (x_in.scalar_type() != to_compute(x_in).scalar_type()) {
+    auto [gx32, gv32] = sparse_apply_backward_cuda(to_compute(grad_in), to_compute(x_in), rows_in,
+                                                   to_compute(values_in), mask);
+    return {gx32.to(x_in.scalar_type()), gv32.to(x_in.scalar_type())};
+  }
   const at::Tensor grad = grad_in.contiguous();
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == x_in.size(0),
-                    "grad must have shape (B, m)");
-  check_sparse(x_in, rows_in, values_in, grad.size(1));
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), rows = rows_in.contiguous();
   const at::Tensor values = values_in.contiguous();
   const int64_t B = x.size(0), n = x.size(1), s = rows.size(1), m = grad.size(1);
   at::Tensor gx = mask[0] ? at::zeros({B, n}, x.options()) : at::empty({0}, x.options());
   at::Tensor gv = mask[1] ? at::zeros({n, s}, x.options()) : at::empty({0}, x.options());
+  at::Tensor bad = at::zeros({1}, x.options().dtype(at::kInt));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "panther_sparse_apply_backward_cuda", [&] {
     if (mask[0] && B * n > 0) {
       sparse_grad_x_kernel<scalar_t>
           <<<static_cast<unsigned>(blocks_for(B * n, kThreads)), kThreads, 0, stream>>>(
               grad.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(), values.data_ptr<scalar_t>(),
-              gx.data_ptr<scalar_t>(), B, n, s, m);
+              gx.data_ptr<scalar_t>(), B, n, s, m, bad.data_ptr<int>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (mask[1] && B * n * s > 0) {
       sparse_grad_values_kernel<scalar_t>
           <<<static_cast<unsigned>(blocks_for(B * n * s, kThreads)), kThreads, 0, stream>>>(
               grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(),
-              gv.data_ptr<scalar_t>(), B, n, s, m);
+              gv.data_ptr<scalar_t>(), B, n, s, m, bad.data_ptr<int>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
+  assert_rows_ok(bad, "panther::sparse_sketch_apply_backward");
   return {gx, gv};
 }
 
@@ -332,14 +347,7 @@ __global__ void causal_scan_kernel(int kind, const T* __restrict__ q, const T* _
 }
 
 void check_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK_VALUE(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
-                    "panther::causal_linear_attention expects (B, H, n, m) features and "
-                    "(B, H, n, d) values");
-  TORCH_CHECK_VALUE(q.sizes() == k.sizes(), "q_feat and k_feat must have the same shape");
-  TORCH_CHECK_VALUE(v.size(0) == q.size(0) && v.size(1) == q.size(1) && v.size(2) == q.size(2),
-                    "v must share (B, H, n) with the features");
-  TORCH_CHECK_TYPE(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
-                   "q_feat, k_feat and v must share a dtype");
+  check_attention_args("panther::causal_linear_attention", q, k, v);
 }
 
 template <typename T>
@@ -388,9 +396,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& den_in,
     std::array<bool, 3> mask) {
-  check_attention(q_in, k_in, v_in);
-  TORCH_CHECK_VALUE(grad_in.sizes() == v_in.sizes() && out_in.sizes() == v_in.sizes(),
-                    "grad and out must have the shape of v");
+  check_attention_backward_args(grad_in, q_in, k_in, v_in, out_in, den_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const at::Tensor g = grad_in.contiguous(), o = out_in.contiguous(), den = den_in.contiguous();

@@ -1,11 +1,14 @@
 // Schemas of panther's compiled operators. Kernels are registered per device in the other sources.
 //
 // All ops are functional (no aliasing, no mutation of inputs), so the schemas carry no alias
-// annotations; Python registers fake (meta) kernels and autograd formulas on top of these.
+// annotations; Python registers fake (meta) kernels and the remaining autograd formulas on top.
+// Every kernel checks every argument's shape, dtype and device before touching memory
+// (checks.h): the ops are public through torch.ops.panther.
 #include <torch/library.h>
 
 TORCH_LIBRARY(panther, m) {
-  // Sketched linear map on a 2-D input. Returns (y, t) where t = x @ [S1 | U2] is kept for backward.
+  // Sketched linear map on an input (..., in). Returns (y, t) where t = x2 @ [S1 | U2] (x2: x
+  // flattened to (rows, in)) is kept for backward. Autograd is registered in C++.
   m.def(
       "sketched_linear(Tensor x, Tensor S1, Tensor U2, Tensor U1, Tensor S2, Tensor? bias, "
       "int num_terms) -> (Tensor, Tensor)");

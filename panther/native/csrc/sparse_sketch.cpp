@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 #include <array>
 #include <tuple>
 #include <vector>
@@ -14,32 +16,37 @@
 namespace panther {
 namespace {
 
-void check_sparse(const at::Tensor& x, const at::Tensor& rows, const at::Tensor& values,
-                  int64_t m) {
-  TORCH_CHECK_VALUE(x.dim() == 2, "panther::sparse_sketch_apply expects a 2-D input, got ", x.dim(),
-              "-D");
-  TORCH_CHECK_VALUE(rows.dim() == 2 && values.sizes() == rows.sizes(),
-              "rows and values must both have shape (n, s)");
-  TORCH_CHECK_TYPE(rows.scalar_type() == at::kLong, "rows must be int64, got ", rows.scalar_type());
-  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), "values dtype ", values.scalar_type(),
-              " must match the input dtype ", x.scalar_type());
-  TORCH_CHECK_VALUE(rows.size(0) == x.size(1), "input has ", x.size(1),
-              " features on its last dimension, sketch expects ", rows.size(0));
-  TORCH_CHECK_VALUE(m >= 1, "sketch size m must be >= 1, got ", m);
-  if (rows.numel() > 0) {
-    // An out-of-range index would write outside the output buffer, so it is checked up front.
-    const auto lo = rows.min().item<int64_t>();
-    const auto hi = rows.max().item<int64_t>();
-    TORCH_CHECK_VALUE(lo >= 0 && hi < m, "sketch row indices must lie in [0, ", m, "), got [", lo, ", ",
-                hi, "]");
+// An out-of-range index would write outside the output buffer. The indices are read on the
+// calling thread before any output exists, with a plain loop: no tensor ops, no parallel region,
+// nothing that could throw from a worker thread.
+void check_rows_in_range(const char* op, const at::Tensor& rows, int64_t m) {
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  const int64_t count = rows.numel();
+  int64_t lo = 0, hi = 0;
+  bool bad = false;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t r = rp[i];
+    if (r < 0 || r >= m) {
+      lo = bad ? std::min(lo, r) : r;
+      hi = bad ? std::max(hi, r) : r;
+      bad = true;
+    }
   }
+  TORCH_CHECK_VALUE(!bad, op, ": sketch row indices must lie in [0, ", m,
+                    "), found out-of-range indices between ", lo, " and ", hi);
 }
 
 at::Tensor sparse_apply_cpu(const at::Tensor& x_in, const at::Tensor& rows_in,
                             const at::Tensor& values_in, int64_t m) {
-  check_sparse(x_in, rows_in, values_in, m);
-  const at::Tensor x = x_in.contiguous();
+  check_sparse_args(x_in, rows_in, values_in, m);
   const at::Tensor rows = rows_in.contiguous();
+  check_rows_in_range("panther::sparse_sketch_apply", rows, m);
+  if (x_in.scalar_type() != to_compute(x_in).scalar_type()) {
+    // Half precision: the sums run in float32 and are rounded once at the end.
+    return sparse_apply_cpu(to_compute(x_in), rows, to_compute(values_in), m)
+        .to(x_in.scalar_type());
+  }
+  const at::Tensor x = x_in.contiguous();
   const at::Tensor values = values_in.contiguous();
   const int64_t B = x.size(0), n = x.size(1), s = rows.size(1);
   at::Tensor out = at::zeros({B, m}, x.options());
@@ -74,11 +81,16 @@ std::tuple<at::Tensor, at::Tensor> sparse_apply_backward_cpu(const at::Tensor& g
                                                              const at::Tensor& rows_in,
                                                              const at::Tensor& values_in,
                                                              std::array<bool, 2> mask) {
-  const at::Tensor grad = grad_in.contiguous();
-  check_sparse(x_in, rows_in, values_in, grad.size(1));
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == x_in.size(0), "grad must have shape (B, m)");
-  const at::Tensor x = x_in.contiguous();
+  check_sparse_backward_args(grad_in, x_in, rows_in, values_in);
   const at::Tensor rows = rows_in.contiguous();
+  check_rows_in_range("panther::sparse_sketch_apply_backward", rows, grad_in.size(1));
+  if (x_in.scalar_type() != to_compute(x_in).scalar_type()) {
+    auto [gx32, gv32] = sparse_apply_backward_cpu(to_compute(grad_in), to_compute(x_in), rows,
+                                                  to_compute(values_in), mask);
+    return {gx32.to(x_in.scalar_type()), gv32.to(x_in.scalar_type())};
+  }
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor x = x_in.contiguous();
   const at::Tensor values = values_in.contiguous();
   const int64_t B = x.size(0), n = x.size(1), s = rows.size(1), m = grad.size(1);
   at::Tensor gx = at::empty({0}, x.options());
