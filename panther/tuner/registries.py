@@ -123,6 +123,15 @@ class Contributions(Mapping[str, Any]):
         """The objects of the unambiguous names."""
         return [e.obj for e in self._entries.values()]
 
+    def spelling(self, name: str) -> str | None:
+        """How ``name`` is registered, compared as the spec says (ambiguous names too), or ``None``.
+
+        For callers that report an unknown name their own way (the CLI pins it to a config key).
+        """
+        key = self._key(name)
+        found = self._entries.get(key) or next(iter(self._clashes.get(key, ())), None)
+        return None if found is None else found.name
+
     def lookup(self, name: str) -> Any:
         """The object registered as ``name``; ``ValueError`` naming the choices if unknown."""
         return self.entry(name, ValueError).obj
