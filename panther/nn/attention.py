@@ -941,11 +941,7 @@ class RandMultiHeadAttention(nn.Module):
             if causal:
                 return self._chunked_causal_attention(query, key, value, key_padding_mask, chunk)
             return self._chunked_attention(query, key, value, key_padding_mask, chunk)
-        q, k, v = self._project(query, key, value)
-        out_dtype = q.dtype
-        work = _compute_dtype(out_dtype)
-        q, k, v = q.to(work), k.to(work), v.to(work)
-        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        q, k, v, key_bias, out_dtype = self._project_to_work(query, key, value, key_padding_mask)
         q_feat, k_feat = self.feature_maps(q, k, key_bias)
         attn = self._attend(q_feat, k_feat, v, causal).to(out_dtype)  # (B, H, L, d)
 
@@ -955,6 +951,16 @@ class RandMultiHeadAttention(nn.Module):
         """Per-head projections ``(B, H, n, d)`` (strided views of the projection output)."""
         q, k, v = self._in_projection(query, key, value)
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def _project_to_work(
+        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, torch.dtype]:
+        """Per-head q/k/v and the key bias in the working dtype, and the output dtype."""
+        q, k, v = self._project(query, key, value)
+        out_dtype = q.dtype
+        work = _compute_dtype(out_dtype)
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        return q, k, v, self._key_bias(key_padding_mask, query.shape[0], key.shape[1], work), out_dtype
 
     def _in_projection(
         self, query: Tensor | None, key: Tensor | None, value: Tensor | None
@@ -1039,13 +1045,8 @@ class RandMultiHeadAttention(nn.Module):
         causal: bool,
     ) -> Tensor:
         """``approximation="landmark"``: :func:`landmark_attention` on every device."""
-        batch, tgt_len, _ = query.shape
-        src_len = key.shape[1]
-        q, k, v = self._project(query, key, value)
-        out_dtype = q.dtype
-        work = _compute_dtype(out_dtype)
-        q, k, v = q.to(work), k.to(work), v.to(work)
-        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        tgt_len, src_len = query.shape[1], key.shape[1]
+        q, k, v, key_bias, out_dtype = self._project_to_work(query, key, value, key_padding_mask)
         m = self.num_random_features
         clusters = landmark_clusters(k, key_bias, m, causal, self.projection)
         # On a GPU the softmax runs fused (scaled_dot_product_attention) in the inputs' dtype.

@@ -49,8 +49,9 @@ def group_seed(seed: int | None, key: str | None) -> int | None:
 class GroupSeeded(SearchAlgorithm):
     """A seeded backend whose spawned group searches each get their own seed stream.
 
-    Subclasses set ``seed`` and seed their generator from :attr:`stream_seed` in
-    ``reset``/``initialize``. Standalone (not spawned) the stream is ``seed`` itself.
+    Subclasses set ``seed`` and implement ``_init_state``, which builds their own state
+    with a generator seeded from :attr:`stream_seed`; :meth:`reset` calls it. Standalone
+    (not spawned) the stream is ``seed`` itself.
     """
 
     seed: int | None = None
@@ -68,3 +69,12 @@ class GroupSeeded(SearchAlgorithm):
         child.group_key = key  # type: ignore[attr-defined]
         child.reset()  # re-seed from the group's stream
         return child
+
+    def _init_state(self) -> None:
+        """Build the backend's own state, seeded from :attr:`stream_seed`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _init_state()")
+
+    def reset(self) -> None:
+        """Forget results and the backend's own state, and re-seed from :attr:`stream_seed`."""
+        super().reset()
+        self._init_state()

@@ -93,11 +93,6 @@ class RandomSearch(GroupSeeded):
             return True
         return self._size is not None and self.n_proposed >= self._size
 
-    def reset(self) -> None:
-        """Forget results and re-seed the generator."""
-        super().reset()
-        self._init_state()
-
 
 @hookimpl
 def panther_search_algorithms() -> dict[str, type[SearchAlgorithm]]:

@@ -219,11 +219,6 @@ class SkoptSearch(GroupSeeded):
             return True
         return self._size is not None and len(self._seen) >= self._size
 
-    def reset(self) -> None:
-        """Forget the optimizer and all results."""
-        super().reset()
-        self._init_state()
-
 
 @hookimpl
 def panther_search_algorithms() -> dict[str, type[SearchAlgorithm]]:
