@@ -121,7 +121,7 @@ def build_function(
     from panther.tuner import plugins
 
     available = plugins.evaluators()
-    factory = available[find_name(path, f"{key}.evaluator", "evaluator", name, list(available))]
+    factory = available[find_name(path, f"{key}.evaluator", "evaluator", name, available)]
     options = {k: _resolve_option(path, f"{key}.{k}", v) for k, v in value.items() if k != "evaluator"}
     try:
         accepted = inspect.signature(factory).parameters
@@ -173,7 +173,7 @@ def build_search(path: Path, table: Any, default_n_trials: int) -> tuple[Any, di
     expect(path, "search.options", options, (dict,), "a table of keyword arguments")
     expect(path, "search.backend", backend, (str,), "a backend name such as \"optuna\"")
     available = plugins.search_algorithms()
-    backend = find_name(path, "search.backend", "search backend", backend, list(available))
+    backend = find_name(path, "search.backend", "search backend", backend, available)
     cls = available[backend]
     expect(path, "search.n_trials", settings["n_trials"], (int,), "a positive integer")
     if settings["n_trials"] < 1:
@@ -187,7 +187,7 @@ def build_search(path: Path, table: Any, default_n_trials: int) -> tuple[Any, di
         # Passed by name: OptunaSearch builds it per search, which samplers that need the
         # search space (grid) require.
         settings["sampler"] = find_name(path, "search.sampler", "Optuna sampler", name,
-                                        list(plugins.optuna_samplers()))
+                                        plugins.optuna_samplers())
     try:
         accepted = inspect.signature(cls).parameters
     except (TypeError, ValueError):

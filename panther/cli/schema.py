@@ -75,17 +75,21 @@ def check_keys(path: Path, prefix: str, table: dict[str, Any], allowed: Sequence
             )
 
 
-def find_name(path: Path, key: str, what: str, name: str, available: Sequence[str]) -> str:
-    """The registered spelling of ``name`` (compared case-insensitively), or a ConfigError."""
-    for candidate in available:
-        if candidate.lower() == name.lower():
-            return candidate
+def find_name(path: Path, key: str, what: str, name: str, registry: Any) -> str:
+    """The registered spelling of ``name`` in a plugin ``registry``, or a ConfigError at ``key``.
+
+    Names are matched by the host's own rule (:meth:`panther.tuner.plugins.Contributions.spelling`).
+    """
+    found = registry.spelling(name)
+    if found is not None:
+        return found
     from panther.tuner.plugins import selection_note
 
+    available = list(registry)
     note = selection_note()  # autoload off or a plugin selection may hide the one meant
     raise ConfigError(
         path, key, f"no {what} named '{name}'",
-        f"{suggest(name, list(available))}installed: {', '.join(sorted(available)) or 'none'} "
+        f"{suggest(name, available)}installed: {', '.join(sorted(available)) or 'none'} "
         "(`panther-tune plugins` lists them)" + (f"; {note}" if note else ""),
     )
 

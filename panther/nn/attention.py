@@ -941,11 +941,7 @@ class RandMultiHeadAttention(nn.Module):
             if causal:
                 return self._chunked_causal_attention(query, key, value, key_padding_mask, chunk)
             return self._chunked_attention(query, key, value, key_padding_mask, chunk)
-        q, k, v = self._project(query, key, value)
-        out_dtype = q.dtype
-        work = _compute_dtype(out_dtype)
-        q, k, v = q.to(work), k.to(work), v.to(work)
-        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        q, k, v, key_bias, out_dtype = self._project_to_work(query, key, value, key_padding_mask)
         q_feat, k_feat = self.feature_maps(q, k, key_bias)
         attn = self._attend(q_feat, k_feat, v, causal).to(out_dtype)  # (B, H, L, d)
 
@@ -953,24 +949,44 @@ class RandMultiHeadAttention(nn.Module):
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-head projections ``(B, H, n, d)`` (strided views of the projection output)."""
-        batch, tgt_len, _ = query.shape
-        src_len = key.shape[1]
-        h, d = self.num_heads, self.head_dim
-        if key is query and value is query:
-            # Self-attention: one GEMM with the packed weight beats three thin ones.
-            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        else:
-            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-            b_q = b_k = b_v = None
-            if self.in_proj_bias is not None:
-                b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-            q = F.linear(query, w_q, b_q)
-            k = F.linear(key, w_k, b_k)
-            v = F.linear(value, w_v, b_v)
-        q = q.reshape(batch, tgt_len, h, d).transpose(1, 2)
-        k = k.reshape(batch, src_len, h, d).transpose(1, 2)
-        v = v.reshape(batch, src_len, h, d).transpose(1, 2)
-        return q, k, v
+        q, k, v = self._in_projection(query, key, value)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def _project_to_work(
+        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, torch.dtype]:
+        """Per-head q/k/v and the key bias in the working dtype, and the output dtype."""
+        q, k, v = self._project(query, key, value)
+        out_dtype = q.dtype
+        work = _compute_dtype(out_dtype)
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        return q, k, v, self._key_bias(key_padding_mask, query.shape[0], key.shape[1], work), out_dtype
+
+    def _in_projection(
+        self, query: Tensor | None, key: Tensor | None, value: Tensor | None
+    ) -> tuple[Any, Any, Any]:
+        """The q/k/v input projections ``(B, n, E)`` of the given inputs (``None`` gives ``None``).
+
+        One GEMM with the packed rows beats several thin ones, so inputs that are one tensor
+        share it: all three in self-attention, and keys with values when only those two are
+        projected (the chunked path's key pass). Every path projects through here.
+        """
+        e, weight, bias = self.embed_dim, self.in_proj_weight, self.in_proj_bias
+        if query is not None and key is query and value is query:
+            return tuple(F.linear(query, weight, bias).chunk(3, dim=-1))
+        if query is None and key is not None and key is value:
+            kv = F.linear(key, weight[e:], None if bias is None else bias[e:])
+            return None, kv[..., :e], kv[..., e:]
+        return tuple(
+            None if x is None
+            else F.linear(x, weight[i * e : (i + 1) * e],
+                          None if bias is None else bias[i * e : (i + 1) * e])
+            for i, x in enumerate((query, key, value))
+        )
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        """``(B, n, E)`` -> ``(B, H, n, d)`` (a strided view)."""
+        return t.reshape(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
     def _heads_out(self, attn: Tensor) -> Tensor:
         """Merge per-head outputs ``(B, L, H, d)``, apply dropout and the output projection."""
@@ -1029,13 +1045,8 @@ class RandMultiHeadAttention(nn.Module):
         causal: bool,
     ) -> Tensor:
         """``approximation="landmark"``: :func:`landmark_attention` on every device."""
-        batch, tgt_len, _ = query.shape
-        src_len = key.shape[1]
-        q, k, v = self._project(query, key, value)
-        out_dtype = q.dtype
-        work = _compute_dtype(out_dtype)
-        q, k, v = q.to(work), k.to(work), v.to(work)
-        key_bias = self._key_bias(key_padding_mask, batch, src_len, work)
+        tgt_len, src_len = query.shape[1], key.shape[1]
+        q, k, v, key_bias, out_dtype = self._project_to_work(query, key, value, key_padding_mask)
         m = self.num_random_features
         clusters = landmark_clusters(k, key_bias, m, causal, self.projection)
         # On a GPU the softmax runs fused (scaled_dot_product_attention) in the inputs' dtype.
@@ -1069,29 +1080,17 @@ class RandMultiHeadAttention(nn.Module):
         """
         batch, tgt_len, _ = query.shape
         src_len = key.shape[1]
-        h, d, e = self.num_heads, self.head_dim, self.embed_dim
-        weight, bias = self.in_proj_weight, self.in_proj_bias
+        e = self.embed_dim
         out_dtype, work, w_feat, key_bias, relu_top, kv, k_sum, run_max = self._chunk_start(
             query, key_padding_mask, src_len)
-        # Keys and values are the same tensor in self-attention: one GEMM with the packed k/v
-        # rows then reads each block once.
-        same_kv = key is value
-        b_q = b_k = b_v = b_kv = None
-        if bias is not None:
-            b_q, b_k, b_v = bias[:e], bias[e : 2 * e], bias[2 * e :]
-            b_kv = bias[e:]
 
         for s0 in range(0, src_len, chunk):
             s1 = min(s0 + chunk, src_len)
-            n = s1 - s0
-            if same_kv:
-                kv_c = F.linear(key[:, s0:s1], weight[e:], b_kv)
-                k_c, v_c = kv_c[..., :e], kv_c[..., e:]
-            else:
-                k_c = F.linear(key[:, s0:s1], weight[e : 2 * e], b_k)
-                v_c = F.linear(value[:, s0:s1], weight[2 * e :], b_v)
-            k_c = k_c.reshape(batch, n, h, d).transpose(1, 2).to(work)
-            v_c = v_c.reshape(batch, n, h, d).transpose(1, 2).to(work)
+            # Keys and values are the same tensor in self-attention: pass one block object
+            # for both so they share one GEMM with the packed k/v rows.
+            k_in = key[:, s0:s1]
+            _, k_c, v_c = self._in_projection(None, k_in, k_in if key is value else value[:, s0:s1])
+            k_c, v_c = self._split_heads(k_c).to(work), self._split_heads(v_c).to(work)
             bias_c = None if key_bias is None else key_bias[:, s0:s1]
             k_feat, run_max = self._block_key_features(
                 k_c, w_feat, bias_c, relu_top, run_max, kv, k_sum)
@@ -1102,8 +1101,7 @@ class RandMultiHeadAttention(nn.Module):
         for l0 in range(0, tgt_len, chunk):
             l1 = min(l0 + chunk, tgt_len)
             n = l1 - l0
-            q_c = F.linear(query[:, l0:l1], weight[:e], b_q)
-            q_c = q_c.reshape(batch, n, h, d).transpose(1, 2).to(work)
+            q_c = self._split_heads(self._in_projection(query[:, l0:l1], None, None)[0]).to(work)
             q_feat = self._query_features(q_c, w_feat)
             num = torch.einsum("bhlm,bhmd->bhld", q_feat, kv)
             den = torch.einsum("bhlm,bhm->bhl", q_feat, k_sum)
@@ -1183,27 +1181,19 @@ class RandMultiHeadAttention(nn.Module):
         whenever it grows.
         """
         batch, seq, _ = query.shape
-        h, d, e = self.num_heads, self.head_dim, self.embed_dim
-        weight, bias = self.in_proj_weight, self.in_proj_bias
+        e = self.embed_dim
         out_dtype, work, w_feat, key_bias, relu_top, kv, k_sum, run_max = self._chunk_start(
             query, key_padding_mask, seq)
         packed = key is query and value is query
-        w_q, w_k, w_v = weight.chunk(3)
-        b_q = b_k = b_v = None
-        if bias is not None:
-            b_q, b_k, b_v = bias.chunk(3)
         out = torch.empty(batch, seq, e, dtype=out_dtype, device=query.device)
         for s0 in range(0, seq, chunk):
             s1 = min(s0 + chunk, seq)
             n = s1 - s0
-            if packed:
-                q_c, k_c, v_c = F.linear(query[:, s0:s1], weight, bias).chunk(3, dim=-1)
-            else:
-                q_c = F.linear(query[:, s0:s1], w_q, b_q)
-                k_c = F.linear(key[:, s0:s1], w_k, b_k)
-                v_c = F.linear(value[:, s0:s1], w_v, b_v)
-            q_c, k_c, v_c = (t.reshape(batch, n, h, d).transpose(1, 2).to(work)
-                             for t in (q_c, k_c, v_c))
+            # Self-attention passes one block object three times: one packed GEMM.
+            q_in = query[:, s0:s1]
+            k_in, v_in = (q_in, q_in) if packed else (key[:, s0:s1], value[:, s0:s1])
+            q_c, k_c, v_c = (self._split_heads(t).to(work)
+                             for t in self._in_projection(q_in, k_in, v_in))
             q_feat = self._query_features(q_c, w_feat)
             bias_c = None if key_bias is None else key_bias[:, s0:s1]
             k_feat, run_max = self._block_key_features(

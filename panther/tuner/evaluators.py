@@ -469,6 +469,22 @@ class _Outputs:
         return out
 
 
+def _against_reference(
+    name: str, what: str, verb: str, outputs: list[torch.Tensor], reference: list[torch.Tensor]
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """``(output on the reference's device, reference)`` per batch; a shape mismatch raises.
+
+    ``what``/``verb`` word the error ("predictions" "have", "output" "has").
+    """
+    for y, r in zip(outputs, reference, strict=True):
+        if y.shape != r.shape:
+            raise ValueError(
+                f"{name}: the model's {what} {verb} shape {tuple(y.shape)} but the "
+                f"reference's {verb} {tuple(r.shape)}"
+            )
+        yield y.to(r.device), r
+
+
 def agreement(
     reference_model: ReferenceModel,
     inputs: Any,
@@ -508,13 +524,8 @@ def agreement(
     def measure(model: nn.Module) -> float:
         predicted = runner.run(model, lambda y: y.argmax(dim=dim))
         same = 0
-        for p, r in zip(predicted, reference, strict=True):
-            if p.shape != r.shape:
-                raise ValueError(
-                    f"agreement: the model's predictions have shape {tuple(p.shape)} but the "
-                    f"reference's have {tuple(r.shape)}"
-                )
-            same += int((p.to(r.device) == r).sum().item())
+        for p, r in _against_reference("agreement", "predictions", "have", predicted, reference):
+            same += int((p == r).sum().item())
         return same / total
 
     return Evaluator(
@@ -567,13 +578,8 @@ def output_similarity(
     def measure(model: nn.Module) -> float:
         outputs = runner.run(model, lambda y: y.float())
         err_sq = 0.0
-        for y, r in zip(outputs, reference, strict=True):
-            if y.shape != r.shape:
-                raise ValueError(
-                    f"output_similarity: the model's output has shape {tuple(y.shape)} but the "
-                    f"reference's has {tuple(r.shape)}"
-                )
-            err_sq += float((y.to(r.device) - r).pow(2).sum())
+        for y, r in _against_reference("output_similarity", "output", "has", outputs, reference):
+            err_sq += float((y - r).pow(2).sum())
         similarity = 1.0 - math.sqrt(err_sq / ref_norm_sq)
         if math.isnan(similarity):
             return -math.inf if floor is None else float(floor)

@@ -75,15 +75,10 @@ class Conv2dLayerType(LowRankLayerType):
             **options,
         )
 
-    def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
-        """Learnable parameters and multiply-adds per output position (module docstring)."""
-        fan_in, out = self.fans(original)
-        bias = out if original.bias is not None else 0
-        if params is None:
-            return Cost(params=fan_in * out + bias, macs=fan_in * out)
-        p = self.full_params(original, params)
-        m = 2 * p["num_terms"] * p["low_rank"]
-        return Cost(params=m * fan_in + bias, macs=m * (fan_in + out))
+    def sketch_cost(self, fan_in: int, fan_out: int, num_terms: int, low_rank: int) -> Cost:
+        """``2*L*k`` sketched channels, mixed back by a 1x1 map (module docstring)."""
+        m = 2 * num_terms * low_rank
+        return Cost(params=m * fan_in, macs=m * (fan_in + fan_out))
 
     def size_key(self, module: nn.Module) -> tuple[Any, ...]:
         """Type, channels, kernel, stride, padding, dilation and bias."""

@@ -101,10 +101,10 @@ class LowRankLayerType(LayerType):
     * :meth:`factory_signature_source` -- the callable whose signature says
       whether ``init`` is supported (usually the ``sketch_copy`` constructor).
 
-    The default :meth:`cost` is the ``SKLinear`` model on :meth:`fans`:
-    ``L*k*(fan_in + fan_out)`` learnable parameters (plus the bias) and
-    ``2*L*k*(fan_in + fan_out)`` multiply-adds; override it when the sketched
-    layer differs (``Conv2d`` does). Parameters missing from a configuration
+    The default :meth:`cost` is the ``SKLinear`` model on :meth:`fans`
+    (:meth:`sketch_cost`): ``L*k*(fan_in + fan_out)`` learnable parameters (plus
+    the bias) and ``2*L*k*(fan_in + fan_out)`` multiply-adds; override
+    :meth:`sketch_cost` when the sketched layer differs (``Conv2d`` does). Parameters missing from a configuration
     default to ``num_terms=1``, the middle of the auto ranks and ``init="svd"``.
     Set :attr:`requirements` when :meth:`handles` checks more than the type.
     """
@@ -178,14 +178,19 @@ class LowRankLayerType(LayerType):
         return self._legacy("fans")(original)
 
     def cost(self, original: nn.Module, params: dict[str, Any] | None = None) -> Cost:
-        """The ``SKLinear`` cost model on :meth:`fans` (see the class docstring)."""
+        """The dense ``fan_in x fan_out`` matrix, or :meth:`sketch_cost`; the bias is added to both."""
         n_in, n_out = self.fans(original)
         bias = n_out if getattr(original, "bias", None) is not None else 0
         if params is None:
             return Cost(params=n_in * n_out + bias, macs=n_in * n_out)
         p = self.full_params(original, params)
-        lk = p["num_terms"] * p["low_rank"]
-        return Cost(params=lk * (n_in + n_out) + bias, macs=2 * lk * (n_in + n_out))
+        sketch = self.sketch_cost(n_in, n_out, p["num_terms"], p["low_rank"])
+        return Cost(params=sketch.params + bias, macs=sketch.macs)
+
+    def sketch_cost(self, fan_in: int, fan_out: int, num_terms: int, low_rank: int) -> Cost:
+        """The sketch's learnable parameters (bias excluded) and multiply-adds: the ``SKLinear`` model."""
+        lk = num_terms * low_rank
+        return Cost(params=lk * (fan_in + fan_out), macs=2 * lk * (fan_in + fan_out))
 
     def _defaults(self, original: nn.Module) -> dict[str, Any]:
         _terms, ranks = low_rank_space(*self.fans(original))

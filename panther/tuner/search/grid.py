@@ -7,6 +7,7 @@ from typing import Any
 from panther.tuner.config import ParamSpec, normalize_param_space
 from panther.tuner.hookspecs import hookimpl
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size
+from panther.tuner.search.common import decode_index, require_initialized
 
 __all__ = ["GridSearch", "grid_values"]
 
@@ -58,17 +59,11 @@ class GridSearch(SearchAlgorithm):
 
     def ask(self) -> dict[str, Any] | None:
         """The next combination, or ``None`` once all have been proposed."""
-        if not self._initialized:
-            raise RuntimeError("call initialize(param_space) before get_next_params()")
+        require_initialized(self._initialized)
         if self._next >= self._size:
             return None
         index, self._next = self._next, self._next + 1
-        # Mixed-radix decoding; the last parameter varies fastest.
-        values: dict[str, Any] = {}
-        for name, spec in reversed(self._specs):
-            index, r = divmod(index, spec.size())  # type: ignore[operator]
-            values[name] = spec.value_at(r)
-        return {name: values[name] for name, _ in self._specs}
+        return decode_index(self._specs, index)
 
     def exhausted(self) -> bool:
         """Whether every combination has been proposed."""

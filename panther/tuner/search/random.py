@@ -8,6 +8,7 @@ from typing import Any
 from panther.tuner.config import ParamSpec, normalize_param_space
 from panther.tuner.hookspecs import hookimpl
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params_key
+from panther.tuner.search.common import GroupSeeded, decode_index, require_initialized
 from panther.tuner.settings import DEFAULT_N_TRIALS
 
 __all__ = ["RandomSearch"]
@@ -18,14 +19,16 @@ _INDEX_SAMPLING_LIMIT = 10_000_000
 _MAX_REJECTIONS = 100
 
 
-class RandomSearch(SearchAlgorithm):
+class RandomSearch(GroupSeeded):
     """Sample points uniformly (log-uniformly for ``log`` spaces) until ``n_trials`` are evaluated.
 
     Args:
         n_trials: evaluations to propose: results told with ``evaluated=False``
             (skipped or cached by the tuner) do not count, up to the proposal cap of
             ``PROPOSAL_CAP_FACTOR * n_trials`` proposals.
-        seed: seed of the generator; the same seed gives the same sequence.
+        seed: seed of the generator; the same seed gives the same sequence. Each
+            layer group the tuner spawns a search for draws from its own stream,
+            derived from ``(seed, group key)``.
 
     On a finite space points are drawn without replacement and the search
     finishes early once every point has been proposed.
@@ -38,7 +41,7 @@ class RandomSearch(SearchAlgorithm):
         self._init_state()
 
     def _init_state(self) -> None:
-        self._rng = random.Random(self.seed)
+        self._rng = random.Random(self.stream_seed)
         self._order: list[int] | None = None
         self._specs: list[tuple[str, ParamSpec]] = []
         self._seen: set[Any] = set()
@@ -60,17 +63,11 @@ class RandomSearch(SearchAlgorithm):
         self._initialized = True
 
     def _decode(self, index: int) -> dict[str, Any]:
-        # Mixed-radix decoding; the last parameter varies fastest.
-        values: dict[str, Any] = {}
-        for name, spec in reversed(self._specs):
-            index, r = divmod(index, spec.size())  # type: ignore[operator]
-            values[name] = spec.value_at(r)
-        return {name: values[name] for name, _ in self._specs}
+        return decode_index(self._specs, index)
 
     def ask(self) -> dict[str, Any] | None:
         """A new random point, or ``None`` once a finite space is exhausted."""
-        if not self._initialized:
-            raise RuntimeError("call initialize(param_space) before get_next_params()")
+        require_initialized(self._initialized)
         if self.exhausted():
             return None
         if self._order is not None:
@@ -95,11 +92,6 @@ class RandomSearch(SearchAlgorithm):
         if self._order is not None and self.n_proposed >= len(self._order):
             return True
         return self._size is not None and self.n_proposed >= self._size
-
-    def reset(self) -> None:
-        """Forget results and re-seed the generator."""
-        super().reset()
-        self._init_state()
 
 
 @hookimpl

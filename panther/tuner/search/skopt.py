@@ -11,6 +11,7 @@ from panther.tuner.config import normalize_param_space
 from panther.tuner.hookspecs import hookimpl
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params_key
 from panther.tuner.search.codec import ParamCodec
+from panther.tuner.search.common import GroupSeeded, require_initialized
 from panther.tuner.settings import DEFAULT_N_TRIALS
 
 __all__ = ["SkoptSearch"]
@@ -73,7 +74,7 @@ def _encode(codec: ParamCodec, value: Any) -> Any:
     return codec.index_of(value)
 
 
-class SkoptSearch(SearchAlgorithm):
+class SkoptSearch(GroupSeeded):
     """Bayesian optimisation with ``skopt.Optimizer`` (ask/tell), minimising ``-score``.
 
     Args:
@@ -81,7 +82,9 @@ class SkoptSearch(SearchAlgorithm):
             or cached by the tuner) teach the surrogate but do not count, up to the
             proposal cap of ``PROPOSAL_CAP_FACTOR * n_trials`` proposals.
         estimator: surrogate model: ``"GP"``, ``"RF"``, ``"ET"`` or ``"GBRT"``.
-        seed: random state; the same seed gives the same sequence.
+        seed: random state; the same seed gives the same sequence. Each layer group
+            the tuner spawns a search for draws from its own stream, derived from
+            ``(seed, group key)``.
         n_initial_points: random points before the surrogate is used (clamped to the
             size of a finite space).
         acq_func: acquisition function: ``"gp_hedge"``, ``"EI"``, ``"PI"`` or ``"LCB"``.
@@ -145,7 +148,7 @@ class SkoptSearch(SearchAlgorithm):
                 base_estimator=self.estimator,
                 n_initial_points=n_init,
                 acq_func=self.acq_func,
-                random_state=self.seed,
+                random_state=self.stream_seed,
             )
         self._initialized = True
 
@@ -155,8 +158,7 @@ class SkoptSearch(SearchAlgorithm):
 
     def ask(self) -> dict[str, Any] | None:
         """The optimizer's next point, or ``None`` when finished."""
-        if not self._initialized:
-            raise RuntimeError("call initialize(param_space) before get_next_params()")
+        require_initialized(self._initialized)
         if self.exhausted():
             return None
         if self._optimizer is None:
@@ -216,11 +218,6 @@ class SkoptSearch(SearchAlgorithm):
         if self._optimizer is None and self._constant_only_proposed:
             return True
         return self._size is not None and len(self._seen) >= self._size
-
-    def reset(self) -> None:
-        """Forget the optimizer and all results."""
-        super().reset()
-        self._init_state()
 
 
 @hookimpl
