@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from panther.tuner import plugins
+from panther.tuner import guided, plugins
 from panther.tuner.config import LayerConfig, ParamSpec, TuningConfigs
 from panther.tuner.results import (
     LayerChoice,
@@ -66,10 +66,12 @@ from panther.tuner.results import (
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size
 from panther.tuner.search.base import params_key as _params_key
 
-__all__ = ["SKAutoTuner", "DEFAULT_N_TRIALS", "TuningWarning"]
+__all__ = ["SKAutoTuner", "DEFAULT_N_TRIALS", "STRATEGIES", "TuningWarning"]
 
 #: Trials per layer group of the default search (Optuna TPE) when none is given.
 DEFAULT_N_TRIALS = 30
+#: How ``SKAutoTuner(strategy=...)`` chooses configurations (see its docstring).
+STRATEGIES = ("auto", "guided", "classic")
 
 _SEED_MAX = 2**31 - 1
 #: Statuses of proposals that did not run the evaluation functions (free for the budget).
@@ -245,6 +247,14 @@ class SKAutoTuner:
             suggestion reuses the recorded result (status ``"cached"``) and is still
             told to the backend. ``False`` re-evaluates repeats.
         seed: seeds the tuner's sketch-seed generator (reproducible runs).
+        strategy: how configurations are chosen. ``"classic"``: one search per group
+            (the backend), then the combination is verified and repaired. ``"guided"``:
+            candidates are ordered by their predicted and calibration-measured errors and
+            all groups are allocated together, verified by joint evaluations (see
+            :mod:`panther.tuner.allocation`); it needs an accuracy constraint, finite
+            spaces and weight-copying layers with cost models. ``"auto"`` (default):
+            ``"guided"`` when no ``search_algorithm`` was given and all that holds, else
+            ``"classic"``. The run's choice is ``report["strategy"]``.
     """
 
     def __init__(
@@ -273,6 +283,7 @@ class SKAutoTuner:
         max_backoff_steps: int = 8,
         dedupe: bool = True,
         seed: int | None = 0,
+        strategy: str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -320,6 +331,15 @@ class SKAutoTuner:
         if time_budget_s is not None and not (float(time_budget_s) > 0):
             raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s!r}")
 
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+        if strategy == "guided":
+            guided.check_guided_options(search_algorithm=search_algorithm,
+                                        multi_objective=multi_objective, verify=verify,
+                                        constrained=accuracy_threshold is not None
+                                        or accuracy_tolerance is not None)
+        self.strategy = strategy
+        self._search_given = search_algorithm is not None
         self.model = model
         if isinstance(configs, LayerConfig):
             configs = TuningConfigs([configs])
@@ -561,12 +581,22 @@ class SKAutoTuner:
             self._bar = tqdm(total=self._expected_evaluations(), desc="tuning", unit="eval",
                              leave=True)
         try:
-            self._measure_baseline()
-            for group in self.groups:
-                if self._stop_reason is not None:
-                    break
-                self._tune_group(group)
-            self._finalize()
+            plan = guided.plan(self)
+            if plan is not None:
+                with plan.capturing():
+                    self._measure_baseline()
+            else:
+                self._measure_baseline()
+            info["strategy"] = "guided" if plan is not None and plan.usable(self) else "classic"
+            if info["strategy"] == "guided":
+                guided.run(self, plan)
+            else:
+                for group in self.groups:
+                    if self._stop_reason is not None:
+                        break
+                    self._tune_group(group)
+                self._finalize()
+                guided.summarize_predictions(self)
         except KeyboardInterrupt:
             self._restore_modes()
             self._summarize_unfinished()
@@ -755,7 +785,10 @@ class SKAutoTuner:
             return True
         return time.perf_counter() - self._start < self.time_budget_s
 
-    def _eval_accuracy(self) -> float:
+    def _eval_accuracy(self, fidelity: float = 1.0) -> float:
+        if fidelity < 1.0:
+            return _finite_float(self.accuracy_eval_func(self.model, fidelity=fidelity),
+                                 "accuracy_eval_func")
         return _finite_float(self.accuracy_eval_func(self.model), "accuracy_eval_func")
 
     def _eval_speed(self) -> float:
@@ -929,6 +962,7 @@ class SKAutoTuner:
             return
         row = self._evaluate(state, params)
         row["wall_time_s"] = time.perf_counter() - started
+        row["predicted_error"] = guided.predict_group(self, state.group, params)
         told, constraint = self._told_value(state, row)
         state.seen[key] = row
         self._record(state, params, row, told, constraint)
@@ -1455,11 +1489,13 @@ class SKAutoTuner:
         return float(dense - sketched)
 
     def _evaluate_selection(self, selection: dict[str, LayerChoice], accuracy: bool = True,
+                            fidelity: float = 1.0,
                             ) -> tuple[float | None, float | None, str | None]:
         """Evaluate the model with ``selection`` swapped in; the model is always restored.
 
         Returns ``(accuracy, speed, error)``; speed is measured only when the accuracy
-        meets the threshold (or ``accuracy=False``, which measures speed alone).
+        meets the threshold (or ``accuracy=False``, which measures speed alone), and never
+        at a ``fidelity`` below 1 (a screen on part of the validation data).
         """
         built: dict[str, nn.Module] = {}
         try:
@@ -1471,9 +1507,9 @@ class SKAutoTuner:
             return None, None, f"building failed: {type(exc).__name__}: {exc}"
         originals = self._swap_in(built)
         try:
-            acc = self._eval_accuracy() if accuracy else None
+            acc = self._eval_accuracy(fidelity) if accuracy else None
             speed = None
-            if self.optimization_eval_func is not None and (
+            if fidelity >= 1.0 and self.optimization_eval_func is not None and (
                     acc is None or self._threshold is None or acc >= self._threshold):
                 speed = self._eval_speed()
             return acc, speed, None
