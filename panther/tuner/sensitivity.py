@@ -194,6 +194,19 @@ def _detach(obj: Any) -> Any:
     return obj
 
 
+def _cut(obj: Any, rows: int, total: int) -> Any:
+    """``obj`` with every tensor whose leading dimension is the batch (``total``) cut to ``rows``."""
+    if isinstance(obj, torch.Tensor):
+        return obj[:rows] if obj.dim() and obj.shape[0] == total else obj
+    if isinstance(obj, tuple):
+        return tuple(_cut(o, rows, total) for o in obj)
+    if isinstance(obj, list):
+        return [_cut(o, rows, total) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _cut(v, rows, total) for k, v in obj.items()}
+    return obj
+
+
 def _rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     for t in _floating_tensors((args, kwargs)) or [
         a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)
@@ -219,7 +232,7 @@ class CalibrationProbe:
     """
 
     def __init__(self, model: nn.Module, layer_names: list[str], max_batches: int = 4,
-                 max_rows: int = 1024) -> None:
+                 max_rows: int = 256) -> None:
         if max_batches < 1 or max_rows < 1:
             raise ValueError("CalibrationProbe needs max_batches >= 1 and max_rows >= 1")
         self.model = model
@@ -238,11 +251,20 @@ class CalibrationProbe:
         """Whether the model itself was called (so the model-level output error is available)."""
         return bool(self.reference)
 
-    def _room(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any], stored: int) -> bool:
-        if stored >= self.max_batches or self._rows.get(key, 0) >= self.max_rows:
-            return False
-        self._rows[key] = self._rows.get(key, 0) + _rows(args, kwargs)
-        return True
+    def _room(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any], stored: int,
+              ) -> tuple[int, int] | None:
+        """``(rows to keep, rows in the batch)`` when this call is recorded, else ``None``.
+
+        A batch larger than the room left is cut to it (tensors along their leading
+        dimension), so one big validation batch does not make every measurement slow.
+        """
+        have = self._rows.get(key, 0)
+        if stored >= self.max_batches or have >= self.max_rows:
+            return None
+        total = _rows(args, kwargs)
+        keep = min(total, self.max_rows - have)
+        self._rows[key] = have + keep
+        return keep, total
 
     @contextmanager
     def capture(self) -> Iterator[CalibrationProbe]:
@@ -250,16 +272,23 @@ class CalibrationProbe:
         hooks = []
 
         def root_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if self._room("", args, kwargs, len(self.model_inputs)):
-                self.model_inputs.append((_detach(args), _detach(kwargs)))
+            room = self._room("", args, kwargs, len(self.model_inputs))
+            if room is not None:
+                keep, total = room
+                self.model_inputs.append((_cut(_detach(args), keep, total),
+                                          _cut(_detach(kwargs), keep, total)))
 
         def layer_hook(name: str) -> Any:
             def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                      output: Any) -> None:
                 out = _main_output(output)
-                if out is not None and self._room(name, args, kwargs, len(self.layer_inputs[name])):
-                    self.layer_inputs[name].append((_detach(args), _detach(kwargs)))
-                    self.layer_outputs[name].append(out.detach())
+                room = None if out is None else self._room(name, args, kwargs,
+                                                           len(self.layer_inputs[name]))
+                if room is not None:
+                    keep, total = room
+                    self.layer_inputs[name].append((_cut(_detach(args), keep, total),
+                                                    _cut(_detach(kwargs), keep, total)))
+                    self.layer_outputs[name].append(_cut(out.detach(), keep, total))
             return hook
 
         from panther.tuner.results import get_submodule

@@ -1489,13 +1489,14 @@ class SKAutoTuner:
         return float(dense - sketched)
 
     def _evaluate_selection(self, selection: dict[str, LayerChoice], accuracy: bool = True,
-                            fidelity: float = 1.0,
+                            fidelity: float = 1.0, speed: bool = True,
                             ) -> tuple[float | None, float | None, str | None]:
         """Evaluate the model with ``selection`` swapped in; the model is always restored.
 
         Returns ``(accuracy, speed, error)``; speed is measured only when the accuracy
         meets the threshold (or ``accuracy=False``, which measures speed alone), and never
-        at a ``fidelity`` below 1 (a screen on part of the validation data).
+        at a ``fidelity`` below 1 (a screen on part of the validation data) or with
+        ``speed=False``.
         """
         built: dict[str, nn.Module] = {}
         try:
@@ -1508,11 +1509,11 @@ class SKAutoTuner:
         originals = self._swap_in(built)
         try:
             acc = self._eval_accuracy(fidelity) if accuracy else None
-            speed = None
-            if fidelity >= 1.0 and self.optimization_eval_func is not None and (
+            measured = None
+            if speed and fidelity >= 1.0 and self.optimization_eval_func is not None and (
                     acc is None or self._threshold is None or acc >= self._threshold):
-                speed = self._eval_speed()
-            return acc, speed, None
+                measured = self._eval_speed()
+            return acc, measured, None
         except Exception as exc:
             return None, None, f"{type(exc).__name__}: {exc}"
         finally:
