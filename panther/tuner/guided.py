@@ -41,6 +41,7 @@ __all__ = [
     "SCREEN_FIDELITY",
     "default_budget",
     "check_guided_options",
+    "check_groups",
     "plan",
     "run",
     "predict_group",
@@ -116,15 +117,22 @@ def _why_not(tuner: Any) -> str | None:
     return None
 
 
+def check_groups(tuner: Any) -> None:
+    """Raise ``ValueError`` when ``strategy="guided"`` cannot tune these groups."""
+    reason = _why_not(tuner)
+    if reason is not None:
+        raise ValueError(f"strategy='guided' cannot tune this run: {reason}; "
+                         "use strategy='classic' (or 'auto', which falls back to it)")
+
+
 def plan(tuner: Any) -> _Plan | None:
     """A :class:`_Plan` when this run is to be guided, else ``None`` (classic)."""
     if tuner.strategy == "classic" or (tuner.strategy == "auto" and tuner._search_given):
         return None
+    if tuner.strategy == "guided":
+        check_groups(tuner)
     reason = _why_not(tuner)
     if reason is not None:
-        if tuner.strategy == "guided":
-            raise ValueError(f"strategy='guided' cannot tune this run: {reason}; "
-                             "use strategy='classic' (or 'auto', which falls back to it)")
         tuner._results.info["guided_unavailable"] = reason
         return None
     layers = [name for group in tuner.groups for name in group.layers]

@@ -374,6 +374,8 @@ class SKAutoTuner:
 
         self.search_algorithm = self._resolve_search(search_algorithm)
         self.groups: list[_Group] = self._build_groups()
+        if strategy == "guided":
+            guided.check_groups(self)
         self._results = TuningResults()
         self._results.info["model_class"] = type(model).__name__
         self._tuned = False
