@@ -37,6 +37,7 @@ bench: setup
 	$(PY) benchmarks/bench_native.py
 	$(PY) benchmarks/bench_sketch_accuracy.py
 	$(PY) benchmarks/bench_tuner.py
+	$(PY) benchmarks/bench_outcome.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -398,7 +398,16 @@ def run_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     times = time_fns(fns, warmup=2, repeats=args.repeats, stat="min")
     speedups = {k: times["original"] / t for k, t in times.items()}
     best_key = max((k for k in speedups if k.startswith("exhaustive_")), key=speedups.get, default=None)
-    best = max([speedups["tuner"]] + ([speedups[best_key]] if best_key else []))
+    # The fastest of several noisy timings is flattered by its own noise (winner's curse): the
+    # exhaustive winner is re-timed with the original and the tuner's model in a fresh round.
+    final = {"original": fns["original"], "tuner": fns["tuner"]}
+    if best_key is not None:
+        final["best"] = fns[best_key]
+    if classic is not None:
+        final["classic"] = fns["classic"]
+    times = time_fns(final, warmup=2, repeats=args.repeats, stat="min")
+    speedups = {k: times["original"] / t for k, t in times.items()}
+    best = max(speedups["tuner"], speedups.get("best", 0.0))
     if classic is not None and row["classic_accuracy"] >= threshold:
         best = max(best, speedups["classic"])
     row.update({
@@ -406,6 +415,7 @@ def run_seed(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "exhaustive_best_params": None if best_key is None else top[int(best_key.split("_")[1])]["params"],
         "fraction_of_best": speedups["tuner"] / best,
         "evaluation_fraction": row["tuner_evaluations"] / max(1, ex["evaluations"]),
+        "tuner_kept_original": report.get("kept_original"),
     })
     if classic is not None:
         row["classic_speedup"] = speedups["classic"]

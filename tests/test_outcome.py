@@ -275,6 +275,37 @@ def test_fidelity_contract_helpers():
                for f in (0.1, 0.3, 0.7, 1.0))
 
 
+def test_guided_on_a_transformer_built_from_a_config():
+    # Keyword inputs and a ModelOutput: the calibration probe and the joint evaluations cope.
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=20, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=128,
+                                     max_position_embeddings=16, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 20, (64, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model(input_ids=ids).logits.argmax(-1)
+
+    def accuracy(m: nn.Module, fidelity: float = 1.0) -> float:
+        x, y = take_fraction((ids, labels), fidelity)
+        with torch.no_grad():
+            return (m(input_ids=x).logits.argmax(-1) == y).float().mean().item()
+
+    tuner = SKAutoTuner(model, TuningConfigs([LayerConfig(
+        r"bert\.encoder\.layer\.\d+\.(intermediate|output)\.dense",
+        params={"num_terms": [1], "low_rank": [2, 4, 8], "init": ["svd"]})]),
+        accuracy, accuracy_threshold=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TuningWarning)
+        tuner.tune()
+    assert tuner.report["strategy"] == "guided"
+    rows = [r for r in tuner.results.trials if r["status"] == "predicted"]
+    assert rows and all(r["model_error"] is not None for r in rows)
+    assert tuner.report["sensitivity"]["calibration_batches"] == 1
+    assert accuracy(tuner.apply_best_params()) >= 0.9
+
+
 @pytest.mark.slow
 def test_bench_outcome_quick_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -314,7 +314,7 @@ def run(tuner: Any, plan_: _Plan) -> None:
     tuner._results.selection = selection_of(chosen)
     base_speed, final_speed = _final_speed(tuner)
     if tuner._results.selection and base_speed is not None and final_speed is not None \
-            and final_speed <= base_speed:
+            and final_speed < base_speed:
         info["kept_original"] = sorted(k for k, c in chosen.items() if c is not None)
         chosen, tuner._results.selection = {}, {}
         final_speed = base_speed
@@ -377,7 +377,7 @@ def _final_speed(tuner: Any) -> tuple[float | None, float | None]:
     if error is not None or speed is None:
         return tuner._baseline["speed"], None
     base, final = tuner._final_speeds(speed)
-    if base is not None and final is not None and final <= base and tuner.remeasure_runs:
+    if base is not None and final is not None and final < base and tuner.remeasure_runs:
         saved = tuner.remeasure_runs
         tuner.remeasure_runs = 3 * saved
         try:

@@ -24,6 +24,13 @@ How a run goes
    and, if it misses the accuracy threshold, per-group choices are re-allocated
    globally under the accuracy budget and re-verified (see :meth:`SKAutoTuner.tune`).
 
+That is the *classic* strategy. Under an accuracy constraint without a user-chosen
+backend the default is the *guided* strategy (:mod:`panther.tuner.guided`): every
+candidate is measured on calibration batches captured during the baseline evaluation,
+and all groups are allocated together by :class:`~panther.tuner.allocation.GuidedSearch`,
+whose joint evaluations (screened at low fidelity when the accuracy function takes a
+``fidelity``) verify the result. ``SKAutoTuner(strategy="classic")`` turns it off.
+
 Scores
 ------
 * ``accuracy_threshold`` set and accuracy below it: the trial is *rejected*, its
@@ -552,6 +559,10 @@ class SKAutoTuner:
         When nothing does, a :class:`TuningWarning` is issued and
         :meth:`apply_best_params` returns the original model. :attr:`report` holds
         the final verified accuracy and speed.
+
+        With the guided strategy (``report["strategy"] == "guided"``) there are no per-group
+        searches: each group's entry is its part of the verified joint choice (``params``
+        ``None`` for a group left original) and the score is the final speed (or accuracy).
 
         Ctrl-C (``KeyboardInterrupt``) restores the model's original layers, keeps
         all trials recorded so far (the per-group winners become the selection,
