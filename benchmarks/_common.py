@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from panther.tuner.timing import time_calls, time_interleaved  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
@@ -79,18 +80,7 @@ def time_fn(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        fn()
-    if sync is not None:
-        sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, warmup=warmup, repeats=repeats, sync=sync or (lambda: None)))
 
 
 def time_fns(
@@ -115,24 +105,13 @@ def time_fns(
         raise ValueError(f"stat must be 'median' or 'min', got {stat!r}")
     reduce = statistics.median if stat == "median" else min
 
-    def run_block(fn: Callable[[], Any], calls: int) -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        if sync is not None:
-            sync()
-        return time.perf_counter() - start
-
     calls: dict[str, int] = {}
     for name, fn in fns.items():
         for _ in range(warmup):
             fn()
-        one = max(run_block(fn, 1), 1e-7)
+        one = max(time_calls(fn, sync=sync or (lambda: None))[0], 1e-7)
         calls[name] = max(1, min(10_000, math.ceil(min_block_s / one)))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(run_block(fn, calls[name]) / calls[name])
+    times = time_interleaved(fns, iters=calls, rounds=repeats, sync=sync or (lambda: None))
     return {name: reduce(ts) for name, ts in times.items()}
 
 

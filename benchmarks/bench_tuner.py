@@ -25,8 +25,19 @@ minus the evaluation functions: layer builds and bookkeeping), the accuracy of t
 ``apply_best_params()`` returns (measured afterwards), how often it meets the threshold,
 and its speed-up ("at threshold": only counted when the threshold is met, else 1.0).
 
-Usage: ``python benchmarks/bench_tuner.py [--seeds 5] [--trials 30] [--quick]``. Results
-go to ``benchmarks/results/bench_tuner.json`` (``bench_tuner_quick.json`` with ``--quick``).
+A second table (issue 10) measures the cost of the trial loop itself: three
+``Linear(64, 64)`` layers, a constant accuracy function, ``OptunaSearch(n_trials=20)``
+per layer (60 evaluations requested), each layer's "auto" space. It reports CPU time
+(``time.process_time``, so other processes on a busy machine do not inflate it) per
+proposal and per evaluated trial, excluding the user's evaluation functions, split
+into Optuna's ask/tell, the layer builds, and the tuner's own bookkeeping (the rest),
+next to a bare Optuna ask/tell loop over the same space (the floor, as a ratio), and
+the time of ``apply_best_params()``. Target: at most 3 ms per trial excluding the
+user's functions; ``apply_best_params`` well under 10 ms.
+
+Usage: ``python benchmarks/bench_tuner.py [--seeds 5] [--trials 30] [--quick] [--overhead]``
+(``--overhead``: only the second table). Results go to ``benchmarks/results/bench_tuner.json``
+(``bench_tuner_quick.json`` with ``--quick``, ``bench_tuner_overhead.json`` with ``--overhead``).
 """
 
 from __future__ import annotations
@@ -129,16 +140,113 @@ def run(variant: str, seed: int, n_trials: int) -> dict:
     }
 
 
+def _loop_overhead(repeats: int) -> dict:
+    """CPU milliseconds of the trial loop on a tiny model (see the module docstring)."""
+    import panther.tuner.trials as trials
+    from panther.tuner.search.optuna import OptunaSearch as Optuna
+
+    clock = time.process_time
+    spent = {"optuna": 0.0, "builds": 0.0, "user": 0.0}
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += clock() - t0
+        return wrapper
+
+    # Timing wrappers for this measurement only; restored below.
+    saved = (Optuna.ask, Optuna.tell, trials.build_group)
+    Optuna.ask, Optuna.tell = timed("optuna", Optuna.ask), timed("optuna", Optuna.tell)
+    trials.build_group = timed("builds", trials.build_group)
+    rows = []
+    try:
+        for rep in range(repeats + 1):  # the first run warms up imports and caches
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64))
+            accuracy = timed("user", lambda m: 1.0)
+            tuner = SKAutoTuner(model, LayerConfig({"type": "Linear"}, "auto"), accuracy,
+                                search_algorithm=OptunaSearch(n_trials=20, seed=rep), verify=False)
+            for key in spent:
+                spent[key] = 0.0
+            start = clock()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tuner.tune()
+            total = clock() - start - spent["user"]
+            proposals = len(tuner.results.trials)
+            evaluated = sum(r["status"] not in ("skipped", "cached") for r in tuner.results.trials)
+            start = clock()
+            for _ in range(10):
+                tuner.apply_best_params()
+            apply_ms = (clock() - start) / 10 * 1e3
+            if rep:
+                rows.append({"proposals": proposals, "evaluated": evaluated, "total": total,
+                             "optuna": spent["optuna"], "builds": spent["builds"], "apply_ms": apply_ms})
+    finally:
+        Optuna.ask, Optuna.tell, trials.build_group = saved
+    # The floor: a bare Optuna ask/tell loop over the same spaces, as many proposals.
+    import optuna
+
+    space = LayerType_auto_space()
+    n = round(statistics.mean(r["proposals"] for r in rows))
+    start = clock()
+    for rep in range(repeats):
+        for _layer in range(3):
+            study = optuna.create_study(direction="maximize",
+                                        sampler=optuna.samplers.TPESampler(seed=rep))
+            for _ in range(n // 3):
+                trial = study.ask(space)
+                study.tell(trial, 1.0)
+    bare = (clock() - start) / (repeats * 3 * (n // 3))
+    mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
+    per_proposal = mean["total"] / mean["proposals"] * 1e3
+    return {
+        "proposals": mean["proposals"],
+        "evaluated": mean["evaluated"],
+        "ms/proposal (excl. user fns)": per_proposal,
+        "ms/evaluated trial (excl. user fns)": mean["total"] / mean["evaluated"] * 1e3,
+        "of which optuna ms/proposal": mean["optuna"] / mean["proposals"] * 1e3,
+        "of which builds ms/proposal": mean["builds"] / mean["proposals"] * 1e3,
+        "bookkeeping ms/proposal": (mean["total"] - mean["optuna"] - mean["builds"])
+        / mean["proposals"] * 1e3,
+        "bare optuna ms/proposal": bare * 1e3,
+        "tuner / bare optuna": per_proposal / (bare * 1e3),
+        "apply_best_params ms": mean["apply_ms"],
+    }
+
+
+def LayerType_auto_space() -> dict:  # noqa: N802 - mirrors what the tuner hands Optuna
+    """The Optuna distributions of a ``Linear(64, 64)``'s auto space."""
+    from panther.tuner import plugins
+    from panther.tuner.search.optuna import _Codec
+
+    layer = nn.Linear(64, 64)
+    space = plugins.layer_type_for(layer).auto_space(layer)
+    return {name: _Codec(name, spec).distribution for name, spec in space.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="1 seed, 10 trials (smoke run)")
+    parser.add_argument("--overhead", action="store_true", help="only the trial-loop cost table")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.trials = 1, 10
     env = setup(args.threads)
+    loop = _loop_overhead(repeats=1 if args.quick else 3)
+    print_table([{"measure": k, "value": v} for k, v in loop.items()],
+                title="Trial-loop cost: 3 x Linear(64, 64), constant accuracy, Optuna TPE, "
+                      "20 evaluations per layer (CPU time)")
+    if args.overhead:
+        path = write_json("bench_tuner_overhead", {"loop_overhead": loop, "environment": env})
+        print(f"\nwrote {path}")
+        return
     runs = [run(v, s, args.trials) for s in range(args.seeds) for v in VARIANTS]
     summary = []
     for variant in VARIANTS:
@@ -159,7 +267,7 @@ def main() -> None:
                                f"{args.seeds} seed(s) (means)")
     path = write_json("bench_tuner_quick" if args.quick else "bench_tuner",
                       {"threshold": THRESHOLD, "trials_per_layer": args.trials, "seeds": args.seeds,
-                       "summary": summary, "runs": runs, "environment": env})
+                       "summary": summary, "runs": runs, "loop_overhead": loop, "environment": env})
     print(f"\nwrote {path}")
 
 

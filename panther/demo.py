@@ -12,12 +12,14 @@ Everything here is deterministic for a given seed on a given machine.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from panther.tuner.timing import device_of, eval_mode, time_calls, time_interleaved
 
 __all__ = [
     "DigitsData",
@@ -145,13 +147,11 @@ def train_model(
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)`` in eval mode (the mode is restored)."""
-    was_training = model.training
-    model.eval()
     correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        correct += int((logits.argmax(-1) == y[start : start + batch_size]).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start : start + batch_size])
+            correct += int((logits.argmax(-1) == y[start : start + batch_size]).sum())
     return correct / len(x)
 
 
@@ -171,32 +171,23 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
 
     from panther.native import use_backend
 
-    was_training = model.training
-    model.eval()
-    with use_backend("reference"), FlopCounterMode(display=False) as counter:
+    with eval_mode(model), use_backend("reference"), FlopCounterMode(display=False) as counter:
         model(example)
-    model.train(was_training)
     return int(counter.get_total_flops())
-
-
-@torch.no_grad()
-def _time_forward(model: nn.Module, x: torch.Tensor, iterations: int) -> float:
-    start = time.perf_counter()
-    for _ in range(iterations):
-        model(x)
-    return time.perf_counter() - start
 
 
 @torch.no_grad()
 def measure_throughput(
     model: nn.Module, x: torch.Tensor, iterations: int = 10, repeats: int = 5, warmup: int = 3
 ) -> float:
-    """Inference throughput in samples per second: median over ``repeats`` timed runs."""
-    model.eval()
-    for _ in range(warmup):
-        model(x)
-    times = [_time_forward(model, x, iterations) for _ in range(repeats)]
-    return len(x) * iterations / statistics.median(times)
+    """Inference throughput in samples per second: median over ``repeats`` timed runs.
+
+    Measured in eval mode; every submodule's own train/eval flag is restored afterwards.
+    """
+    with eval_mode(model):
+        times = time_calls(lambda: model(x), warmup=warmup, iters=iterations, repeats=repeats,
+                           device=device_of(model))
+    return len(x) / statistics.median(times)
 
 
 @torch.no_grad()
@@ -214,13 +205,12 @@ def compare_throughput(
     other processes can only slow a round down, so the fastest one is the least
     disturbed estimate of what the model itself costs (on a busy machine the
     median can swing by a factor of two between runs, the minimum hardly moves).
+    Models are measured in eval mode; each submodule's own flag is restored afterwards.
     """
-    for model in models.values():
-        model.eval()
-        for _ in range(warmup):
-            model(x)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            times[name].append(_time_forward(model, x, iterations))
-    return {name: len(x) * iterations / min(t) for name, t in times.items()}
+    with ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(eval_mode(model))
+        fns = {name: (lambda m=model: m(x)) for name, model in models.items()}
+        device = device_of(next(iter(models.values()))) if models else None
+        times = time_interleaved(fns, warmup=warmup, iters=iterations, rounds=repeats, device=device)
+    return {name: len(x) / min(t) for name, t in times.items()}

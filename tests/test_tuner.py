@@ -32,11 +32,13 @@ from panther.tuner import (
     register_plugin,
     unregister_plugin,
 )
+from panther.tuner.combine import Option as _Option
+from panther.tuner.combine import knapsack as _knapsack
 from panther.tuner.config import ParamSpec
 from panther.tuner.layers.base import Cost, LayerType
 from panther.tuner.results import TuningResults
 from panther.tuner.search.base import SearchAlgorithm
-from panther.tuner.tuner import TuningWarning, _knapsack, _Option
+from panther.tuner.tuner import TuningWarning
 
 N = 16
 
@@ -878,7 +880,7 @@ def _fake_layer(clock, label, cost):
 
 
 def test_time_pair_alternates_and_keeps_each_minimum():
-    from panther.tuner.tuner import _time_pair
+    from panther.tuner.trials import time_pair as _time_pair
 
     # The machine turns 10x slower early in the run and stays so. Had the dense layer been
     # timed before (quiet) and the sketch now (busy), the sketch would look 5x slower; timed
@@ -897,7 +899,7 @@ def test_time_pair_alternates_and_keeps_each_minimum():
 
 @pytest.mark.parametrize("sketch_cost, skipped", [(0.25, False), (4.0, True)])
 def test_speed_precheck_skips_layers_that_are_not_faster(monkeypatch, sketch_cost, skipped):
-    import panther.tuner.tuner as tuner_module
+    import panther.tuner.trials as tuner_module
 
     clock = FakeClock()
     monkeypatch.setattr(tuner_module, "_clock", clock)

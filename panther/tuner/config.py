@@ -26,16 +26,44 @@ __all__ = [
 ]
 
 
+#: Spaces with at most this many points are probed value by value at construction;
+#: larger ones at their two ends only.
+PROBE_LIMIT = 256
+
+
 class ParamSpec:
-    """Base class of one parameter's search space."""
+    """Base class of one parameter's search space.
+
+    Sizes are computed arithmetically and single values by index
+    (:meth:`size`, :meth:`value_at`), so a huge space (``Int(1, 10**9)``) costs
+    nothing until :meth:`values` is asked to list it.
+    """
 
     def is_finite(self) -> bool:
         """Whether the space can be enumerated (grid search needs this)."""
-        return self.values() is not None
+        return self.size() is not None
+
+    def size(self) -> int | None:
+        """How many values the space holds (``None`` for a continuous space); never enumerates."""
+        raise NotImplementedError
+
+    def value_at(self, index: int) -> Any:
+        """The ``index``-th value of :meth:`values` (``0 <= index < size()``), without listing them."""
+        raise NotImplementedError
 
     def values(self) -> list[Any] | None:
-        """All values in order, or ``None`` for a continuous space."""
-        raise NotImplementedError
+        """All values in order, or ``None`` for a continuous space (lists the whole space)."""
+        n = self.size()
+        return None if n is None else [self.value_at(i) for i in range(n)]
+
+    def probe_values(self, limit: int = PROBE_LIMIT) -> list[Any]:
+        """Values worth checking against a layer: all of them when at most ``limit``, else the ends."""
+        n = self.size()
+        if n is None:
+            return [getattr(self, "low", None), getattr(self, "high", None)]
+        if n <= limit:
+            return [self.value_at(i) for i in range(n)]
+        return [self.value_at(0), self.value_at(n - 1)]
 
     def first(self) -> Any:
         """The value ``replace_without_tuning`` uses: the first choice or the low end."""
@@ -63,6 +91,12 @@ class Categorical(ParamSpec):
         if len(set(map(repr, choices))) != len(choices):
             raise ValueError(f"Categorical choices must be distinct, got {list(choices)}")
         object.__setattr__(self, "choices", choices)
+
+    def size(self) -> int:
+        return len(self.choices)
+
+    def value_at(self, index: int) -> Any:
+        return self.choices[index]
 
     def values(self) -> list[Any]:
         return list(self.choices)
@@ -98,17 +132,28 @@ class Int(ParamSpec):
         if self.log and (self.low < 1 or self.step != 1):
             raise ValueError("Int with log=True needs low >= 1 and step=1")
 
+    def size(self) -> int:
+        return (self.high - self.low) // self.step + 1
+
+    def value_at(self, index: int) -> int:
+        return self.low + index * self.step
+
     def values(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
 
     def first(self) -> int:
         return self.low
 
+    def last(self) -> int:
+        """The largest value in the space (``high`` rounded down onto the step)."""
+        return self.value_at(self.size() - 1)
+
     def sample(self, rng: random.Random) -> int:
         if self.log:
             value = math.exp(rng.uniform(math.log(self.low), math.log(self.high + 1)))
             return min(self.high, max(self.low, int(value)))
-        return rng.choice(self.values())
+        # The same draw as rng.choice(self.values()), without listing the values.
+        return self.value_at(rng.randrange(self.size()))
 
     def contains(self, value: Any) -> bool:
         return (
@@ -132,24 +177,31 @@ class Float(ParamSpec):
             raise ValueError("Float bounds must be finite numbers")
         if self.low > self.high:
             raise ValueError(f"Float needs low <= high, got low={self.low}, high={self.high}")
-        if self.step is not None and self.step <= 0:
-            raise ValueError(f"Float step must be > 0, got {self.step}")
+        if self.step is not None and not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"Float step must be a finite number > 0, got {self.step}")
         if self.log and (self.low <= 0 or self.step is not None):
             raise ValueError("Float with log=True needs low > 0 and no step")
 
-    def values(self) -> list[float] | None:
+    def size(self) -> int | None:
         if self.step is None:
             return None
-        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        return [round(self.low + i * self.step, 12) for i in range(count)]
+        steps = (self.high - self.low) / self.step
+        # A relative tolerance: (1 - 0) / 1e-9 lands a hair below 1e9 in floating point.
+        return int(math.floor(steps + 1e-9 * max(1.0, steps))) + 1
+
+    def value_at(self, index: int) -> float:
+        if self.step is None:
+            raise TypeError("a continuous Float has no indexed values")
+        return round(self.low + index * self.step, 12)
 
     def first(self) -> float:
         return self.low
 
     def sample(self, rng: random.Random) -> float:
-        grid = self.values()
-        if grid is not None:
-            return rng.choice(grid)
+        n = self.size()
+        if n is not None:
+            # The same draw as rng.choice(self.values()), without listing the grid.
+            return self.value_at(rng.randrange(n))
         if self.log:
             return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         return rng.uniform(self.low, self.high)
@@ -159,8 +211,11 @@ class Float(ParamSpec):
             return False
         if not self.low - 1e-12 <= value <= self.high + 1e-12:
             return False
-        grid = self.values()
-        return grid is None or any(abs(value - g) < 1e-9 for g in grid)
+        n = self.size()
+        if n is None:
+            return True
+        index = min(max(round((value - self.low) / self.step), 0), n - 1)
+        return abs(value - self.value_at(index)) < 1e-9
 
 
 ParamLike = ParamSpec | Sequence[Any]

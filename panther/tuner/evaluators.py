@@ -31,13 +31,13 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from panther.tuner.hookspecs import hookimpl
+from panther.tuner.timing import device_of, eval_mode, time_calls
 
 __all__ = [
     "Evaluator",
@@ -98,33 +98,12 @@ def _short(value: Any) -> str:
 # --- shared helpers -------------------------------------------------------------------------------
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
+#: The device of the model's first parameter or buffer (CPU for a stateless model).
+model_device = device_of
 
 
 def _has_state(model: nn.Module) -> bool:
     return any(True for _ in model.parameters()) or any(True for _ in model.buffers())
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Put every submodule in eval mode and restore each one's own mode afterwards.
-
-    ``model.train(previous)`` would flatten mixed modes (e.g. a frozen BatchNorm
-    kept in eval inside a training model), so the flags are saved per module.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -162,15 +141,6 @@ def _first_tensor(obj: Any) -> torch.Tensor | None:
             if t is not None:
                 return t
     return None
-
-
-def _synchronize(device: torch.device) -> None:
-    # Kernels run asynchronously on accelerators; without a sync the clock
-    # measures only the launch time.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def _check_count(value: Any, name: str, minimum: int) -> int:
@@ -272,17 +242,9 @@ def _seconds_per_batch(
             )
     inputs = input_factory() if input_factory is not None else example_input
     inputs = _to_device(inputs, dev)
-    times: list[float] = []
-    with _eval_mode(model), _grad_context(inference_mode):
-        for _ in range(warmup):
-            _call(model, inputs)
-        _synchronize(dev)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(iters):
-                _call(model, inputs)
-            _synchronize(dev)
-            times.append((time.perf_counter() - start) / iters)
+    with eval_mode(model), _grad_context(inference_mode):
+        times = time_calls(lambda: _call(model, inputs), warmup=warmup, iters=iters, repeats=repeats,
+                           device=dev, clock=time.perf_counter)
     return statistics.median(times), inputs
 
 
@@ -448,7 +410,7 @@ class _Outputs:
     def run(self, model: nn.Module, post: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
         device = model_device(model)
         out: list[torch.Tensor] = []
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for x in self.batches:
                 y = self.output_fn(_call(model, x.to(device)))
                 if not isinstance(y, torch.Tensor):
@@ -721,7 +683,7 @@ def flops(
 
             handles.append(m.register_forward_hook(hook))
         try:
-            with _eval_mode(model), torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 _call(model, _to_device(example_input, model_device(model)))
         finally:
             for h in handles:

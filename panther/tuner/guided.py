@@ -16,9 +16,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +35,16 @@ from panther.tuner.sensitivity import (
     rank_correlation,
     singular_values,
 )
+from panther.tuner.trials import (
+    TrialRecord,
+    build_group,
+    build_selection,
+    cost_skip,
+    draw_seeds,
+    finite_float,
+    group_macs,
+    swapped,
+)
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -43,7 +53,7 @@ __all__ = [
     "check_guided_options",
     "check_groups",
     "plan",
-    "run",
+    "run_guided",
     "predict_group",
     "summarize_predictions",
 ]
@@ -89,18 +99,19 @@ class _Plan:
         with self.probe.capture():
             yield
 
-    def usable(self, tuner: Any) -> bool:
+    def usable(self, run: Any) -> bool:
         """Whether the baseline left what the guided strategy needs (an effective threshold)."""
-        return tuner._threshold is not None and tuner._baseline.get("accuracy") is not None
+        return run.threshold is not None and run.baseline.get("accuracy") is not None
 
 
 def _why_not(tuner: Any) -> str | None:
-    """Why this run cannot be guided, or ``None`` when it can."""
-    if tuner.multi_objective:
+    """Why this tuner's run cannot be guided, or ``None`` when it can."""
+    settings = tuner.settings
+    if settings.multi_objective:
         return "multi_objective=True"
-    if not tuner.verify:
+    if not settings.verify:
         return "verify=False"
-    if tuner.accuracy_threshold is None and tuner.accuracy_tolerance is None:
+    if settings.constraint is None:
         return "no accuracy constraint"
     for group in tuner.groups:
         if not group.copy_weights:
@@ -125,15 +136,16 @@ def check_groups(tuner: Any) -> None:
                          "use strategy='classic' (or 'auto', which falls back to it)")
 
 
-def plan(tuner: Any) -> _Plan | None:
-    """A :class:`_Plan` when this run is to be guided, else ``None`` (classic)."""
-    if tuner.strategy == "classic" or (tuner.strategy == "auto" and tuner._search_given):
+def plan(tuner: Any, info: dict[str, Any]) -> _Plan | None:
+    """A :class:`_Plan` when this run is to be guided, else ``None`` (classic; ``info`` says why)."""
+    strategy = tuner.settings.strategy
+    if strategy == "classic" or (strategy == "auto" and tuner._search_given):
         return None
-    if tuner.strategy == "guided":
+    if strategy == "guided":
         check_groups(tuner)
     reason = _why_not(tuner)
     if reason is not None:
-        tuner._results.info["guided_unavailable"] = reason
+        info["guided_unavailable"] = reason
         return None
     layers = [name for group in tuner.groups for name in group.layers]
     return _Plan(CalibrationProbe(tuner.model, layers))
@@ -142,35 +154,31 @@ def plan(tuner: Any) -> _Plan | None:
 # --- predictions ----------------------------------------------------------------------------------
 
 
-def _svals(tuner: Any, name: str) -> Any:
-    cache = tuner.__dict__.setdefault("_singular_values", {})
-    module = get_submodule(tuner.model, name)
-    weight = getattr(module, "weight", None)
-    key = (name, id(weight), getattr(weight, "_version", None))
-    if key not in cache:
+def _svals(run: Any, name: str) -> Any:
+    cache = run.__dict__.setdefault("_singular_values", {})
+    if name not in cache:  # the originals do not change during a run
         try:
-            cache[key] = singular_values(module)
+            cache[name] = singular_values(run.modules[name])
         except Exception:  # a factorisation that fails leaves the row without a prediction
-            cache[key] = None
-    return cache[key]
+            cache[name] = None
+    return cache[name]
 
 
-def predict_group(tuner: Any, group: Any, params: dict[str, Any]) -> float | None:
+def predict_group(run: Any, group: Any, params: dict[str, Any]) -> float | None:
     """The group's predicted weight error for ``params`` (defaults filled in), or ``None``."""
-    modules = {name: get_submodule(tuner.model, name) for name in group.layers}
+    modules = {name: run.modules[name] for name in group.layers}
     full = dict(params)
-    for name in group.layers:
-        fill = getattr(group.layer_types[name], "full_params", None)
-        if fill is not None:
-            try:
-                full = {**fill(modules[name], params)}
-            except Exception:
-                return None
-            break
+    first = group.layers[0]
+    fill = getattr(group.layer_types[first], "full_params", None)
+    if fill is not None:
+        try:
+            full = dict(fill(modules[first], params))
+        except Exception:
+            return None
     svals = {}
-    for name in group.layers:
-        if full.get("init", "svd") == "svd":
-            svals[name] = _svals(tuner, name)
+    if full.get("init", "svd") == "svd":
+        for name in group.layers:
+            svals[name] = _svals(run, name)
             if svals[name] is None:
                 return None
     try:
@@ -179,15 +187,14 @@ def predict_group(tuner: Any, group: Any, params: dict[str, Any]) -> float | Non
         return None
 
 
-def summarize_predictions(tuner: Any) -> None:
+def summarize_predictions(run: Any) -> None:
     """Record how well the predicted error ranked the measured accuracies (classic runs)."""
-    rows = [r for r in tuner._results.trials
-            if r.get("predicted_error") is not None and r.get("accuracy") is not None
-            and r.get("status") in ("ok", "rejected")]
-    corr = rank_correlation([r["predicted_error"] for r in rows], [-r["accuracy"] for r in rows])
-    tuner._results.info["sensitivity"] = {
+    rows = [r for r in run.records if r.predicted_error is not None and r.accuracy is not None
+            and r.status in ("ok", "rejected")]
+    run.results.info["sensitivity"] = {
         "rows_with_prediction": len(rows),
-        "rank_correlation_predicted_error_vs_accuracy_loss": corr,
+        "rank_correlation_predicted_error_vs_accuracy_loss": rank_correlation(
+            [r.predicted_error for r in rows], [-r.accuracy for r in rows]),
     }
 
 
@@ -199,144 +206,151 @@ def _enumerate(space: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(space[n].values() for n in names))]
 
 
-def _candidates(tuner: Any, probe: CalibrationProbe) -> dict[str, list[Candidate]]:
-    """Build and measure every configuration of every group once; one trial row each."""
+def _candidates(run: Any, probe: CalibrationProbe) -> dict[str, list[Candidate]]:
+    """Build and measure every configuration of every group once; one trial record each."""
     options: dict[str, list[Candidate]] = {}
-    for group in tuner.groups:
+    for group in run.groups:
         options[group.key] = cands = []
-        number = 0
-        for params in _enumerate(group.space):
-            if not tuner._time_left():
-                tuner._stop_reason = "time_budget_s"
+        for number, params in enumerate(_enumerate(group.space)):
+            if not run.time_left():
+                run.stop_reason = "time_budget_s"
                 return options
-            started = time.perf_counter()
-            row: dict[str, Any] = {"layer_name": group.key, "params": dict(params),
-                                   "trial_number": number, "score": -math.inf, "accuracy": None,
-                                   "speed": None, "seeds": {}, "error": ""}
-            number += 1
-            reason = tuner._cost_skip(group, params)
+            started = run.elapsed()
+            record = TrialRecord(status="predicted", layer_name=group.key, params=dict(params),
+                                 trial_number=number, eval_time_s=None)
+            reason = cost_skip(run, group, params)
             if reason is not None:
-                row.update(status="skipped", error=reason)
-                _add_row(tuner, row, started)
+                record.status, record.error = "skipped", reason
+                _add(run, record, started)
                 continue
-            predicted = predict_group(tuner, group, params)
+            record.predicted_error = predict_group(run, group, params)
             try:
-                built, seeds = tuner._build_group(group, params, tuner._draw_seeds(group, params))
+                built, record.seeds = build_group(run, group, params, draw_seeds(run, group, params))
             except Exception as exc:
-                row.update(status="failed",
-                           error=f"building the sketched layer failed: {type(exc).__name__}: {exc}")
-                _add_row(tuner, row, started)
+                record.status = "failed"
+                record.error = f"building the sketched layer failed: {type(exc).__name__}: {exc}"
+                _add(run, record, started)
                 continue
-            layer_errors = [probe.layer_error(name, built[name]) for name in group.layers]
-            layer_error = (None if any(e is None for e in layer_errors)
-                           else math.sqrt(sum(e * e for e in layer_errors) / len(layer_errors)))
-            model_error = None
+            errors = [probe.layer_error(name, built[name]) for name in group.layers]
+            if all(e is not None for e in errors):
+                record.layer_error = math.sqrt(sum(e * e for e in errors) / len(errors))
             if probe.has_model_inputs:
-                originals = tuner._swap_in(built)
-                try:
-                    model_error = probe.model_error()
-                finally:
-                    tuner._swap_back(originals)
-            error = next((e for e in (model_error, layer_error, predicted) if e is not None), None)
-            dense, sketched = tuner._group_macs(group, params)
-            row.update(status="predicted", seeds=seeds, predicted_error=predicted,
-                       calibration_error=error, layer_error=layer_error, model_error=model_error,
-                       gain_macs=dense - sketched)
+                with swapped(run, built):
+                    record.model_error = probe.model_error()
+            dense, sketched = group_macs(run, group, params)
+            record.gain_macs = dense - sketched
+            error = next((e for e in (record.model_error, record.layer_error, record.predicted_error)
+                          if e is not None), None)
+            record.calibration_error = error
             if error is None:
-                row["error"] = "no error measure (no calibration batches and no prediction)"
+                record.error = "no error measure (no calibration batches and no prediction)"
             else:
-                cands.append(Candidate(group=group.key, params=dict(params), gain=float(dense - sketched),
-                                       error=float(error), predicted_error=predicted,
-                                       layer_error=layer_error, model_error=model_error,
-                                       seeds=dict(seeds), trial_number=row["trial_number"]))
-            _add_row(tuner, row, started)
+                cands.append(Candidate(group=group.key, params=dict(params), gain=float(record.gain_macs),
+                                       error=float(error), predicted_error=record.predicted_error,
+                                       layer_error=record.layer_error, model_error=record.model_error,
+                                       seeds=dict(record.seeds), trial_number=number))
+            _add(run, record, started)
     return options
 
 
-def _add_row(tuner: Any, row: dict[str, Any], started: float) -> None:
-    row["wall_time_s"] = time.perf_counter() - started
-    tuner._results.trials.append(row)
-    tuner._log(tuner._describe_row(row)
-               + (f" predicted_error={row['predicted_error']:.3g}" if row.get("predicted_error") is not None else "")
-               + (f" calibration_error={row['calibration_error']:.3g}" if row.get("calibration_error") is not None else ""))
-    plugins.emit("panther_trial_finished", layer_name=row["layer_name"], trial=tuner._public_row(row))
+def _add(run: Any, record: TrialRecord, started: float) -> None:
+    from panther.tuner.search_loop import describe
+
+    record.wall_time_s = run.elapsed() - started
+    run.add_record(record)
+    if run.settings.verbose:
+        extra = "".join(f" {k}={getattr(record, k):.3g}" for k in ("predicted_error", "calibration_error")
+                        if getattr(record, k) is not None)
+        run.log(describe(record) + extra)
+    plugins.emit("panther_trial_finished", layer_name=record.layer_name, trial=record.to_event())
 
 
-def run(tuner: Any, plan_: _Plan) -> None:
-    """The guided strategy, in place of the per-group searches and ``_finalize``."""
-    from panther.tuner.tuner import TuningWarning
+def _evaluate(run: Any, selection: dict[str, Any], fidelity: float) -> tuple[float | None, None, str | None]:
+    """Accuracy of the model with ``selection`` swapped in, at ``fidelity`` (model always restored)."""
+    try:
+        built = build_selection(run, selection)
+    except Exception as exc:
+        return None, None, f"building failed: {type(exc).__name__}: {exc}"
+    fn = run.settings.accuracy_eval_func
+    with swapped(run, built):
+        try:
+            value = fn(run.model) if fidelity >= 1.0 else fn(run.model, fidelity=fidelity)
+            return finite_float(value, "accuracy_eval_func"), None, None
+        except Exception as exc:
+            return None, None, f"{type(exc).__name__}: {exc}"
 
-    info = tuner._results.info
+
+def run_guided(run: Any, combiner: Any, plan_: _Plan) -> None:
+    """The guided strategy, in place of the per-group searches and ``Combiner.finalize``."""
+    from panther.tuner.search_loop import TuningWarning
+
+    settings = run.settings
+    info = run.results.info
     probe = plan_.probe
     probe.finish()
-    options = _candidates(tuner, probe)
-    groups = {g.key: g for g in tuner.groups}
+    options = _candidates(run, probe)
+    groups = {g.key: g for g in run.groups}
     n_groups = max(1, len(options))
-    budget = tuner.max_trials * n_groups if tuner.max_trials is not None else default_budget(n_groups)
-    screen = SCREEN_FIDELITY if supports_fidelity(tuner.accuracy_eval_func) else None
-    if tuner._bar is not None:
-        tuner._bar.reset(total=budget)
+    budget = settings.max_trials * n_groups if settings.max_trials is not None else default_budget(n_groups)
+    screen = SCREEN_FIDELITY if supports_fidelity(settings.accuracy_eval_func) else None
+    if run.bar is not None:
+        run.bar.reset(total=budget)
 
     def selection_of(choice: dict[str, Candidate | None]) -> dict[str, Any]:
         sel: dict[str, Any] = {}
         for key, cand in choice.items():
             if cand is not None:
-                sel.update(tuner._choices(groups[key], cand.params, cand.seeds))
+                sel.update(combiner.choices(groups[key], cand.params, cand.seeds))
         return sel
 
     def evaluate(choice: dict[str, Candidate | None], fidelity: float) -> Any:
         # Accuracy only: the search ranks by work saved; the chosen model's speed is
         # measured once at the end, against the original, alternately.
-        out = tuner._evaluate_selection(selection_of(choice), fidelity=fidelity, speed=False)
-        if tuner._bar is not None:
-            tuner._bar.update(fidelity)
+        out = _evaluate(run, selection_of(choice), fidelity)
+        if run.bar is not None:
+            run.bar.update(fidelity)
         acc = out[0]
-        tuner._log(f"guided [{'full' if fidelity >= 1 else f'fidelity {fidelity:g}'}] "
-                   f"{ {k: (None if c is None else c.params) for k, c in choice.items()} }: "
-                   f"accuracy={'n/a' if acc is None else f'{acc:.4f}'}"
-                   + (f" ({out[2]})" if out[2] else ""))
+        run.log(f"guided [{'full' if fidelity >= 1 else f'fidelity {fidelity:g}'}] "
+                f"{ {k: (None if c is None else c.params) for k, c in choice.items()} }: "
+                f"accuracy={'n/a' if acc is None else f'{acc:.4f}'}" + (f" ({out[2]})" if out[2] else ""))
         return out
 
-    search = GuidedSearch(options, evaluate, tuner._threshold, tuner._baseline["accuracy"],
-                          max_evaluations=budget, screen_fidelity=screen, time_left=tuner._time_left)
-    if not tuner._time_left():
-        best = None
-    else:
-        best = search.run()
-    if tuner._stop_reason is None and not tuner._time_left():
-        tuner._stop_reason = "time_budget_s"
-    info["stopped_by"] = tuner._stop_reason
-    if tuner._stop_reason == "time_budget_s":
-        warnings.warn(f"time_budget_s={tuner.time_budget_s} s spent; stopping with the results found "
+    search = GuidedSearch(options, evaluate, run.threshold, run.baseline["accuracy"],
+                          max_evaluations=budget, screen_fidelity=screen, time_left=run.time_left)
+    best = search.run() if run.time_left() else None
+    if run.stop_reason is None and not run.time_left():
+        run.stop_reason = "time_budget_s"
+    info["stopped_by"] = run.stop_reason
+    if run.stop_reason == "time_budget_s":
+        warnings.warn(f"time_budget_s={settings.time_budget_s} s spent; stopping with the results found "
                       "so far", TuningWarning, stacklevel=3)
     chosen: dict[str, Candidate | None] = {} if best is None else dict(best.choice)
     final_acc = None if best is None else best.accuracy
-    tuner._results.selection = selection_of(chosen)
-    base_speed, final_speed = _final_speed(tuner)
-    if tuner._results.selection and base_speed is not None and final_speed is not None \
+    run.results.selection = selection_of(chosen)
+    base_speed, final_speed = _final_speed(run, combiner)
+    if run.results.selection and base_speed is not None and final_speed is not None \
             and final_speed < base_speed:
         info["kept_original"] = sorted(k for k, c in chosen.items() if c is not None)
-        chosen, tuner._results.selection = {}, {}
-        final_speed = base_speed
-        final_acc = tuner._baseline["accuracy"]
-        warnings.warn("the verified configuration was not faster than the original model; "
+        chosen, run.results.selection = {}, {}
+        final_speed, final_acc = base_speed, run.baseline["accuracy"]
+        warnings.warn("the verified configuration measured slower than the original model; "
                       "apply_best_params() returns the original model", TuningWarning, stacklevel=3)
-    elif not tuner._results.selection:
-        why = (f"no configuration met the accuracy threshold {tuner._threshold:.4g}"
+    elif not run.results.selection:
+        why = (f"no configuration met the accuracy threshold {run.threshold:.4g}"
                if search.full_evaluations else "no configuration was evaluated")
         warnings.warn(f"{why}; apply_best_params() returns the original model", TuningWarning,
                       stacklevel=3)
-        final_acc = tuner._baseline["accuracy"]
-        final_speed = base_speed
-    _summaries(tuner, options, chosen, search, final_acc, final_speed)
+        final_acc, final_speed = run.baseline["accuracy"], base_speed
+    _summaries(run, chosen, search, final_acc, final_speed)
     info["verification"] = [_verification_entry(p, groups) for p in search.probes if p.fidelity >= 1.0]
     info["verified"] = True
     info["baseline_speed"] = base_speed
     info["final_accuracy"] = final_acc
     info["final_speed"] = final_speed
     info["speedup"] = (final_speed / base_speed) if (final_speed and base_speed) else None
-    info["sketched_layers"] = sorted(tuner._results.selection)
+    info["sketched_layers"] = sorted(run.results.selection)
     cands = [c for v in options.values() for c in v]
+    full = [p for p in search.probes if p.fidelity >= 1.0 and p.accuracy is not None]
     info["guided"] = {
         "candidates": len(cands),
         "kept_after_pruning": sum(len(v) for v in search.options.values()),
@@ -349,41 +363,43 @@ def run(tuner: Any, plan_: _Plan) -> None:
         "screen_fidelity": screen,
         "probes": [p.to_dict() for p in search.probes],
     }
+    with_prediction = [c for c in cands if c.predicted_error is not None]
     info["sensitivity"] = {
-        "calibration_batches": len(probe.model_inputs) or max((len(v) for v in probe.layer_inputs.values()), default=0),
+        "calibration_batches": len(probe.model_inputs) or max(
+            (len(v) for v in probe.layer_inputs.values()), default=0),
         "rank_correlation_predicted_vs_calibration_error": rank_correlation(
-            [c.predicted_error for c in cands if c.predicted_error is not None],
-            [c.error for c in cands if c.predicted_error is not None]),
+            [c.predicted_error for c in with_prediction], [c.error for c in with_prediction]),
         "rank_correlation_proxy_vs_accuracy_loss": rank_correlation(
-            [p.proxy for p in search.probes if p.fidelity >= 1.0 and p.accuracy is not None],
-            [-p.accuracy for p in search.probes if p.fidelity >= 1.0 and p.accuracy is not None]),
+            [p.proxy for p in full], [-p.accuracy for p in full]),
     }
-    tuner._log(f"guided: {search.full_evaluations} full evaluation(s), {search.screens} screen(s); "
-               f"final accuracy={final_acc}, speedup={info['speedup']}")
+    run.log(f"guided: {search.full_evaluations} full evaluation(s), {search.screens} screen(s); "
+            f"final accuracy={final_acc}, speedup={info['speedup']}")
 
 
-def _final_speed(tuner: Any) -> tuple[float | None, float | None]:
+def _final_speed(run: Any, combiner: Any) -> tuple[float | None, float | None]:
     """Speeds of the original and of the selection, measured alternately (warm).
 
-    A selection that measures no faster is re-measured with three times the runs before
-    the caller gives up on it: on a busy machine one round of timings can be off by more
-    than the gain of a modest sketch.
+    A selection that measures slower is re-measured with three times the runs before the
+    caller gives up on it: on a busy machine one round of timings can be off by more than
+    the gain of a modest sketch.
     """
-    base = tuner._baseline["speed"]
-    if not tuner._results.selection or tuner.optimization_eval_func is None:
-        return base, None
-    tuner._warm_baseline_speed()
-    _, speed, error = tuner._evaluate_selection(tuner._results.selection, accuracy=False)
+    from panther.tuner.trials import evaluate_selection
+
+    settings = run.settings
+    if not run.results.selection or settings.optimization_eval_func is None:
+        return run.baseline["speed"], None
+    combiner.warm_baseline_speed()
+    _, speed, error = evaluate_selection(run, run.results.selection, accuracy=False)
     if error is not None or speed is None:
-        return tuner._baseline["speed"], None
-    base, final = tuner._final_speeds(speed)
-    if base is not None and final is not None and final < base and tuner.remeasure_runs:
-        saved = tuner.remeasure_runs
-        tuner.remeasure_runs = 3 * saved
+        return run.baseline["speed"], None
+    base, final = combiner.final_speeds(speed)
+    if base is not None and final is not None and final < base and settings.remeasure_runs:
+        saved = combiner.settings
+        combiner.settings = dataclasses.replace(saved, remeasure_runs=3 * saved.remeasure_runs)
         try:
-            base, final = tuner._final_speeds(final)
+            base, final = combiner.final_speeds(final)
         finally:
-            tuner.remeasure_runs = saved
+            combiner.settings = saved
     return base, final
 
 
@@ -394,24 +410,24 @@ def _verification_entry(p: Probe, groups: dict[str, Any]) -> dict[str, Any]:
             "choice": {k: (None if c is None else c.trial_number) for k, c in p.choice.items()}}
 
 
-def _summaries(tuner: Any, options: dict[str, list[Candidate]], chosen: dict[str, Candidate | None],
-               search: GuidedSearch, final_acc: float | None, final_speed: float | None) -> None:
-    for group in tuner.groups:
-        rows = [r for r in tuner._results.trials if r["layer_name"] == group.key]
+def _summaries(run: Any, chosen: dict[str, Candidate | None], search: GuidedSearch,
+               final_acc: float | None, final_speed: float | None) -> None:
+    for group in run.groups:
         cand = chosen.get(group.key)
         score = None
         if cand is not None:
-            score = final_speed if tuner.optimization_eval_func is not None else final_acc
+            score = final_speed if run.settings.optimization_eval_func is not None else final_acc
         summary = {
             "layers": list(group.layers),
             "layer_types": {n: group.layer_types[n].name for n in group.layers},
-            "module_classes": {n: type(get_submodule(tuner.model, n)).__name__ for n in group.layers},
+            "module_classes": {n: type(run.modules[n]).__name__ for n in group.layers},
             "param_names": list(group.space),
             "space": {k: repr(v) for k, v in group.space.items()},
             "copy_weights": group.copy_weights,
-            "n_trials": len(rows),
+            "n_trials": len(run.group_records(group.key)),
             "n_evaluated": sum(1 for p in search.probes if p.fidelity >= 1.0
                                and p.choice.get(group.key) is not None),
+            "stop_reason": run.stop_reason,
             "best_params": None if cand is None else dict(cand.params),
             "best_score": score,
             "best_seeds": None if cand is None else dict(cand.seeds),
@@ -419,7 +435,6 @@ def _summaries(tuner: Any, options: dict[str, list[Candidate]], chosen: dict[str
             "best_accuracy": None if cand is None else final_acc,
             "best_speed": None if cand is None else final_speed,
         }
-        tuner._results.groups[group.key] = summary
+        run.results.groups[group.key] = summary
         plugins.emit("panther_layer_finished", layer_name=group.key,
                      best_params=summary["best_params"], best_score=summary["best_score"])
-

@@ -110,9 +110,15 @@ def build_layer(layer_type: Any, original: nn.Module, params: dict[str, Any],
     else:
         # Everything random in the build (fresh weights with copy_weights=False, a third-party
         # type's own draws) then follows the recorded seed, so every rebuild is the same layer.
-        devices = [device] if device is not None and device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        cuda = device is not None and device.type == "cuda"
+        with torch.random.fork_rng(devices=[device] if cuda else []):
+            # Seed exactly the generators fork_rng restores: torch.manual_seed would also
+            # reseed (and leave changed) every other device's generator, and costs ~2 ms
+            # per call in lazy-initialisation bookkeeping when CUDA is not initialised.
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
             module = layer_type.build(original, params, copy_weights=copy_weights)
     if device is not None:
         module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
@@ -258,7 +264,20 @@ class TuningResults:
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
-        target = model if inplace else copy.deepcopy(model)
+        if inplace:
+            target = model
+        else:
+            # The layers about to be replaced are not copied: the copy shares them until
+            # their sketched replacements (built from them, read-only) are swapped in, so
+            # applying costs a copy of the rest of the model only.
+            memo: dict[int, Any] = {}
+            for name in self.selection:
+                try:
+                    original = get_submodule(model, name)
+                except ValueError:
+                    continue  # reported below, on the copy
+                memo[id(original)] = original
+            target = copy.deepcopy(model, memo)
         # Build everything before swapping anything in, so a bad manifest (or a failing
         # build) leaves an in-place model untouched.
         built = {}
@@ -285,7 +304,7 @@ class TuningResults:
                 "info": self.info,
                 "groups": self.groups,
                 "selection": {k: v.to_dict() for k, v in self.selection.items()},
-                "trials": self.trials,
+                "trials": _compact_cached(_encode(self.trials)),
             }
         )
 
@@ -298,13 +317,14 @@ class TuningResults:
         version = data.get("version")
         _require(isinstance(version, int) and version <= FORMAT_VERSION,
                  f"unsupported manifest version {version!r} (this panther reads <= {FORMAT_VERSION})")
-        data = _decode(data)
+        trials = data.get("trials", [])
+        _require(isinstance(trials, list) and all(isinstance(t, dict) for t in trials),
+                 "'trials' must be a list of objects")
+        data = _decode({**data, "trials": _expand_cached(trials)})
         trials = data.get("trials", [])
         groups = data.get("groups", {})
         selection = data.get("selection", {})
         info = data.get("info", {})
-        _require(isinstance(trials, list) and all(isinstance(t, dict) for t in trials),
-                 "'trials' must be a list of objects")
         _require(isinstance(groups, dict), "'groups' must be an object")
         for key, summary in groups.items():
             _require(isinstance(summary, dict) and isinstance(summary.get("layers"), list),
@@ -372,6 +392,52 @@ def _check_scalar(value: Any) -> Any:
 
 
 _FLOAT_TAG = "__float__"
+# A cached trial repeats its source trial's results; in the file it keeps only what
+# differs and lists the keys it shares with the source under this key.
+_SHARED_TAG = "shared_with_source"
+_SHAREABLE = ("accuracy", "speed", "seeds", "error", "told", "constraint", "eval_time_s",
+              "speed_median")
+
+
+def _compact_cached(trials: list[Any]) -> list[Any]:
+    """Drop from each cached row the values equal to its source row's (lossless, see :func:`_expand_cached`)."""
+    sources = {(r.get("layer_name"), r.get("trial_number")): r for r in trials
+               if isinstance(r, dict) and r.get("status") != "cached"}
+    out = []
+    for row in trials:
+        source = None
+        if isinstance(row, dict) and row.get("status") == "cached" and _SHARED_TAG not in row:
+            source = sources.get((row.get("layer_name"), row.get("cached_from")))
+        if source is None:
+            out.append(row)
+            continue
+        shared = [k for k in _SHAREABLE if k in row and k in source and row[k] == source[k]]
+        compact = {k: v for k, v in row.items() if k not in shared}
+        if shared:
+            compact[_SHARED_TAG] = shared
+        out.append(compact)
+    return out
+
+
+def _expand_cached(trials: list[Any]) -> list[Any]:
+    """Inverse of :func:`_compact_cached`: put the shared values back from the source rows."""
+    if not any(isinstance(r, dict) and _SHARED_TAG in r for r in trials):
+        return trials
+    sources = {(r.get("layer_name"), r.get("trial_number")): r for r in trials
+               if isinstance(r, dict) and r.get("status") != "cached"}
+    out = []
+    for row in trials:
+        if not (isinstance(row, dict) and _SHARED_TAG in row):
+            out.append(row)
+            continue
+        shared = row[_SHARED_TAG]
+        source = sources.get((row.get("layer_name"), row.get("cached_from")))
+        _require(isinstance(shared, list) and source is not None and all(k in source for k in shared),
+                 f"cached trial {row.get('trial_number')!r} refers to a missing source trial")
+        full = {k: v for k, v in row.items() if k != _SHARED_TAG}
+        full.update({k: source[k] for k in shared if k in _SHAREABLE})
+        out.append(full)
+    return out
 
 
 def _encode(value: Any) -> Any:

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from panther.tuner.timing import eval_mode
+
 __all__ = [
     "sketched_matrix",
     "singular_values",
@@ -314,11 +316,9 @@ class CalibrationProbe:
             self.reference = outputs
 
     def _run_model(self) -> list[torch.Tensor] | None:
-        from panther.tuner.evaluators import _eval_mode
-
         outs = []
         try:
-            with _eval_mode(self.model), torch.inference_mode():
+            with eval_mode(self.model), torch.inference_mode():
                 for args, kwargs in self.model_inputs:
                     out = _main_output(self.model(*args, **kwargs))
                     if out is None:
@@ -330,14 +330,12 @@ class CalibrationProbe:
 
     def layer_error(self, name: str, sketched: nn.Module) -> float | None:
         """Relative output error of ``sketched`` against layer ``name`` on its captured inputs."""
-        from panther.tuner.evaluators import _eval_mode
-
         inputs = self.layer_inputs.get(name) or []
         if not inputs:
             return None
         pairs = []
         try:
-            with _eval_mode(sketched), torch.inference_mode():
+            with eval_mode(sketched), torch.inference_mode():
                 for (args, kwargs), ref in zip(inputs, self.layer_outputs[name]):
                     out = _main_output(sketched(*args, **kwargs))
                     if out is None or out.shape != ref.shape:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from panther.tuner.combine import pareto_front_mask
 from panther.tuner.selection import natural_key
 
 if TYPE_CHECKING:
@@ -637,36 +638,6 @@ def plot_tuning_results(
     fig.suptitle(title or "Tuning results", y=1.04)
     fig.tight_layout()
     return _finish(fig, save_path, show_plot)
-
-
-def pareto_front_mask(
-    x: Sequence[float] | np.ndarray,
-    y: Sequence[float] | np.ndarray,
-    maximize: tuple[bool, bool] = (True, True),
-) -> np.ndarray:
-    """Boolean mask of the points no other point dominates.
-
-    A point dominates another when it is at least as good in both objectives and
-    strictly better in one. Non-finite points are never on the front; identical
-    points on the front are all kept.
-    """
-    xs = np.asarray(x, dtype=float) * (1 if maximize[0] else -1)
-    ys = np.asarray(y, dtype=float) * (1 if maximize[1] else -1)
-    if xs.shape != ys.shape or xs.ndim != 1:
-        raise ValueError(f"x and y must be 1-d of equal length, got shapes {xs.shape} and {ys.shape}")
-    mask = np.zeros(xs.shape, dtype=bool)
-    idx = np.flatnonzero(np.isfinite(xs) & np.isfinite(ys))
-    # sweep from the best x down; a point is on the front when its y beats every
-    # point with a larger (or equal, sorted earlier) x
-    order = idx[np.lexsort((-ys[idx], -xs[idx]))]
-    best_y, best_x = -np.inf, np.nan
-    for i in order:
-        if ys[i] > best_y:
-            mask[i] = True
-            best_y, best_x = ys[i], xs[i]
-        elif ys[i] == best_y and xs[i] == best_x:
-            mask[i] = True
-    return mask
 
 
 def plot_pareto_front(

@@ -9,6 +9,7 @@ plus the bias; the fixed random buffers ``U1``/``U2`` are not counted.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -71,8 +72,14 @@ def check_positive_int(layer: str, name: str, value: Any) -> None:
 
 
 def _supports_init(factory: Any) -> bool:
+    # Asked on every build and cost query: the signature is read once per function.
+    return _function_takes_init(getattr(factory, "__func__", factory))
+
+
+@functools.lru_cache(maxsize=256)
+def _function_takes_init(function: Any) -> bool:
     try:
-        return "init" in inspect.signature(factory).parameters
+        return "init" in inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
 

@@ -1,7 +1,14 @@
 """The interface every search algorithm implements.
 
-A search proposes parameter dicts one at a time and learns from their scores
-(higher is better). The tuner drives it like this::
+A backend implements a narrow contract: :meth:`~SearchAlgorithm.initialize`,
+:meth:`~SearchAlgorithm.ask` (the next proposal, or ``None`` when it has nothing
+new), :meth:`~SearchAlgorithm.tell` (a result, with ``evaluated=``) and, optionally,
+:meth:`~SearchAlgorithm.exhausted`. Everything else (the evaluation budget, the
+proposal cap, best-result tracking, counting) is implemented once, here, and the
+tuner's search loop (:mod:`panther.tuner.search_loop`) owns when a group's search
+stops, as an Optuna study owns stopping for its samplers.
+
+Standalone, a search is driven through the budgeted wrappers::
 
     search.initialize(space)
     while (params := search.get_next_params()) is not None:
@@ -9,8 +16,8 @@ A search proposes parameter dicts one at a time and learns from their scores
 
 ``n_trials`` counts *evaluations*: results told with ``evaluated=False``
 (proposals the tuner answered without running the user's functions) teach the
-backend but do not use up the budget. See :class:`SearchAlgorithm` for the full
-contract.
+backend but do not use up the budget. A backend that sizes its own batches reads
+what is left through the public :attr:`~SearchAlgorithm.budget_left`.
 
 Built-in backends and third-party plugins subclass :class:`SearchAlgorithm`
 and are registered by name through the ``panther_search_algorithms`` hook.
@@ -30,13 +37,16 @@ __all__ = ["SearchAlgorithm", "finite_space_size", "params_key"]
 
 
 def finite_space_size(param_space: dict[str, ParamSpec]) -> int | None:
-    """How many distinct points ``param_space`` has, or ``None`` if a parameter is continuous."""
+    """How many distinct points ``param_space`` has, or ``None`` if a parameter is continuous.
+
+    Computed from each space's size, never by listing values.
+    """
     size = 1
     for spec in param_space.values():
-        values = spec.values()
-        if values is None:
+        n = spec.size()
+        if n is None:
             return None
-        size *= len(values)
+        size *= n
     return size
 
 
@@ -60,41 +70,51 @@ def params_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 class SearchAlgorithm(ABC):
     """Base class of search algorithms.
 
-    Subclasses implement :meth:`initialize`, :meth:`get_next_params`,
-    :meth:`is_finished` and usually :meth:`update`; the base keeps the best score,
-    the trial history and the evaluation/proposal counters.
+    **What a backend implements** (its own logic only):
+
+    * :meth:`initialize` -- start a search over a space;
+    * :meth:`ask` -- the next parameters to try, or ``None`` when the backend has
+      nothing more to propose;
+    * :meth:`tell` -- learn from a result (call ``super().tell(...)`` to keep the
+      best-result tracking, or override :meth:`is_better` for another direction);
+    * optionally :meth:`exhausted` -- whether the backend will propose nothing new
+      (e.g. every point of a grid was proposed);
+    * optionally :meth:`spawn` -- per-group copies for backends with external state.
+
+    **What the base provides** (never re-implemented by a backend):
+
+    * :meth:`get_next_params` / :meth:`update` / :meth:`is_finished`: the budgeted
+      wrappers a standalone driver (and the tuner's loop) calls. They count
+      proposals and evaluations, end the search after ``n_trials`` evaluations, at
+      the proposal cap (``PROPOSAL_CAP_FACTOR * n_trials`` proposals, so a search
+      whose proposals all go unevaluated still ends), or once :meth:`exhausted`;
+    * :attr:`n_evaluated`, :attr:`n_proposed`, :meth:`proposal_cap`,
+      :attr:`evaluations_left` and :attr:`budget_left` (public: a backend that sizes
+      batches reads them), :meth:`report_failure`, best params/score, ``history``.
 
     **The evaluation budget.** ``n_trials`` is the number of *evaluations* a backend
     proposes before it finishes (``None``: unbounded, e.g. a grid that just
-    enumerates). A result told with ``update(..., evaluated=False)`` is a proposal
-    the tuner answered without running the user's functions (skipped as no cheaper
-    than the original layer, or a repeat answered from its cache): the backend
-    learns from it like from any result, but it does not count toward ``n_trials``.
-    Failures reported through :meth:`report_failure` are evaluations.
+    enumerates). A result told with ``evaluated=False`` is a proposal the tuner
+    answered without running the user's functions (skipped as no cheaper than the
+    original layer, or a repeat answered from its cache): the backend learns from it
+    like from any result, but it does not count toward ``n_trials``. Failures
+    reported through :meth:`report_failure` are evaluations.
 
-    **Termination.** A backend must still finish: when a finite space has been
-    exhausted, and after at most :meth:`proposal_cap` proposals (``PROPOSAL_CAP_FACTOR``
-    x ``n_trials``) so a search that only proposes unevaluated points ends.
-    Subclasses call :meth:`_count_proposal` for every proposal they hand out,
-    and use :meth:`_budget_spent` in :meth:`is_finished`; :meth:`update` and
-    :meth:`_count_result` keep the evaluation count.
+    **What the tuner reads besides that** (optional):
 
-    **What the tuner reads besides the abstract methods** (all optional, read with
-    ``getattr``):
-
-    * ``n_trials`` -- see above; the tuner's per-group evaluation budget is
-      ``min(n_trials, max_trials)``.
     * ``directions`` -- a list of ``"maximize"``/``"minimize"``, one per objective;
       ``multi_objective`` tuning needs two.
     * ``resumed_trials`` -- results a persistent backend loaded from an earlier run:
       dicts with ``params``, ``score`` and ``attrs`` (and optionally ``number``,
-      ``constraint``, ``values``, ``evaluated``); the tuner rebuilds its rows from
+      ``constraint``, ``values``, ``evaluated``); the tuner rebuilds its records from
       ``attrs["panther_row"]``.
-    * ``update(values=..., attrs=...)`` -- ``values`` holds the objective values of a
+    * ``tell(values=..., attrs=...)`` -- ``values`` holds the objective values of a
       multi-objective search, ``attrs`` JSON-serialisable extras a persistent backend
-      stores with the result (the tuner passes ``{"panther_row": row}``). The tuner
-      passes ``values``/``attrs``/``evaluated`` only to an ``update`` that declares
-      them (or takes ``**kwargs``).
+      stores with the result (the tuner passes ``{"panther_row": ...}``).
+
+    Backends written against the older, wider contract (overriding
+    ``get_next_params``/``update``/``is_finished`` and calling ``_count_proposal`` /
+    ``_budget_spent``) keep working; new ones should implement ``ask``/``tell``.
     """
 
     #: Proposals per unit of ``n_trials`` after which a search ends even though most
@@ -112,16 +132,70 @@ class SearchAlgorithm(ABC):
         self._best_score: float | None = None
         self._n_evaluated = 0
         self._n_proposed = 0
+        self._asked_out = False
         #: Results loaded from an earlier run (persistent backends fill it in).
         self.resumed_trials: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ the backend's part
 
     @abstractmethod
     def initialize(self, param_space: dict[str, ParamSpec]) -> None:
         """Start a new search over ``param_space`` (``{name: ParamSpec}``)."""
 
-    @abstractmethod
+    def ask(self) -> dict[str, Any] | None:
+        """The backend's next proposal, or ``None`` when it has nothing more to propose.
+
+        Called only while the budget allows (by :meth:`get_next_params`); never counts.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither ask() nor get_next_params()")
+
+    def tell(
+        self,
+        params: dict[str, Any],
+        score: float,
+        *,
+        constraint: float | None = None,
+        evaluated: bool = True,
+        values: Sequence[float] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """Learn from the result of ``params`` (see :meth:`update` for the arguments).
+
+        The base records ``history`` and the best feasible evaluated result;
+        backends that learn call ``super().tell(...)`` and add their own logic.
+        """
+        self.history.append((dict(params), float(score)))
+        if not evaluated or (constraint is not None and constraint > 0) or not math.isfinite(score):
+            return
+        if self._best_score is None or self.is_better(float(score), self._best_score):
+            self._best_score = float(score)
+            self._best_params = dict(params)
+
+    def is_better(self, score: float, best: float) -> bool:
+        """Whether ``score`` beats ``best`` (higher is better; a minimising backend overrides)."""
+        return score > best
+
+    def exhausted(self) -> bool:
+        """Whether the backend will propose nothing new (default: once :meth:`ask` returned ``None``)."""
+        return self._asked_out
+
+    # ------------------------------------------------------------------ the driver's part
+
     def get_next_params(self) -> dict[str, Any] | None:
-        """The next parameters to evaluate, or ``None`` when the search is finished."""
+        """The next parameters to evaluate, or ``None`` when the search is finished.
+
+        ``None`` after ``n_trials`` evaluations, at the proposal cap, or once the
+        backend is exhausted; otherwise the backend's :meth:`ask`, counted.
+        """
+        if self.is_finished():
+            return None
+        params = self.ask()
+        if params is None:
+            self._asked_out = True
+            return None
+        self._n_proposed += 1
+        return params
 
     def update(
         self,
@@ -133,7 +207,7 @@ class SearchAlgorithm(ABC):
         values: Sequence[float] | None = None,
         attrs: dict[str, Any] | None = None,
     ) -> None:
-        """Report the result of ``params``.
+        """Report the result of ``params`` (counted, then passed to :meth:`tell`).
 
         Args:
             params: the parameters, as proposed by :meth:`get_next_params`.
@@ -151,13 +225,26 @@ class SearchAlgorithm(ABC):
             attrs: JSON-serialisable extras to store with the result (persistent
                 backends keep them for :attr:`resumed_trials`); others ignore them.
         """
-        self.history.append((dict(params), float(score)))
+        self.tell(params, score, constraint=constraint, evaluated=evaluated, values=values, attrs=attrs)
         self._count_result(evaluated)
-        if not evaluated or (constraint is not None and constraint > 0):
-            return
-        if self._best_score is None or score > self._best_score:
-            self._best_score = float(score)
-            self._best_params = dict(params)
+
+    def is_finished(self) -> bool:
+        """Whether no further parameters will be proposed (budget, cap, or exhausted)."""
+        return self._budget_spent() or self.exhausted()
+
+    @property
+    def finished(self) -> bool:
+        """Alias of :meth:`is_finished`."""
+        return self.is_finished()
+
+    def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
+        """Tell the search that evaluating ``params`` failed (optional for backends).
+
+        A failure is an evaluation: it counts toward ``n_trials``. The default records
+        nothing else, so a failed point may be proposed again; backends with a trial
+        log (Optuna) record it as failed.
+        """
+        self._count_result(evaluated=True)
 
     # ------------------------------------------------------------------ budget
 
@@ -178,8 +265,44 @@ class SearchAlgorithm(ABC):
             return None
         return self.PROPOSAL_CAP_FACTOR * n
 
+    @property
+    def evaluations_left(self) -> int | None:
+        """Evaluations still in the budget (``None`` when unbounded)."""
+        n = getattr(self, "n_trials", None)
+        if not isinstance(n, int) or isinstance(n, bool):
+            return None
+        return max(0, n - self._n_evaluated)
+
+    @property
+    def budget_left(self) -> int | None:
+        """Proposals worth making now: the evaluations left, at most the proposals left
+        before the cap (``None`` when unbounded). Backends that plan batches size them by it."""
+        left = self.evaluations_left
+        cap = self.proposal_cap()
+        if left is None:
+            return None
+        return left if cap is None else max(0, min(left, cap - self._n_proposed))
+
+    def _budget_spent(self) -> bool:
+        """Whether ``n_trials`` evaluations were told or the proposal cap was reached."""
+        left = self.evaluations_left
+        if left is None:
+            return False
+        cap = self.proposal_cap()
+        return left <= 0 or (cap is not None and self._n_proposed >= cap)
+
+    def count_resumed(self, evaluated: bool) -> None:
+        """Count a result a persistent backend loaded from an earlier run.
+
+        It was one proposal (for the cap) and, when ``evaluated``, one evaluation
+        (for ``n_trials``), so a resumed search continues where the earlier one stopped.
+        """
+        self._n_proposed += 1
+        self._count_result(evaluated)
+
+    # The older contract's counters, kept for backends written against it.
     def _count_proposal(self, n: int = 1) -> None:
-        """Record ``n`` proposals (call from :meth:`get_next_params`)."""
+        """Record ``n`` proposals (for backends that override :meth:`get_next_params`)."""
         self._n_proposed += n
 
     def _count_result(self, evaluated: bool = True) -> None:
@@ -188,28 +311,9 @@ class SearchAlgorithm(ABC):
             self._n_evaluated += 1
 
     def _evaluations_left(self) -> int | None:
-        """Evaluations still in the budget (``None`` when unbounded)."""
-        n = getattr(self, "n_trials", None)
-        if not isinstance(n, int) or isinstance(n, bool):
-            return None
-        return max(0, n - self._n_evaluated)
+        return self.evaluations_left
 
-    def _budget_spent(self) -> bool:
-        """Whether ``n_trials`` evaluations were told or the proposal cap was reached."""
-        left = self._evaluations_left()
-        if left is None:
-            return False
-        cap = self.proposal_cap()
-        return left <= 0 or (cap is not None and self._n_proposed >= cap)
-
-    def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
-        """Tell the search that evaluating ``params`` failed (optional for backends).
-
-        A failure is an evaluation: it counts toward ``n_trials``. The default records
-        nothing else, so a failed point may be proposed again; backends with a trial
-        log (Optuna) record it as failed.
-        """
-        self._count_result(evaluated=True)
+    # ------------------------------------------------------------------ results
 
     def get_best_params(self) -> dict[str, Any] | None:
         """The best feasible parameters seen so far, or ``None``."""
@@ -229,15 +333,6 @@ class SearchAlgorithm(ABC):
         """Alias of :meth:`get_best_score`."""
         return self.get_best_score()
 
-    @abstractmethod
-    def is_finished(self) -> bool:
-        """Whether no further parameters will be proposed."""
-
-    @property
-    def finished(self) -> bool:
-        """Alias of :meth:`is_finished`."""
-        return self.is_finished()
-
     def reset(self) -> None:
         """Forget all state so :meth:`initialize` can start afresh."""
         self.param_space = {}
@@ -246,14 +341,15 @@ class SearchAlgorithm(ABC):
         self._best_score = None
         self._n_evaluated = 0
         self._n_proposed = 0
+        self._asked_out = False
         self.resumed_trials = []
 
     def spawn(self, key: str) -> SearchAlgorithm:
         """A fresh search with the same settings, for the layer group named ``key``.
 
         The tuner runs one search per layer group and calls this on the object the
-        user passed. Backends with external state (an Optuna study name, a storage)
-        override it to keep each group's state apart.
+        user passed, which it leaves unchanged. Backends with external state (an
+        Optuna study name, a storage) override it to keep each group's state apart.
         """
         child = copy.deepcopy(self)
         child.reset()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
 from typing import Any
 
 from panther.tuner.config import ParamSpec, normalize_param_space
@@ -13,67 +11,68 @@ from panther.tuner.search.base import SearchAlgorithm, finite_space_size
 __all__ = ["GridSearch", "grid_values"]
 
 
-def grid_values(param_space: dict[str, ParamSpec], who: str = "GridSearch") -> dict[str, list[Any]]:
-    """Every parameter's values in order; continuous ``Float`` spaces raise ``ValueError``."""
-    grid = {}
+def _check_finite(param_space: dict[str, ParamSpec], who: str) -> None:
     for name, spec in param_space.items():
-        values = spec.values()
-        if values is None:
+        if spec.size() is None:
             raise ValueError(
                 f"{who} cannot enumerate parameter {name!r}: {spec!r} is continuous. "
                 f"Give it a step (e.g. Float({spec.low}, {spec.high}, step=...)) or list the "
                 "values, or use RandomSearch/OptunaSearch for continuous spaces"
             )
-        grid[name] = values
-    return grid
+
+
+def grid_values(param_space: dict[str, ParamSpec], who: str = "GridSearch") -> dict[str, list[Any]]:
+    """Every parameter's values in order; continuous ``Float`` spaces raise ``ValueError``."""
+    _check_finite(param_space, who)
+    return {name: spec.values() for name, spec in param_space.items()}  # type: ignore[misc]
 
 
 class GridSearch(SearchAlgorithm):
     """Try every combination of a finite space, in order (the first parameter varies slowest).
 
-    ``Categorical`` and stepped ``Int``/``Float`` spaces are enumerated; a continuous
-    ``Float`` raises ``ValueError`` at :meth:`initialize`. The search finishes after
-    the last combination has been proposed; it has no ``n_trials`` (``None``), so
-    whether a result was evaluated (``update(..., evaluated=...)``) does not change
-    what it proposes. Bound the evaluations with the tuner's ``max_trials``.
+    ``Categorical`` and stepped ``Int``/``Float`` spaces are enumerated lazily (a
+    combination is computed from its index, so a huge grid starts at once); a
+    continuous ``Float`` raises ``ValueError`` at :meth:`initialize`. The search
+    finishes after the last combination has been proposed; it has no ``n_trials``
+    (``None``), so whether a result was evaluated (``update(..., evaluated=...)``)
+    does not change what it proposes. Bound the evaluations with the tuner's
+    ``max_trials``.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._iter: Iterator[tuple[Any, ...]] | None = None
-        self._names: list[str] = []
-        self._proposed = 0
+        self._specs: list[tuple[str, ParamSpec]] = []
+        self._next = 0
         self._size = 0
-        self._exhausted = False
+        self._initialized = False
 
     def initialize(self, param_space: dict[str, Any]) -> None:
         """Start enumerating ``param_space``."""
         self.reset()
         space = normalize_param_space(param_space)
-        grid = grid_values(space)
+        _check_finite(space, "GridSearch")
         self.param_space = space
-        self._names = list(grid)
+        self._specs = list(space.items())
         self._size = finite_space_size(space) or 0
-        self._iter = itertools.product(*grid.values())
+        self._initialized = True
 
-    def get_next_params(self) -> dict[str, Any] | None:
+    def ask(self) -> dict[str, Any] | None:
         """The next combination, or ``None`` once all have been proposed."""
-        if self._iter is None:
+        if not self._initialized:
             raise RuntimeError("call initialize(param_space) before get_next_params()")
-        try:
-            values = next(self._iter)
-        except StopIteration:
-            self._exhausted = True
+        if self._next >= self._size:
             return None
-        self._proposed += 1
-        self._count_proposal()
-        if self._proposed >= self._size:
-            self._exhausted = True
-        return dict(zip(self._names, values))
+        index, self._next = self._next, self._next + 1
+        # Mixed-radix decoding; the last parameter varies fastest.
+        values: dict[str, Any] = {}
+        for name, spec in reversed(self._specs):
+            index, r = divmod(index, spec.size())  # type: ignore[operator]
+            values[name] = spec.value_at(r)
+        return {name: values[name] for name, _ in self._specs}
 
-    def is_finished(self) -> bool:
+    def exhausted(self) -> bool:
         """Whether every combination has been proposed."""
-        return self._exhausted
+        return self._initialized and self._next >= self._size
 
     @property
     def total(self) -> int:
@@ -83,11 +82,10 @@ class GridSearch(SearchAlgorithm):
     def reset(self) -> None:
         """Forget the grid and the results."""
         super().reset()
-        self._iter = None
-        self._names = []
-        self._proposed = 0
+        self._specs = []
+        self._next = 0
         self._size = 0
-        self._exhausted = False
+        self._initialized = False
 
 
 @hookimpl

@@ -26,9 +26,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from panther.tuner.config import Categorical, Float, Int, ParamSpec, normalize_param_space
+from panther.tuner.config import Categorical, Int, ParamSpec, normalize_param_space
 from panther.tuner.hookspecs import hookimpl
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params_key
+from panther.tuner.search.codec import ParamCodec
+from panther.tuner.settings import DEFAULT_N_TRIALS
 
 if TYPE_CHECKING:
     import optuna
@@ -51,16 +53,55 @@ _OPTUNA_PRIMITIVES = (type(None), bool, int, float, str)
 _DIRECTIONS = ("maximize", "minimize")
 
 
-def _optuna() -> Any:
-    import optuna
+_OPTUNA: Any = None
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def _optuna() -> Any:
+    """The ``optuna`` module, imported once, atomically.
+
+    Optuna is imported on first use (it takes a while, and plain ``import panther``
+    should not pay for it). An interrupt (Ctrl-C) or error in the middle of that import
+    would leave half-initialised ``optuna`` modules in ``sys.modules``, and every later
+    use would fail with an ``AttributeError``; so a failed import removes every optuna
+    module it left behind, and the next call imports afresh.
+    """
+    global _OPTUNA
+    if _OPTUNA is not None:
+        return _OPTUNA
+    import sys
+
+    before = set(sys.modules)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Touch what this module uses, so a partly imported package fails here, not later.
+        optuna.samplers, optuna.storages, optuna.trial, optuna.distributions  # noqa: B018
+    except BaseException:
+        for name in set(sys.modules) - before:
+            if name == "optuna" or name.startswith("optuna."):
+                del sys.modules[name]
+        raise
+    _OPTUNA = optuna
     return optuna
 
 
 def _per_trial_constraints() -> bool:
     """Whether this Optuna records constraints per trial (``Trial.set_constraint``, Optuna >= 5)."""
     return hasattr(_optuna().trial.Trial, "set_constraint")
+
+
+# Storage engines by URL, shared by every search on one storage (never stored on the
+# user's search object, which spawning leaves unchanged).
+_STORAGES: dict[str, Any] = {}
+
+
+def _storage_for(storage: Any) -> Any:
+    if not isinstance(storage, str):
+        return storage
+    if storage not in _STORAGES:
+        _STORAGES[storage] = _optuna().storages.RDBStorage(storage)
+    return _STORAGES[storage]
 
 
 CONSTRAINT_KEY = "accuracy"
@@ -84,56 +125,48 @@ def _read_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
     return (float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0)),)
 
 
-class _Codec:
-    """Maps one panther parameter space onto an Optuna distribution and back."""
+class _Codec(ParamCodec):
+    """A :class:`ParamCodec` with its Optuna distribution (and choices Optuna can store)."""
 
     def __init__(self, name: str, spec: ParamSpec) -> None:
-        optuna = _optuna()
-        dists = optuna.distributions
-        self.name = name
-        self.spec = spec
-        self.grid: list[Any] | None = spec.values()
+        super().__init__(name, spec, "OptunaSearch")
+        dists = _optuna().distributions
         self._decode_map: dict[Any, Any] | None = None
         if isinstance(spec, Categorical):
             choices = list(spec.choices)
             if all(isinstance(c, _OPTUNA_PRIMITIVES) for c in choices):
-                self.encoded = choices
+                self.encoded: list[Any] | None = choices
             else:
                 # Optuna stores only None/bool/int/float/str; other choices go by their repr.
                 self.encoded = [repr(c) for c in choices]
                 self._decode_map = dict(zip(self.encoded, choices))
             self.distribution = dists.CategoricalDistribution(self.encoded)
         elif isinstance(spec, Int):
-            high = spec.low + (spec.high - spec.low) // spec.step * spec.step
-            self.distribution = dists.IntDistribution(spec.low, high, log=spec.log, step=spec.step)
-            self.encoded = self.grid
-        elif isinstance(spec, Float):
-            if spec.step is not None:
-                high = self.grid[-1]  # type: ignore[index]
-                self.distribution = dists.FloatDistribution(spec.low, high, step=spec.step)
-            else:
-                self.distribution = dists.FloatDistribution(spec.low, spec.high, log=spec.log)
-            self.encoded = self.grid
+            self.distribution = dists.IntDistribution(self.low, self.high, log=spec.log, step=spec.step)
+        elif spec.step is not None:
+            self.distribution = dists.FloatDistribution(self.low, self.high, step=spec.step)
         else:
-            raise TypeError(
-                f"OptunaSearch supports Categorical, Int and Float spaces; parameter {name!r} "
-                f"is a {type(spec).__name__}"
-            )
+            self.distribution = dists.FloatDistribution(spec.low, spec.high, log=spec.log)
 
     def decode(self, value: Any) -> Any:
+        """A value Optuna stored, as a value of the space (snapped onto a grid exactly)."""
         if self._decode_map is not None:
             return self._decode_map[value]
-        if isinstance(self.spec, Float) and self.grid is not None:
-            # Snap to the exact grid value so repeated suggestions compare equal.
-            return min(self.grid, key=lambda g: abs(g - value))
-        if isinstance(self.spec, Int):
-            return int(value)
-        return value
+        if self.kind == "categorical":
+            return value
+        return self.snap(value)
 
     def encode(self, value: Any) -> Any:
+        """A value of the space as Optuna stores it."""
         if self._decode_map is not None:
             return repr(value)
         return value
+
+    def sampler_values(self) -> list[Any]:
+        """Every value as Optuna stores it, for samplers that enumerate (grid)."""
+        if self.kind == "categorical":
+            return list(self.encoded or [])
+        return self.grid_points()
 
 
 class OptunaSearch(SearchAlgorithm):
@@ -170,7 +203,7 @@ class OptunaSearch(SearchAlgorithm):
 
     def __init__(
         self,
-        n_trials: int = 100,
+        n_trials: int = DEFAULT_N_TRIALS,
         sampler: optuna.samplers.BaseSampler | str | None = None,
         direction: str = "maximize",
         study_name: str | None = None,
@@ -207,17 +240,14 @@ class OptunaSearch(SearchAlgorithm):
         self.storage = storage
         self.load_if_exists = bool(load_if_exists)
         self.seed = seed
+        # The group searches spawned from this one (read by ``studies``/``study``).
         self._children: dict[str, OptunaSearch] = {}
-        self._last_child: OptunaSearch | None = None
-        self._storage_obj: Any = None
         self._init_state()
 
     def _init_state(self) -> None:
         self._study: optuna.Study | None = None
         self._codecs: dict[str, _Codec] = {}
         self._pending: list[tuple[Any, dict[str, Any]]] = []
-        self._n_evaluated = 0
-        self._n_proposed = 0
         self._seen: set[Any] = set()
         self._space_size: int | None = None
         #: Trials found COMPLETE in storage when the study was resumed: dicts with
@@ -233,11 +263,7 @@ class OptunaSearch(SearchAlgorithm):
         return self.directions is not None and len(self.directions) > 1
 
     def _resolved_storage(self) -> Any:
-        if isinstance(self.storage, str):
-            if self._storage_obj is None:
-                self._storage_obj = _optuna().storages.RDBStorage(self.storage)
-            return self._storage_obj
-        return self.storage
+        return _storage_for(self.storage)
 
     def _build_sampler(self) -> Any:
         from panther.tuner import plugins
@@ -258,23 +284,19 @@ class OptunaSearch(SearchAlgorithm):
         if "search_space" in accepted:
             space = {}
             for name, codec in self._codecs.items():
-                if codec.grid is None:
-                    raise ValueError(
-                        f"the {sampler!r} sampler enumerates the space, but parameter {name!r} "
-                        f"is a continuous {codec.spec!r}; give it a step or choose another sampler"
-                    )
-                space[name] = list(codec.encoded)
+                try:
+                    space[name] = codec.sampler_values()
+                except ValueError as exc:
+                    raise ValueError(f"the {sampler!r} sampler enumerates the space: {exc}") from exc
             kwargs["search_space"] = space
         return plugins.make_sampler(sampler, seed=self.seed, **kwargs)
 
     def initialize(self, param_space: dict[str, Any]) -> None:
         """Create (or load, when resuming) the study for ``param_space``."""
         optuna = _optuna()
-        self.param_space = {}
-        self.history = []
-        self._best_params = None
-        self._best_score = None
-        self._init_state()
+        children = self._children
+        self.reset()
+        self._children = children  # initialising this search does not forget its groups
         space = normalize_param_space(param_space)
         self.param_space = space
         self._codecs = {name: _Codec(name, spec) for name, spec in space.items()}
@@ -311,9 +333,8 @@ class OptunaSearch(SearchAlgorithm):
             self._tell(trial.number, state=state.FAIL)
         for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE,)):
             try:
-                params = {
-                    name: self._codecs[name].decode(trial.params[name]) for name in self._codecs
-                }
+                stored = trial.params
+                params = {name: self._codecs[name].decode(stored[name]) for name in self._codecs}
             except KeyError as exc:
                 raise ValueError(
                     f"study {study.study_name!r} holds trials over different parameters "
@@ -325,11 +346,10 @@ class OptunaSearch(SearchAlgorithm):
                 score = trial.value if not self.multi_objective else trial.values[0]
             constraint = trial.user_attrs.get(CONSTRAINT_ATTR)
             evaluated = _was_evaluated(trial.user_attrs)
-            self._record(params, float(score), constraint, evaluated)
+            super().tell(params, float(score), constraint=constraint, evaluated=evaluated)
             self._seen.add(params_key(params))
             # Every stored trial was a proposal (for the cap); only evaluations use n_trials.
-            self._count_proposal()
-            self._count_result(evaluated)
+            self.count_resumed(evaluated)
             self.resumed_trials.append(
                 {
                     "number": trial.number,
@@ -344,19 +364,17 @@ class OptunaSearch(SearchAlgorithm):
 
     # ------------------------------------------------------------------ ask / tell
 
-    def get_next_params(self) -> dict[str, Any] | None:
-        """Ask the study for a trial; ``None`` when the search is finished."""
+    def ask(self) -> dict[str, Any] | None:
+        """Ask the study for a trial (the budget is the caller's: see :meth:`get_next_params`)."""
         if self._study is None:
             raise RuntimeError("call initialize(param_space) before get_next_params()")
-        if self.is_finished():
-            return None
         optuna = _optuna()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             trial = self._study.ask({n: c.distribution for n, c in self._codecs.items()})
-        params = {name: codec.decode(trial.params[name]) for name, codec in self._codecs.items()}
+        asked = trial.params  # a fresh copy on every access: read it once
+        params = {name: codec.decode(asked[name]) for name, codec in self._codecs.items()}
         self._pending.append((trial, params))
-        self._count_proposal()
         return params
 
     def _pop_pending(self, params: dict[str, Any]) -> Any | None:
@@ -376,12 +394,12 @@ class OptunaSearch(SearchAlgorithm):
             if "Study.stop" not in str(exc):
                 raise
 
-    def update(
+    def tell(
         self,
         params: dict[str, Any],
         score: float,
-        constraint: float | None = None,
         *,
+        constraint: float | None = None,
         evaluated: bool = True,
         values: Sequence[float] | None = None,
         attrs: dict[str, Any] | None = None,
@@ -389,7 +407,7 @@ class OptunaSearch(SearchAlgorithm):
         """Tell the study the result of ``params``.
 
         Args:
-            params: as returned by :meth:`get_next_params` (or any point of the space:
+            params: as returned by :meth:`ask` (or any point of the space:
                 unasked points are added to the study as completed trials).
             score: the finite score (higher is better with ``direction="maximize"``).
                 A non-finite score is recorded as a failed trial.
@@ -404,7 +422,7 @@ class OptunaSearch(SearchAlgorithm):
                 :attr:`resumed_trials` after a resume).
         """
         if self._study is None:
-            raise RuntimeError("call initialize(param_space) before update()")
+            raise RuntimeError("call initialize(param_space) before update()/tell()")
         optuna = _optuna()
         if self.multi_objective:
             if values is None or len(values) != len(self.directions):
@@ -417,9 +435,7 @@ class OptunaSearch(SearchAlgorithm):
             told = [float(score)]
         trial = self._pop_pending(params)
         if not all(math.isfinite(v) for v in told) or not math.isfinite(float(score)):
-            self._record_failure(
-                trial, params, f"non-finite score {score!r} / values {values!r}", evaluated
-            )
+            self._mark_failed(trial, f"non-finite score {score!r} / values {values!r}", evaluated)
             return
         user_attrs: dict[str, Any] = {SCORE_ATTR: float(score)}
         if not evaluated:
@@ -438,9 +454,8 @@ class OptunaSearch(SearchAlgorithm):
                 self._tell(trial, values=told)
             else:
                 self._add_completed(params, told, user_attrs, constraint)
-        self._record(params, float(score), constraint, evaluated)
+        super().tell(params, float(score), constraint=constraint, evaluated=evaluated)
         self._seen.add(params_key(params))
-        self._count_result(evaluated)
 
     def _add_completed(
         self,
@@ -473,18 +488,9 @@ class OptunaSearch(SearchAlgorithm):
             )
         )
 
-    def _record(
-        self, params: dict[str, Any], score: float, constraint: float | None, evaluated: bool
-    ) -> None:
-        # Like the base class, but a minimising study keeps the lowest score.
-        self.history.append((dict(params), score))
-        if not evaluated or (constraint is not None and constraint > 0):
-            return
-        if self._best_score is None or (
-            score < self._best_score if self.direction == "minimize" else score > self._best_score
-        ):
-            self._best_score = score
-            self._best_params = dict(params)
+    def is_better(self, score: float, best: float) -> bool:
+        """Higher is better, or lower for a minimising study."""
+        return score < best if self.direction == "minimize" else score > best
 
     def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
         """Record that evaluating ``params`` failed: its trial is marked FAIL.
@@ -493,11 +499,10 @@ class OptunaSearch(SearchAlgorithm):
         """
         if self._study is None:
             raise RuntimeError("call initialize(param_space) before report_failure()")
-        self._record_failure(self._pop_pending(params), params, error)
+        self._mark_failed(self._pop_pending(params), error)
+        super().report_failure(params, error)
 
-    def _record_failure(
-        self, trial: Any, params: dict[str, Any], error: str | None, evaluated: bool = True
-    ) -> None:
+    def _mark_failed(self, trial: Any, error: str | None, evaluated: bool = True) -> None:
         state = _optuna().trial.TrialState
         if trial is not None:
             if error:
@@ -505,15 +510,11 @@ class OptunaSearch(SearchAlgorithm):
             if not evaluated:
                 trial.set_user_attr(EVALUATED_ATTR, False)
             self._tell(trial, state=state.FAIL)
-        self._count_result(evaluated)
 
-    def is_finished(self) -> bool:
-        """Whether ``n_trials`` evaluations are done, the proposal cap was reached, or a
-        finite space has been fully told."""
+    def exhausted(self) -> bool:
+        """Whether every point of a finite space has been told."""
         if self._study is None:
             return False
-        if self._budget_spent():
-            return True
         return self._space_size is not None and len(self._seen) >= self._space_size
 
     def pareto_front(self) -> list[tuple[dict[str, Any], tuple[float, ...]]]:
@@ -521,22 +522,37 @@ class OptunaSearch(SearchAlgorithm):
         study = self.study
         if study is None:
             return []
-        search = self._last_child or self
-        codecs = search._codecs
+        search = self if self._study is not None else self._latest_child()
+        codecs = search._codecs if search is not None else {}
         front = []
         for trial in study.best_trials:
-            params = {n: c.decode(trial.params[n]) for n, c in codecs.items() if n in trial.params}
+            stored = trial.params
+            params = {n: c.decode(stored[n]) for n, c in codecs.items() if n in stored}
             front.append((params, tuple(trial.values)))
         return front
 
     # ------------------------------------------------------------------ studies
 
+    def _latest_child(self) -> OptunaSearch | None:
+        return next(reversed(self._children.values()), None)
+
     @property
     def study(self) -> optuna.Study | None:
-        """The Optuna study: the most recently spawned group's, or this search's own."""
-        if self._last_child is not None:
-            return self._last_child.study
-        return self._study
+        """The Optuna study: this search's own, or the one group's study it was spawned for.
+
+        When several groups were tuned, each has its own study in :attr:`studies`;
+        ``study`` then gives the latest group's with a warning naming ``studies``
+        (kept so code written for one group keeps working).
+        """
+        if self._study is not None:
+            return self._study
+        if len(self._children) > 1:
+            warnings.warn(
+                f"this search ran {len(self._children)} layer groups, each with its own study; "
+                f".study is the last group's ({next(reversed(self._children))!r}). Use "
+                ".studies[group_name] for a given group", UserWarning, stacklevel=2)
+        child = self._latest_child()
+        return None if child is None else child.study
 
     @property
     def studies(self) -> dict[str, optuna.Study]:
@@ -567,16 +583,16 @@ class OptunaSearch(SearchAlgorithm):
             seed=self.seed,
             directions=self.directions,
         )
-        child._storage_obj = self._resolved_storage() if isinstance(self.storage, str) else None
+        # Only the registry of groups changes (for ``studies``); the settings and any
+        # study of this object stay as they were.
+        self._children.pop(str(key), None)
         self._children[str(key)] = child
-        self._last_child = child
         return child
 
     def reset(self) -> None:
         """Forget results, the study object and spawned groups (stored studies stay in storage)."""
         super().reset()
         self._children = {}
-        self._last_child = None
         self._init_state()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OptunaSearch:

@@ -7,9 +7,11 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from panther.tuner.config import Categorical, Float, Int, ParamSpec, normalize_param_space
+from panther.tuner.config import normalize_param_space
 from panther.tuner.hookspecs import hookimpl
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params_key
+from panther.tuner.search.codec import ParamCodec
+from panther.tuner.settings import DEFAULT_N_TRIALS
 
 __all__ = ["SkoptSearch"]
 
@@ -34,60 +36,41 @@ def _single_threaded_blas() -> Any:
     return threadpool_limits(limits=1)
 
 
-class _Dim:
-    """One panther parameter as a scikit-optimize dimension.
+def _dimension(codec: ParamCodec) -> Any:
+    """The scikit-optimize dimension of one parameter (``None`` for a constant).
 
-    Stepped ``Int``/``Float`` spaces become an ``Integer`` over grid indices, so
-    the surrogate still sees their order; ``Categorical`` becomes a skopt
-    ``Categorical`` over choice indices (choices can be any Python objects).
-    Single-valued spaces are kept out of the optimizer entirely.
+    Categorical choices and stepped spaces become integer *indices* (so choices can be
+    any Python objects, and the surrogate still sees a grid's order); plain integer
+    ranges and continuous ranges are handed over as ranges, never as lists.
     """
+    from skopt import space as sk
 
-    def __init__(self, name: str, spec: ParamSpec) -> None:
-        from skopt import space as sk
+    prior = "log-uniform" if codec.log else "uniform"
+    if codec.kind == "constant":
+        return None
+    if codec.kind == "categorical":
+        return sk.Categorical(list(range(codec.size)), name=codec.name)
+    if codec.kind == "int" and codec.step == 1:
+        return sk.Integer(codec.low, codec.high, prior=prior, name=codec.name)
+    if codec.kind == "float":
+        return sk.Real(codec.low, codec.high, prior=prior, name=codec.name)
+    return sk.Integer(0, codec.size - 1, name=codec.name)
 
-        self.name = name
-        self.spec = spec
-        self.grid = spec.values()
-        self.constant = self.grid is not None and len(self.grid) == 1
-        self.dimension: Any = None
-        if self.constant:
-            return
-        if isinstance(spec, Categorical):
-            self.dimension = sk.Categorical(list(range(len(spec.choices))), name=name)
-        elif isinstance(spec, Int) and spec.step == 1:
-            prior = "log-uniform" if spec.log else "uniform"
-            self.dimension = sk.Integer(spec.low, spec.high, prior=prior, name=name)
-        elif self.grid is not None:
-            self.dimension = sk.Integer(0, len(self.grid) - 1, name=name)
-        elif isinstance(spec, Float):
-            prior = "log-uniform" if spec.log else "uniform"
-            self.dimension = sk.Real(spec.low, spec.high, prior=prior, name=name)
-        else:
-            raise TypeError(
-                f"SkoptSearch supports Categorical, Int and Float spaces; parameter {name!r} "
-                f"is a {type(spec).__name__}"
-            )
 
-    def decode(self, x: Any) -> Any:
-        if self.constant:
-            return self.grid[0]  # type: ignore[index]
-        if isinstance(self.spec, Categorical):
-            return self.spec.choices[int(x)]
-        if isinstance(self.spec, Int) and self.spec.step == 1:
-            return int(x)
-        if self.grid is not None:
-            return self.grid[int(x)]
-        return float(x)
+def _decode(codec: ParamCodec, x: Any) -> Any:
+    if codec.kind == "constant":
+        return codec.value_at(0)
+    if codec.kind == "categorical" or (codec.kind != "float" and not (codec.kind == "int" and codec.step == 1)):
+        return codec.value_at(int(x))
+    return codec.snap(x)
 
-    def encode(self, value: Any) -> Any:
-        if isinstance(self.spec, Categorical):
-            return self.spec.choices.index(value)
-        if isinstance(self.spec, Int) and self.spec.step == 1:
-            return int(value)
-        if self.grid is not None:
-            return min(range(len(self.grid)), key=lambda i: abs(self.grid[i] - value))
+
+def _encode(codec: ParamCodec, value: Any) -> Any:
+    if codec.kind == "float":
         return float(value)
+    if codec.kind == "int" and codec.step == 1:
+        return int(value)
+    return codec.index_of(value)
 
 
 class SkoptSearch(SearchAlgorithm):
@@ -110,7 +93,7 @@ class SkoptSearch(SearchAlgorithm):
 
     def __init__(
         self,
-        n_trials: int = 50,
+        n_trials: int = DEFAULT_N_TRIALS,
         estimator: str = "GP",
         seed: int | None = None,
         n_initial_points: int = 10,
@@ -138,7 +121,8 @@ class SkoptSearch(SearchAlgorithm):
 
     def _init_state(self) -> None:
         self._optimizer: Any = None
-        self._dims: list[_Dim] = []
+        self._codecs: list[ParamCodec] = []
+        self._dims: list[Any] = []
         self._seen: set[Any] = set()
         self._size: int | None = None
         self._initialized = False
@@ -150,9 +134,10 @@ class SkoptSearch(SearchAlgorithm):
 
         self.reset()
         self.param_space = normalize_param_space(param_space)
-        self._dims = [_Dim(name, spec) for name, spec in self.param_space.items()]
+        self._codecs = [ParamCodec(name, spec, "SkoptSearch") for name, spec in self.param_space.items()]
+        self._dims = [_dimension(c) for c in self._codecs]
         self._size = finite_space_size(self.param_space)
-        active = [d.dimension for d in self._dims if not d.constant]
+        active = [d for d in self._dims if d is not None]
         if active:
             n_init = self.n_initial_points
             if self._size is not None:
@@ -168,15 +153,14 @@ class SkoptSearch(SearchAlgorithm):
 
     def _decode(self, x: list[Any]) -> dict[str, Any]:
         it = iter(x)
-        return {d.name: d.decode(None if d.constant else next(it)) for d in self._dims}
+        return {c.name: _decode(c, None if d is None else next(it)) for c, d in zip(self._codecs, self._dims)}
 
-    def get_next_params(self) -> dict[str, Any] | None:
+    def ask(self) -> dict[str, Any] | None:
         """The optimizer's next point, or ``None`` when finished."""
         if not self._initialized:
             raise RuntimeError("call initialize(param_space) before get_next_params()")
-        if self.is_finished():
+        if self.exhausted():
             return None
-        self._count_proposal()
         if self._optimizer is None:
             self._constant_only_proposed = True
             return self._decode([])
@@ -186,12 +170,12 @@ class SkoptSearch(SearchAlgorithm):
             x = self._optimizer.ask()
         return self._decode(x)
 
-    def update(
+    def tell(
         self,
         params: dict[str, Any],
         score: float,
-        constraint: float | None = None,
         *,
+        constraint: float | None = None,
         evaluated: bool = True,
         values: Sequence[float] | None = None,
         attrs: dict[str, Any] | None = None,
@@ -200,22 +184,16 @@ class SkoptSearch(SearchAlgorithm):
 
         A non-finite score is recorded as worse than every result so far (by the
         spread of the results seen, or 1.0), never as a huge constant that would
-        flatten the surrogate; it never becomes the best. ``evaluated=False``
-        results are told all the same but do not count toward ``n_trials``;
-        ``values`` and ``attrs`` are ignored (single objective, nothing stored).
+        flatten the surrogate; it never becomes the best. ``values`` and ``attrs``
+        are ignored (single objective, nothing stored).
         """
         score = float(score)
-        finite = math.isfinite(score)
-        if finite:
-            super().update(params, score, constraint, evaluated=evaluated)
-        else:
-            self.history.append((dict(params), score))
-            self._count_result(evaluated)
+        super().tell(params, score, constraint=constraint, evaluated=evaluated)
         self._seen.add(params_key(params))
         if self._optimizer is None:
             return
-        x = [d.encode(params[d.name]) for d in self._dims if not d.constant]
-        y = -score if finite else self._worse_than_seen()
+        x = [_encode(c, params[c.name]) for c, d in zip(self._codecs, self._dims) if d is not None]
+        y = -score if math.isfinite(score) else self._worse_than_seen()
         with warnings.catch_warnings(), _single_threaded_blas():
             warnings.simplefilter("ignore", UserWarning)
             self._optimizer.tell(x, y)
@@ -230,17 +208,14 @@ class SkoptSearch(SearchAlgorithm):
 
     def report_failure(self, params: dict[str, Any], error: str | None = None) -> None:
         """Count a failed evaluation towards ``n_trials`` and never propose it as new again."""
-        self._count_result(evaluated=True)
+        super().report_failure(params, error)
         self._seen.add(params_key(params))
 
-    def is_finished(self) -> bool:
-        """Whether ``n_trials`` evaluations were told, the proposal cap was reached, or a
-        finite space is exhausted."""
+    def exhausted(self) -> bool:
+        """Whether every point of a finite space has been told (or the one constant point proposed)."""
         if not self._initialized:
             return False
         if self._optimizer is None and self._constant_only_proposed:
-            return True
-        if self._budget_spent():
             return True
         return self._size is not None and len(self._seen) >= self._size
 

@@ -9,11 +9,14 @@ from typing import Any
 
 from panther.tuner.config import normalize_param_space
 from panther.tuner.search.base import SearchAlgorithm, params_key
+from panther.tuner.settings import DEFAULT_N_TRIALS
 
 __all__ = ["HalvingSearch"]
 
 # Products up to this size are enumerated to find unseen points; larger ones are sampled.
 _ENUMERATION_LIMIT = 100_000
+# A parameter with more values than this starts from an evenly spread subset of them.
+_VALUE_LIMIT = 1_000_000
 _MAX_TRIES = 200
 
 
@@ -35,15 +38,18 @@ class HalvingSearch(SearchAlgorithm):
         eta: reduction factor per round (``2`` halves every parameter's values).
         batch_size: configurations per round; default ``max(4, most values of any parameter)``
             so every value is tried in the first round.
-        float_points: values a continuous ``Float`` is discretised to.
+        float_points: values a continuous ``Float`` (or a space of more than a million
+            values) is discretised to.
 
     The search finishes after ``n_trials`` evaluations, at the proposal cap, or once
-    the remaining product of values has been fully proposed.
+    the remaining product of values has been fully proposed. It implements only
+    panther's narrow search contract (``initialize``/``ask``/``tell``/``exhausted``)
+    and reads its remaining budget through the public ``budget_left``.
     """
 
     def __init__(
         self,
-        n_trials: int = 50,
+        n_trials: int = DEFAULT_N_TRIALS,
         seed: int | None = None,
         eta: int = 2,
         batch_size: int | None = None,
@@ -89,15 +95,23 @@ class HalvingSearch(SearchAlgorithm):
         """Start from every value of every parameter (continuous ones discretised)."""
         self.reset()
         self.param_space = normalize_param_space(param_space)
+        n = self.float_points
         for name, spec in self.param_space.items():
-            values = spec.values()
-            if values is None:  # continuous Float
-                n = self.float_points
-                if spec.log:
-                    lo, hi = math.log(spec.low), math.log(spec.high)
-                    values = [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
-                else:
-                    values = [spec.low + (spec.high - spec.low) * i / (n - 1) for i in range(n)]
+            size = spec.size()
+            if size is not None and size <= _VALUE_LIMIT:
+                values = spec.values()
+            elif size is not None and getattr(spec, "log", False):  # huge log-scaled Int
+                lo, hi = math.log(spec.low), math.log(spec.high)
+                values = list(dict.fromkeys(min(spec.high, max(spec.low, round(math.exp(
+                    lo + (hi - lo) * i / (n - 1))))) for i in range(n)))
+            elif size is not None:  # huge finite space: evenly spread points, ends included
+                values = list(dict.fromkeys(spec.value_at(round(i * (size - 1) / (n - 1)))
+                                            for i in range(n)))
+            elif spec.log:  # continuous Float
+                lo, hi = math.log(spec.low), math.log(spec.high)
+                values = [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+            else:
+                values = [spec.low + (spec.high - spec.low) * i / (n - 1) for i in range(n)]
             self._candidates[name] = list(values)
         self._initialized = True
 
@@ -107,9 +121,7 @@ class HalvingSearch(SearchAlgorithm):
     def _budget_left(self) -> int:
         # Size batches by the evaluations left; unevaluated results leave room for more
         # rounds, and the proposal cap bounds them.
-        left = self._evaluations_left() or 0
-        cap = self.proposal_cap()
-        return left if cap is None else max(0, min(left, cap - self.n_proposed))
+        return self.budget_left or 0
 
     def _covering_batch(self) -> list[dict[str, Any]]:
         names = list(self._candidates)
@@ -204,11 +216,11 @@ class HalvingSearch(SearchAlgorithm):
             kept = sorted(ranked[:keep])
             self._candidates[name] = [values[i] for i in kept]
 
-    def get_next_params(self) -> dict[str, Any] | None:
-        """The next configuration of the current round, or ``None`` when finished."""
+    def ask(self) -> dict[str, Any] | None:
+        """The next configuration of the current round, or ``None`` when the product is used up."""
         if not self._initialized:
             raise RuntimeError("call initialize(param_space) before get_next_params()")
-        if self.is_finished():
+        if self._done:
             return None
         if not self._queue:
             self._queue = self._make_batch()
@@ -218,13 +230,11 @@ class HalvingSearch(SearchAlgorithm):
                 return None
         params = self._queue.pop(0)
         self._seen.add(params_key(params))
-        self._count_proposal()
         return params
 
-    def is_finished(self) -> bool:
-        """Whether ``n_trials`` evaluations were told, the proposal cap was reached, or the
-        remaining product has been fully proposed."""
-        return self._initialized and (self._done or self._budget_spent())
+    def exhausted(self) -> bool:
+        """Whether the remaining product of values has been fully proposed."""
+        return self._initialized and self._done
 
     def reset(self) -> None:
         """Forget everything and re-seed."""
