@@ -184,7 +184,7 @@ def bert_workload(seed: int, quick: bool) -> Workload:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, vocab, (n, length), generator=gen)
     # Four marker tokens (0-3) with random counts; the label is the most frequent one.
-    counts = torch.randint(0, 6, (n, 4), generator=gen)
+    counts = torch.randint(0, 4, (n, 4), generator=gen)
     counts[torch.arange(n), torch.randint(0, 4, (n,), generator=gen)] += 3
     labels = counts.argmax(1)
     for i in range(n):

@@ -206,8 +206,12 @@ def _enumerate(space: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(space[n].values() for n in names))]
 
 
-def _candidates(run: Any, probe: CalibrationProbe) -> dict[str, list[Candidate]]:
-    """Build and measure every configuration of every group once; one trial record each."""
+def _candidates(run: Any, probe: CalibrationProbe, base_speed: float | None,
+                ) -> dict[str, list[Candidate]]:
+    """Build and measure every configuration of every group once; one trial record each.
+
+    ``base_speed``: the original model's (warm) speed, when speed is the objective.
+    """
     options: dict[str, list[Candidate]] = {}
     for group in run.groups:
         options[group.key] = cands = []
@@ -234,18 +238,28 @@ def _candidates(run: Any, probe: CalibrationProbe) -> dict[str, list[Candidate]]
             errors = [probe.layer_error(name, built[name]) for name in group.layers]
             if all(e is not None for e in errors):
                 record.layer_error = math.sqrt(sum(e * e for e in errors) / len(errors))
-            if probe.has_model_inputs:
-                with swapped(run, built):
+            with swapped(run, built):
+                if probe.has_model_inputs:
                     record.model_error = probe.model_error()
+                if base_speed:
+                    # Speed is the objective: the gain is the time per unit of work the
+                    # candidate saves by the user's own speed function (a candidate that
+                    # saves none drops out), as the classic back-off measures it.
+                    try:
+                        record.speed = run.eval_speed()
+                        record.gain_s = 1.0 / base_speed - 1.0 / record.speed
+                    except Exception as exc:
+                        record.error = f"speed not measured: {type(exc).__name__}: {exc}"
             dense, sketched = group_macs(run, group, params)
             record.gain_macs = dense - sketched
+            gain = float(record.gain_macs) if record.gain_s is None else record.gain_s
             error = next((e for e in (record.model_error, record.layer_error, record.predicted_error)
                           if e is not None), None)
             record.calibration_error = error
             if error is None:
                 record.error = "no error measure (no calibration batches and no prediction)"
             else:
-                cands.append(Candidate(group=group.key, params=dict(params), gain=float(record.gain_macs),
+                cands.append(Candidate(group=group.key, params=dict(params), gain=gain,
                                        error=float(error), predicted_error=record.predicted_error,
                                        layer_error=record.layer_error, model_error=record.model_error,
                                        seeds=dict(record.seeds), trial_number=number))
@@ -288,7 +302,11 @@ def run_guided(run: Any, combiner: Any, plan_: _Plan) -> None:
     info = run.results.info
     probe = plan_.probe
     probe.finish()
-    options = _candidates(run, probe)
+    base_speed = None
+    if settings.optimization_eval_func is not None:
+        combiner.warm_baseline_speed()
+        base_speed = run.baseline["speed"]
+    options = _candidates(run, probe, base_speed)
     groups = {g.key: g for g in run.groups}
     n_groups = max(1, len(options))
     budget = settings.max_trials * n_groups if settings.max_trials is not None else default_budget(n_groups)
