@@ -242,9 +242,10 @@ def _candidates(run: Any, probe: CalibrationProbe, base_speed: float | None,
                 if probe.has_model_inputs:
                     record.model_error = probe.model_error()
                 if base_speed:
-                    # Speed is the objective: the gain is the time per unit of work the
-                    # candidate saves by the user's own speed function (a candidate that
-                    # saves none drops out), as the classic back-off measures it.
+                    # One speed measurement by the user's function: a candidate that is not
+                    # faster than the original (small layers, unfriendly shapes) drops out.
+                    # The ordering itself uses the cost model's multiply-adds, which a single
+                    # noisy timing per candidate would scramble.
                     try:
                         record.speed = run.eval_speed()
                         record.gain_s = 1.0 / base_speed - 1.0 / record.speed
@@ -252,7 +253,10 @@ def _candidates(run: Any, probe: CalibrationProbe, base_speed: float | None,
                         record.error = f"speed not measured: {type(exc).__name__}: {exc}"
             dense, sketched = group_macs(run, group, params)
             record.gain_macs = dense - sketched
-            gain = float(record.gain_macs) if record.gain_s is None else record.gain_s
+            gain = float(record.gain_macs)
+            if record.gain_s is not None and record.gain_s <= 0:
+                gain = 0.0
+                record.error = "measured no faster than the original model"
             error = next((e for e in (record.model_error, record.layer_error, record.predicted_error)
                           if e is not None), None)
             record.calibration_error = error

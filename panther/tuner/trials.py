@@ -105,7 +105,7 @@ class TrialRecord:
     model_error: float | None = None
     gain_macs: int | None = None
     #: Guided runs with a speed function: ``1/original speed - 1/speed``, the time per unit
-    #: of work the candidate saves by the user's speed function.
+    #: of work the candidate saves by the user's speed function (<= 0: dropped).
     gain_s: float | None = None
 
     @property
