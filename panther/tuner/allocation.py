@@ -3,8 +3,7 @@
 The classic strategy tunes each group on its own and repairs the combination afterwards.
 The *guided* strategy instead chooses every group's configuration together:
 
-1. Each group's candidates carry a *gain* (the multiply-adds saved by the cost model; a
-   candidate the user's speed function measures no faster than the original gets none) and an
+1. Each group's candidates carry a *gain* (the multiply-adds saved by the cost model) and an
    *error* proxy measured without an accuracy evaluation (:mod:`panther.tuner.sensitivity`:
    the model-output error on calibration batches, else the layer-output error, else the
    predicted weight error). Candidates another one beats on both are pruned

@@ -206,12 +206,8 @@ def _enumerate(space: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(space[n].values() for n in names))]
 
 
-def _candidates(run: Any, probe: CalibrationProbe, base_speed: float | None,
-                ) -> dict[str, list[Candidate]]:
-    """Build and measure every configuration of every group once; one trial record each.
-
-    ``base_speed``: the original model's (warm) speed, when speed is the objective.
-    """
+def _candidates(run: Any, probe: CalibrationProbe) -> dict[str, list[Candidate]]:
+    """Build and measure every configuration of every group once; one trial record each."""
     options: dict[str, list[Candidate]] = {}
     for group in run.groups:
         options[group.key] = cands = []
@@ -238,25 +234,15 @@ def _candidates(run: Any, probe: CalibrationProbe, base_speed: float | None,
             errors = [probe.layer_error(name, built[name]) for name in group.layers]
             if all(e is not None for e in errors):
                 record.layer_error = math.sqrt(sum(e * e for e in errors) / len(errors))
-            with swapped(run, built):
-                if probe.has_model_inputs:
+            if probe.has_model_inputs:
+                with swapped(run, built):
                     record.model_error = probe.model_error()
-                if base_speed:
-                    # One speed measurement by the user's function: a candidate that is not
-                    # faster than the original (small layers, unfriendly shapes) drops out.
-                    # The ordering itself uses the cost model's multiply-adds, which a single
-                    # noisy timing per candidate would scramble.
-                    try:
-                        record.speed = run.eval_speed()
-                        record.gain_s = 1.0 / base_speed - 1.0 / record.speed
-                    except Exception as exc:
-                        record.error = f"speed not measured: {type(exc).__name__}: {exc}"
+            # The gain is the cost model's multiply-adds saved: deterministic and monotone in
+            # the sketch size. (A timing per candidate was tried: on a busy machine its noise
+            # dropped the best candidates; the chosen model's speed is measured at the end.)
             dense, sketched = group_macs(run, group, params)
             record.gain_macs = dense - sketched
             gain = float(record.gain_macs)
-            if record.gain_s is not None and record.gain_s <= 0:
-                gain = 0.0
-                record.error = "measured no faster than the original model"
             error = next((e for e in (record.model_error, record.layer_error, record.predicted_error)
                           if e is not None), None)
             record.calibration_error = error
@@ -306,11 +292,7 @@ def run_guided(run: Any, combiner: Any, plan_: _Plan) -> None:
     info = run.results.info
     probe = plan_.probe
     probe.finish()
-    base_speed = None
-    if settings.optimization_eval_func is not None:
-        combiner.warm_baseline_speed()
-        base_speed = run.baseline["speed"]
-    options = _candidates(run, probe, base_speed)
+    options = _candidates(run, probe)
     groups = {g.key: g for g in run.groups}
     n_groups = max(1, len(options))
     budget = settings.max_trials * n_groups if settings.max_trials is not None else default_budget(n_groups)

@@ -63,7 +63,7 @@ _STORED = ("status", "score", "accuracy", "speed", "seeds", "error", "wall_time_
 _EVENT = ("layer_name", "score", "accuracy", "speed", "trial_number", "status", "error", "wall_time_s")
 # Written to the manifest only when set (the row dicts never had them otherwise).
 _OPTIONAL = ("cached_from", "cached_status", "speed_median", "resumed", "predicted_error",
-             "calibration_error", "layer_error", "model_error", "gain_macs", "gain_s")
+             "calibration_error", "layer_error", "model_error", "gain_macs")
 
 
 @dataclass(eq=False)
@@ -104,9 +104,6 @@ class TrialRecord:
     layer_error: float | None = None
     model_error: float | None = None
     gain_macs: int | None = None
-    #: Guided runs with a speed function: ``1/original speed - 1/speed``, the time per unit
-    #: of work the candidate saves by the user's speed function (<= 0: dropped).
-    gain_s: float | None = None
 
     @property
     def evaluated(self) -> bool:
