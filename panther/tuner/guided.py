@@ -416,29 +416,16 @@ def _verification_entry(p: Probe, groups: dict[str, Any]) -> dict[str, Any]:
 
 def _summaries(run: Any, chosen: dict[str, Candidate | None], search: GuidedSearch,
                final_acc: float | None, final_speed: float | None) -> None:
+    from panther.tuner.combine import Option, record_group
+
     for group in run.groups:
         cand = chosen.get(group.key)
-        score = None
+        best = None
         if cand is not None:
             score = final_speed if run.settings.optimization_eval_func is not None else final_acc
-        summary = {
-            "layers": list(group.layers),
-            "layer_types": {n: group.layer_types[n].name for n in group.layers},
-            "module_classes": {n: type(run.modules[n]).__name__ for n in group.layers},
-            "param_names": list(group.space),
-            "space": {k: repr(v) for k, v in group.space.items()},
-            "copy_weights": group.copy_weights,
-            "n_trials": len(run.group_records(group.key)),
-            "n_evaluated": sum(1 for p in search.probes if p.fidelity >= 1.0
-                               and p.choice.get(group.key) is not None),
-            "stop_reason": run.stop_reason,
-            "best_params": None if cand is None else dict(cand.params),
-            "best_score": score,
-            "best_seeds": None if cand is None else dict(cand.seeds),
-            "best_trial": None if cand is None else cand.trial_number,
-            "best_accuracy": None if cand is None else final_acc,
-            "best_speed": None if cand is None else final_speed,
-        }
-        run.results.groups[group.key] = summary
-        plugins.emit("panther_layer_finished", layer_name=group.key,
-                     best_params=summary["best_params"], best_score=summary["best_score"])
+            best = Option(params=cand.params, seeds=cand.seeds, accuracy=final_acc, speed=final_speed,
+                          score=score, trial_number=cand.trial_number)
+        record_group(run, group, best, n_trials=len(run.group_records(group.key)),
+                     n_evaluated=sum(1 for p in search.probes
+                                     if p.fidelity >= 1.0 and p.choice.get(group.key) is not None),
+                     stop_reason=run.stop_reason)
