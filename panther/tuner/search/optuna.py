@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -99,9 +100,12 @@ _STORAGES: dict[str, Any] = {}
 def _storage_for(storage: Any) -> Any:
     if not isinstance(storage, str):
         return storage
-    if storage not in _STORAGES:
-        _STORAGES[storage] = _optuna().storages.RDBStorage(storage)
-    return _STORAGES[storage]
+    # A relative URL ("sqlite:///tuning.db") names a file in the current directory: the
+    # cache key includes it, so a run from another directory gets its own file.
+    key = f"{os.getcwd()}|{storage}"
+    if key not in _STORAGES:
+        _STORAGES[key] = _optuna().storages.RDBStorage(storage)
+    return _STORAGES[key]
 
 
 CONSTRAINT_KEY = "accuracy"
