@@ -136,6 +136,13 @@ class SearchAlgorithm(ABC):
         #: Results loaded from an earlier run (persistent backends fill it in).
         self.resumed_trials: list[dict[str, Any]] = []
 
+    @staticmethod
+    def checked_n_trials(n_trials: Any) -> int:
+        """``n_trials`` checked for a backend's constructor: a positive int, else ``ValueError``."""
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
+        return n_trials
+
     # ------------------------------------------------------------------ the backend's part
 
     @abstractmethod

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -92,17 +91,18 @@ def _per_trial_constraints() -> bool:
     return hasattr(_optuna().trial.Trial, "set_constraint")
 
 
-# Storage engines by URL, shared by every search on one storage (never stored on the
-# user's search object, which spawning leaves unchanged).
-_STORAGES: dict[str, Any] = {}
+# Storage engines shared by every search on one storage (never stored on the user's
+# search object, which spawning leaves unchanged). Keyed by the working directory too:
+# a relative SQLite URL ("sqlite:///tuning.db") names a different file in another folder.
+_STORAGES: dict[tuple[str, str], Any] = {}
 
 
 def _storage_for(storage: Any) -> Any:
     if not isinstance(storage, str):
         return storage
-    # A relative URL ("sqlite:///tuning.db") names a file in the current directory: the
-    # cache key includes it, so a run from another directory gets its own file.
-    key = f"{os.getcwd()}|{storage}"
+    import os
+
+    key = (storage, os.getcwd())
     if key not in _STORAGES:
         _STORAGES[key] = _optuna().storages.RDBStorage(storage)
     return _STORAGES[key]
@@ -217,8 +217,6 @@ class OptunaSearch(SearchAlgorithm):
         directions: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
         if direction not in _DIRECTIONS:
             raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
         if directions is not None:
@@ -236,7 +234,7 @@ class OptunaSearch(SearchAlgorithm):
                     "sampler must be an optuna sampler instance or a registered name such as "
                     f"'tpe'; got {type(sampler).__name__}"
                 )
-        self.n_trials = n_trials
+        self.n_trials = self.checked_n_trials(n_trials)
         self.sampler = sampler
         self.direction = direction
         self.directions = directions

@@ -33,9 +33,7 @@ class RandomSearch(SearchAlgorithm):
 
     def __init__(self, n_trials: int = DEFAULT_N_TRIALS, seed: int | None = None) -> None:
         super().__init__()
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
-        self.n_trials = n_trials
+        self.n_trials = self.checked_n_trials(n_trials)
         self.seed = seed
         self._init_state()
 

@@ -100,8 +100,6 @@ class SkoptSearch(SearchAlgorithm):
         acq_func: str = "gp_hedge",
     ) -> None:
         super().__init__()
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
         if not isinstance(estimator, str) or estimator.upper() not in _ESTIMATORS:
             raise ValueError(f"estimator must be one of {list(_ESTIMATORS)}, got {estimator!r}")
         if acq_func not in _ACQ_FUNCS:
@@ -112,7 +110,7 @@ class SkoptSearch(SearchAlgorithm):
             or n_initial_points < 1
         ):
             raise ValueError(f"n_initial_points must be a positive int, got {n_initial_points!r}")
-        self.n_trials = n_trials
+        self.n_trials = self.checked_n_trials(n_trials)
         self.estimator = estimator.upper()
         self.seed = seed
         self.n_initial_points = n_initial_points
