@@ -33,7 +33,7 @@ from panther.tuner.search_loop import GroupSearch, TuningWarning
 from panther.tuner.settings import meets_threshold
 from panther.tuner.trials import evaluate_selection, group_macs, measure_speeds
 
-__all__ = ["Option", "Combiner", "knapsack", "pareto_front_mask"]
+__all__ = ["Option", "Combiner", "knapsack", "pareto_front_mask", "record_group"]
 
 
 @dataclass
@@ -102,30 +102,12 @@ class Combiner:
         if remeasure:
             self.remeasure(group)
         best = self.group_winner(group, self.options(group))
-        summary = {
-            "layers": list(group.layers),
-            "layer_types": {n: group.layer_types[n].name for n in group.layers},
-            "module_classes": {n: type(run.modules[n]).__name__ for n in group.layers},
-            "param_names": list(group.space),
-            "space": {k: repr(v) for k, v in group.space.items()},
-            "copy_weights": group.copy_weights,
-            "n_trials": state.count,
-            "n_evaluated": state.evaluated,
-            "stop_reason": state.stop_reason,
-            "best_params": None if best is None else dict(best.params),
-            "best_score": None if best is None else best.score,
-            "best_seeds": None if best is None else dict(best.seeds),
-            "best_trial": None if best is None else best.trial_number,
-            "best_accuracy": None if best is None else best.accuracy,
-            "best_speed": None if best is None else best.speed,
-        }
-        run.results.groups[group.key] = summary
+        record_group(run, group, best, n_trials=state.count, n_evaluated=state.evaluated,
+                     stop_reason=state.stop_reason)
         if best is None:
             run.log(f"[{group.key}] no feasible configuration")
         else:
             run.log(f"[{group.key}] best {best.params} score={best.score:.4g}")
-        plugins.emit("panther_layer_finished", layer_name=group.key,
-                     best_params=summary["best_params"], best_score=summary["best_score"])
 
     def summarize_unfinished(self) -> None:
         """After Ctrl-C: summarise the group that was being tuned, without new evaluations."""
@@ -375,6 +357,31 @@ class Combiner:
         except Exception as exc:
             run.log(f"re-measuring the final speeds failed: {exc}")
         return float(statistics.median(base_samples)), float(statistics.median(final_samples))
+
+
+def record_group(run: Run, group: LayerGroup, best: Option | None, *, n_trials: int,
+                 n_evaluated: int, stop_reason: str | None) -> None:
+    """Write ``group``'s summary (its layers and its chosen option) and announce it to plugins."""
+    summary = {
+        "layers": list(group.layers),
+        "layer_types": {n: group.layer_types[n].name for n in group.layers},
+        "module_classes": {n: type(run.modules[n]).__name__ for n in group.layers},
+        "param_names": list(group.space),
+        "space": {k: repr(v) for k, v in group.space.items()},
+        "copy_weights": group.copy_weights,
+        "n_trials": n_trials,
+        "n_evaluated": n_evaluated,
+        "stop_reason": stop_reason,
+        "best_params": None if best is None else dict(best.params),
+        "best_score": None if best is None else best.score,
+        "best_seeds": None if best is None else dict(best.seeds),
+        "best_trial": None if best is None else best.trial_number,
+        "best_accuracy": None if best is None else best.accuracy,
+        "best_speed": None if best is None else best.speed,
+    }
+    run.results.groups[group.key] = summary
+    plugins.emit("panther_layer_finished", layer_name=group.key,
+                 best_params=summary["best_params"], best_score=summary["best_score"])
 
 
 def knapsack(groups: Sequence[Any], options: dict[str, list[Option]], budget: float,

@@ -54,7 +54,7 @@ FORMAT_NAME = "panther-tuning-results"
 FORMAT_VERSION = 1
 
 #: Every status a trial record can have.
-TRIAL_STATUSES = ("ok", "rejected", "failed", "skipped", "cached")
+TRIAL_STATUSES = ("ok", "rejected", "failed", "skipped", "cached", "predicted")
 
 # Columns every DataFrame has, in this order; parameter columns come after layer_name.
 _LEADING_COLUMNS = ("layer_name",)
@@ -67,6 +67,8 @@ _TRAILING_COLUMNS = (
     "error",
     "wall_time_s",
     "speed_median",
+    "predicted_error",
+    "calibration_error",
 )
 
 
@@ -255,7 +257,8 @@ class TuningResults:
                 flat[name] = params.get(name)
             for col in _TRAILING_COLUMNS:
                 value = row.get(col)
-                if col in ("accuracy", "speed", "wall_time_s", "speed_median") and value is None:
+                if col in ("accuracy", "speed", "wall_time_s", "speed_median", "predicted_error",
+                           "calibration_error") and value is None:
                     value = math.nan
                 flat[col] = value
             rows.append(flat)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from panther.tuner import plugins
+from panther.tuner import guided, plugins
 from panther.tuner.groups import LayerGroup
 from panther.tuner.run import Run
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params_key
@@ -257,6 +257,8 @@ def _answer(run: Run, state: GroupSearch, params: dict[str, Any]) -> None:
     state.streak = 0
     record = evaluate_params(run, state.group, params)
     record.wall_time_s = run.elapsed() - started
+    # Beside what was measured, what the weights' spectrum predicted (issue 16).
+    record.predicted_error = guided.predict_group(run, state.group, params)
     told, constraint = _told_value(run, state, record)
     state.seen[key] = record
     _record(run, state, params, record, told, constraint)

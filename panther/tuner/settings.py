@@ -34,6 +34,10 @@ DEFAULT_N_TRIALS = 30
 _KINDS = ("absolute", "drop", "relative")
 
 
+#: The values of ``SKAutoTuner(strategy=...)``.
+STRATEGIES = ("auto", "guided", "classic")
+
+
 def meets_threshold(accuracy: float | None, threshold: float | None) -> bool:
     """Whether ``accuracy`` satisfies ``threshold`` (no threshold: always; no accuracy: never).
 
@@ -194,6 +198,8 @@ class TunerSettings:
     max_backoff_steps: int = 8
     dedupe: bool = True
     seed: int | None = 0
+    #: How configurations are chosen: ``"auto"``, ``"guided"`` or ``"classic"`` (see SKAutoTuner).
+    strategy: str = "auto"
     #: Tell backends a graded finite penalty for infeasible trials (``False``: ``-inf``,
     #: as the tutorial's reference algorithm does; an ablation switch for benchmarks).
     penalize_infeasible: bool = True
@@ -218,6 +224,8 @@ class TunerSettings:
             raise TypeError(f"constraint must be an AccuracyConstraint, got {type(self.constraint).__name__}")
         if self.multi_objective and self.optimization_eval_func is None:
             raise ValueError("multi_objective=True needs optmization_eval_func (the second objective)")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         for name in ("max_trials", "remeasure_top", "remeasure_runs", "max_backoff_steps"):
             _non_negative_int(name, getattr(self, name))
         if self.time_budget_s is not None:

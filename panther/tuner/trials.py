@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Statuses of proposals that did not run the evaluation functions (free for the budget).
-FREE_STATUSES = ("skipped", "cached")
+FREE_STATUSES = ("skipped", "cached", "predicted")
 #: Sketch seeds are drawn from ``[1, SEED_MAX)``.
 SEED_MAX = 2**31 - 1
 
@@ -62,7 +62,8 @@ _STORED = ("status", "score", "accuracy", "speed", "seeds", "error", "wall_time_
            "told", "constraint", "cached_status")
 _EVENT = ("layer_name", "score", "accuracy", "speed", "trial_number", "status", "error", "wall_time_s")
 # Written to the manifest only when set (the row dicts never had them otherwise).
-_OPTIONAL = ("cached_from", "cached_status", "speed_median", "resumed")
+_OPTIONAL = ("cached_from", "cached_status", "speed_median", "resumed", "predicted_error",
+             "calibration_error", "layer_error", "model_error", "gain_macs")
 
 
 @dataclass(eq=False)
@@ -72,7 +73,8 @@ class TrialRecord:
     ``status`` is ``ok`` (evaluated and feasible), ``rejected`` (below the accuracy
     threshold), ``failed`` (building or evaluating raised, or returned a bad value),
     ``skipped`` (the cost model or speed pre-check said it cannot be faster; not
-    evaluated) or ``cached`` (a repeat answered from an earlier record).
+    evaluated), ``cached`` (a repeat answered from an earlier record) or ``predicted``
+    (a guided run's candidate, measured on calibration batches only; not evaluated).
     ``score`` is ``-inf`` unless ``ok``. ``told``/``constraint`` are what the search
     backend learnt; ``seeds`` the sketch seed of every layer of the group.
     """
@@ -94,6 +96,14 @@ class TrialRecord:
     cached_status: str | None = None
     speed_median: float | None = None
     resumed: bool = False
+    #: The sketch's relative weight error predicted from the singular values (sensitivity).
+    predicted_error: float | None = None
+    #: Guided runs: the error measured on calibration batches (the one used for ordering),
+    #: the layers' and the model's relative output errors, and the multiply-adds saved.
+    calibration_error: float | None = None
+    layer_error: float | None = None
+    model_error: float | None = None
+    gain_macs: int | None = None
 
     @property
     def evaluated(self) -> bool:

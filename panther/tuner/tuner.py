@@ -24,6 +24,13 @@ How a run goes
    and, if it misses the accuracy threshold, per-group choices are re-allocated
    globally under the accuracy budget and re-verified (see :meth:`SKAutoTuner.tune`).
 
+That is the *classic* strategy. Under an accuracy constraint without a user-chosen
+backend the default is the *guided* strategy (:mod:`panther.tuner.guided`): every
+candidate is measured on calibration batches captured during the baseline evaluation,
+and all groups are allocated together by :class:`~panther.tuner.allocation.GuidedSearch`,
+whose joint evaluations (screened at low fidelity when the accuracy function takes a
+``fidelity``) verify the result. ``SKAutoTuner(strategy="classic")`` turns it off.
+
 Scores
 ------
 * ``accuracy_threshold`` set and accuracy below it: the trial is *rejected*, its
@@ -39,6 +46,7 @@ constraints. The user-visible score stays ``-inf``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import warnings
@@ -47,7 +55,7 @@ from typing import Any
 
 from torch import nn
 
-from panther.tuner import plugins
+from panther.tuner import guided, plugins
 from panther.tuner.combine import Combiner, pareto_front_mask
 from panther.tuner.config import LayerConfig, TuningConfigs
 from panther.tuner.groups import LayerGroup, form_groups
@@ -55,16 +63,16 @@ from panther.tuner.results import LayerChoice, TuningResults, get_submodule, loa
 from panther.tuner.run import Run
 from panther.tuner.search.base import SearchAlgorithm
 from panther.tuner.search_loop import TuningWarning, expected_evaluations, run_group
-from panther.tuner.settings import DEFAULT_N_TRIALS, TunerSettings
+from panther.tuner.settings import DEFAULT_N_TRIALS, STRATEGIES, TunerSettings
 from panther.tuner.trials import SEED_MAX
 
-__all__ = ["SKAutoTuner", "DEFAULT_N_TRIALS", "TuningWarning"]
+__all__ = ["SKAutoTuner", "DEFAULT_N_TRIALS", "STRATEGIES", "TuningWarning"]
 
 # Options that live in TunerSettings and are exposed as (validated) tuner attributes.
 _SETTING_ATTRIBUTES = ("accuracy_eval_func", "optimization_eval_func", "num_runs_per_param", "verbose",
                        "multi_objective", "max_trials", "time_budget_s", "progress", "skip_costlier",
                        "speed_precheck", "remeasure_top", "remeasure_runs", "verify",
-                       "max_backoff_steps", "dedupe")
+                       "max_backoff_steps", "dedupe", "strategy")
 
 
 class SKAutoTuner:
@@ -125,6 +133,14 @@ class SKAutoTuner:
             suggestion reuses the recorded result (status ``"cached"``) and is still
             told to the backend. ``False`` re-evaluates repeats.
         seed: seeds the tuner's sketch-seed generator (reproducible runs).
+        strategy: how configurations are chosen. ``"classic"``: one search per group
+            (the backend), then the combination is verified and repaired. ``"guided"``:
+            candidates are ordered by their predicted and calibration-measured errors and
+            all groups are allocated together, verified by joint evaluations (see
+            :mod:`panther.tuner.allocation`); it needs an accuracy constraint, finite
+            spaces and weight-copying layers with cost models. ``"auto"`` (default):
+            ``"guided"`` when no ``search_algorithm`` was given and all that holds, else
+            ``"classic"``. The run's choice is ``report["strategy"]``.
     """
 
     def __init__(
@@ -153,6 +169,7 @@ class SKAutoTuner:
         max_backoff_steps: int = 8,
         dedupe: bool = True,
         seed: int | None = 0,
+        strategy: str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -164,7 +181,13 @@ class SKAutoTuner:
             verbose=verbose, num_runs_per_param=num_runs_per_param, multi_objective=multi_objective,
             max_trials=max_trials, time_budget_s=time_budget_s, skip_costlier=skip_costlier,
             speed_precheck=speed_precheck, remeasure_top=remeasure_top, remeasure_runs=remeasure_runs,
-            verify=verify, max_backoff_steps=max_backoff_steps, dedupe=dedupe, seed=seed)
+            verify=verify, max_backoff_steps=max_backoff_steps, dedupe=dedupe, seed=seed,
+            strategy=strategy)
+        if strategy == "guided":
+            guided.check_guided_options(search_algorithm=search_algorithm,
+                                        multi_objective=multi_objective, verify=verify,
+                                        constrained=self.settings.constraint is not None)
+        self._search_given = search_algorithm is not None
         self.model = model
         if isinstance(configs, LayerConfig):
             configs = TuningConfigs([configs])
@@ -177,6 +200,8 @@ class SKAutoTuner:
         self._rng = random.Random(seed)
         self.search_algorithm = self._resolve_search(search_algorithm)
         self.groups: list[LayerGroup] = form_groups(model, configs)
+        if strategy == "guided":
+            guided.check_groups(self)
         self._results = TuningResults()
         self._results.info["model_class"] = type(model).__name__
         self._tuned = False
@@ -271,6 +296,10 @@ class SKAutoTuner:
         :meth:`apply_best_params` returns the original model. :attr:`report` holds
         the final verified accuracy and speed.
 
+        With the guided strategy (``report["strategy"] == "guided"``) there are no per-group
+        searches: each group's entry is its part of the verified joint choice (``params``
+        ``None`` for a group left original) and the score is the final speed (or accuracy).
+
         Ctrl-C (``KeyboardInterrupt``) restores the model's original layers, keeps
         all trials recorded so far (the per-group winners become the selection,
         unverified) and re-raises the interrupt. Errors raised by the evaluation
@@ -303,14 +332,21 @@ class SKAutoTuner:
             open_run()
         run.open_progress(expected_evaluations(self.search_algorithm, self.groups, self.settings.max_trials))
         try:
-            run.measure_baseline()
+            plan = guided.plan(self, info)
+            with plan.capturing() if plan is not None else contextlib.nullcontext():
+                run.measure_baseline()
             self._threshold = run.threshold
-            for group in self.groups:
-                if run.stop_reason is not None:
-                    break
-                state = run_group(run, group, self.search_algorithm)
-                combiner.finish_group(state)
-            combiner.finalize()
+            info["strategy"] = "guided" if plan is not None and plan.usable(run) else "classic"
+            if info["strategy"] == "guided":
+                guided.run_guided(run, combiner, plan)
+            else:
+                for group in self.groups:
+                    if run.stop_reason is not None:
+                        break
+                    state = run_group(run, group, self.search_algorithm)
+                    combiner.finish_group(state)
+                combiner.finalize()
+                guided.summarize_predictions(run)
         except KeyboardInterrupt:
             run.restore_modes()
             combiner.summarize_unfinished()
