@@ -57,6 +57,7 @@ bench: setup
 	$(PY) benchmarks/bench_native.py
 	$(PY) benchmarks/bench_sketch_accuracy.py
 	$(PY) benchmarks/bench_tuner.py
+	$(PY) benchmarks/bench_attention_accuracy.py
 	$(PY) benchmarks/bench_outcome.py
 	$(PY) benchmarks/bench_parallel.py
 
