@@ -34,6 +34,12 @@ constexpr int64_t kCachedOutputBytes = 8 << 20;
 // ATen GEMM call costs more in dispatch and set-up than its arithmetic, and four of them made a
 // 64x64 layer several times slower than nn.Linear's single call.
 constexpr int64_t kFusedMaxMacs = 1 << 16;
+// Sketches this narrow (L*k) use one GEMM against the concatenated factors on each side. The
+// CPU BLAS runs products with an N or K below 16 far below its peak: at 128 rows and
+// 1024 -> 1024, x @ S1 with k = 8 took 150 us where one GEMM with 2k = 16 took 54 us, which
+// made rank 8 slower than rank 16 (and the tuner, choosing by multiply-adds, pick the slower).
+// From L*k = 32 on, the two GEMMs without the copies tie or win.
+constexpr int64_t kConcatMaxLk = 16;
 
 void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& S1, const at::Tensor& U2,
                   const at::Tensor& U1, const at::Tensor& S2, int64_t num_terms) {
@@ -166,13 +172,18 @@ std::tuple<at::Tensor, at::Tensor> sketched_linear_forward(
   // the (in, 2Lk) factors on every call. Measured on 2 threads (fastest of 25): 0.34 vs 0.54 ms
   // at (8192, 8192, rows 64, k 16), 0.54 vs 0.63 ms at (768, 3072, 512, 64), a tie at
   // (4096, 4096, 256, 64).
+  const bool narrow = x.device().is_cpu() && lk <= kConcatMaxLk;
   at::Tensor t = at::empty({rows, 2 * lk}, x.options());
   at::Tensor t1 = t.narrow(1, 0, lk), t2 = t.narrow(1, lk, lk);
-  at::mm_out(t1, x, S1);
-  at::mm_out(t2, x, U2);
+  if (narrow) {
+    at::mm_out(t, x, at::cat({S1, U2}, 1));
+  } else {
+    at::mm_out(t1, x, S1);
+    at::mm_out(t2, x, U2);
+  }
   const int64_t out_bytes = rows * out_f * static_cast<int64_t>(x.element_size());
   at::Tensor y;
-  if (out_bytes <= kCachedOutputBytes) {
+  if (!narrow && out_bytes <= kCachedOutputBytes) {
     // y = bias + scale * t1 @ U1, then y += scale * t2 @ S2: no copy of the right factors, and
     // the second pass over y hits the cache (measured ~10% faster than concatenating [U1; S2]
     // at (8192, 8192, rows 64, k 16), ~3% at (4096, 4096, 256, 64)).
@@ -183,8 +194,9 @@ std::tuple<at::Tensor, at::Tensor> sketched_linear_forward(
     }
     y.addmm_(t2, S2, /*beta=*/1, /*alpha=*/scale);
   } else {
-    // A large output would be streamed from memory twice; one GEMM against [U1; S2] writes it
-    // once, and the copy of the small right factors is cheap next to it.
+    // A large output would be streamed from memory twice, and a narrow sketch runs slow
+    // GEMMs: one GEMM against [U1; S2] avoids both, and the copy of the small right factors
+    // is cheap next to it.
     const at::Tensor right = at::cat({U1, S2}, 0);
     if (has_bias) {
       y = at::addmm(*bias, t, right, /*beta=*/1, /*alpha=*/scale);
