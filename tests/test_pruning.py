@@ -7,15 +7,14 @@ from collections import Counter
 
 import optuna
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from test_outcome import Net, agreement_with, configs, macs_speed
 
 from panther.tuner import Int, OptunaSearch, SKAutoTuner
 from panther.tuner.fidelity import check_ladder, screen_rejects
 from panther.tuner.search.base import SearchAlgorithm
 from panther.tuner.search.random import RandomSearch
-from test_outcome import Net, agreement_with, configs, macs_speed
 
 THRESHOLD = 0.97
 
