@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_outcome import Net, agreement_with, configs, macs_speed
 
-from panther.tuner import Int, OptunaSearch, SKAutoTuner
+from panther.tuner import Int, OptunaSearch, SKAutoTuner, load_tuning_results
 from panther.tuner.fidelity import check_ladder, screen_rejects
 from panther.tuner.search.base import SearchAlgorithm
 from panther.tuner.search.random import RandomSearch
@@ -75,6 +75,16 @@ def test_pruning_saves_full_evaluations_and_never_accepts_a_pruned_trial():
             assert list(t.intermediate_values) == [25]
     assert sum(len([t for t in s.trials if t.state.name == "PRUNED"])
                for s in pruned_tuner.search_algorithm.studies.values()) == len(pruned)
+
+
+def test_pruned_rows_survive_a_results_round_trip(tmp_path):
+    tuner, _ = run("auto", n_trials=6)
+    path = tmp_path / "r.json"
+    tuner.save_tuning_results(str(path))
+    loaded = load_tuning_results(path)
+    rows = [r for r in loaded.trials if r["status"] == "pruned"]
+    assert rows and all(r["pruned_at"] == 0.25 and len(r["intermediate"]) == 1 for r in rows)
+    assert loaded.info["pruning"] == tuner.report["pruning"]
 
 
 def test_screens_come_in_increasing_fidelity_before_the_full_evaluation():
