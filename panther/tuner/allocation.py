@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from panther.tuner.fidelity import screen_rejects
+
 __all__ = [
     "Candidate",
     "Probe",
@@ -195,9 +197,6 @@ class GuidedSearch:
         time_left: returns ``False`` once the run's time budget is spent.
     """
 
-    #: A screened probe is rejected when its drop exceeds ``budget * (1 + SCREEN_SLACK / sqrt(f))``.
-    SCREEN_SLACK = 1.0
-
     def __init__(self, options: dict[str, list[Candidate]], evaluate: Evaluate,
                  threshold: float, baseline_accuracy: float, max_evaluations: float,
                  screen_fidelity: float | None = None,
@@ -249,9 +248,7 @@ class GuidedSearch:
         self.cost += f
         self.screens += 1
         budget = max(self.baseline_accuracy - self.threshold, 0.0)
-        scale = max(budget, 1e-3 * max(abs(self.baseline_accuracy), 1e-12))
-        drop = None if acc is None else self._screen_base - acc
-        passed = err is None and drop is not None and drop <= scale * (1 + self.SCREEN_SLACK / math.sqrt(f))
+        passed = err is None and acc is not None and not screen_rejects(self._screen_base, acc, budget, f)
         self.probes.append(Probe(step=f"{step} (screen)", choice=dict(choice), fidelity=f,
                                  accuracy=acc, speed=None, passed=passed, error=err,
                                  proxy=proxy_error(choice), gain=total_gain(choice)))

@@ -20,9 +20,15 @@ The contract:
   attribute ``supports_fidelity = True`` (for callables whose signature hides it).
 
 Screening only ever rejects: a candidate is dropped at low fidelity when its accuracy drop
-there is far beyond the allowed drop, and everything the tuner keeps is evaluated at full
-fidelity. A noisy screen therefore costs at most a missed candidate, never a violated
-threshold.
+there is far beyond the allowed drop (:func:`screen_rejects`), and everything the tuner keeps
+is evaluated at full fidelity. A noisy screen therefore costs at most a missed candidate,
+never a violated threshold.
+
+Two strategies use the contract: the guided one screens its joint candidates (see
+:mod:`panther.tuner.allocation`), and the classic one, with an Optuna backend, evaluates
+each trial on a ladder of fidelities (``OptunaSearch(fidelities=(0.25,))``), reports each
+intermediate result to the trial and stops the trials Optuna's pruner (or
+:func:`screen_rejects`) prunes (see :mod:`panther.tuner.search_loop`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["supports_fidelity", "check_fidelity", "take_fraction", "fraction_size"]
+__all__ = ["supports_fidelity", "check_fidelity", "check_ladder", "take_fraction", "fraction_size",
+           "screen_rejects", "SCREEN_SLACK"]
+
+#: A screen at fidelity ``f`` rejects when the accuracy drop exceeds the allowed drop by
+#: more than ``SCREEN_SLACK / sqrt(f)`` of it (a smaller sample is noisier: more slack).
+SCREEN_SLACK = 1.0
 
 
 def supports_fidelity(fn: Callable[..., Any]) -> bool:
@@ -60,6 +71,37 @@ def check_fidelity(fidelity: Any) -> float:
         raise ValueError(
             f"fidelity must be in (0, 1] (the fraction of the validation data), got {fidelity!r}")
     return value
+
+
+def check_ladder(fidelities: Any) -> tuple[float, ...]:
+    """``fidelities`` as a strictly increasing tuple of fractions in ``(0, 1)``, or a ``ValueError``.
+
+    The ladder of intermediate fidelities a trial is evaluated on before the full one;
+    each must be a distinct whole percentage (Optuna's steps are ``round(100 * f)``).
+    """
+    if isinstance(fidelities, (str, bytes)) or not isinstance(fidelities, Sequence):
+        raise ValueError(f"fidelities must be a sequence of fractions in (0, 1), e.g. (0.25,); "
+                         f"got {fidelities!r}")
+    ladder = tuple(check_fidelity(f) for f in fidelities)
+    if any(f >= 1.0 for f in ladder):
+        raise ValueError(f"fidelities are the intermediate fractions, below 1 (the full "
+                         f"evaluation always follows); got {fidelities!r}")
+    steps = [round(100 * f) for f in ladder]
+    if any(b <= a for a, b in zip(steps, steps[1:])) or (steps and steps[0] < 1):
+        raise ValueError(f"fidelities must increase by at least 0.01 each, from 0.01; got {fidelities!r}")
+    return ladder
+
+
+def screen_rejects(base: float, accuracy: float, allowed_drop: float, fidelity: float) -> bool:
+    """Whether a candidate is clearly infeasible from a screen at ``fidelity``.
+
+    ``base`` is the original model's accuracy at the same fidelity, ``accuracy`` the
+    candidate's, ``allowed_drop`` the full-fidelity drop the threshold allows. True only
+    when the drop exceeds the allowed one by the noise slack (:data:`SCREEN_SLACK`); it only
+    ever rejects, acceptance always takes a full evaluation.
+    """
+    scale = max(allowed_drop, 1e-3 * max(abs(base), 1e-12))
+    return base - accuracy > scale * (1 + SCREEN_SLACK / math.sqrt(fidelity))
 
 
 def fraction_size(n: int, fidelity: float) -> int:

@@ -41,7 +41,6 @@ from panther.tuner.trials import (
     build_selection,
     cost_skip,
     draw_seeds,
-    finite_float,
     group_macs,
     swapped,
 )
@@ -275,11 +274,9 @@ def _evaluate(run: Any, selection: dict[str, Any], fidelity: float) -> tuple[flo
         built = build_selection(run, selection)
     except Exception as exc:
         return None, None, f"building failed: {type(exc).__name__}: {exc}"
-    fn = run.settings.accuracy_eval_func
     with swapped(run, built):
         try:
-            value = fn(run.model) if fidelity >= 1.0 else fn(run.model, fidelity=fidelity)
-            return finite_float(value, "accuracy_eval_func"), None, None
+            return run.eval_accuracy(fidelity), None, None
         except Exception as exc:
             return None, None, f"{type(exc).__name__}: {exc}"
 

@@ -54,7 +54,7 @@ FORMAT_NAME = "panther-tuning-results"
 FORMAT_VERSION = 1
 
 #: Every status a trial record can have.
-TRIAL_STATUSES = ("ok", "rejected", "failed", "skipped", "cached", "predicted")
+TRIAL_STATUSES = ("ok", "rejected", "failed", "skipped", "cached", "predicted", "pruned")
 
 # Columns every DataFrame has, in this order; parameter columns come after layer_name.
 _LEADING_COLUMNS = ("layer_name",)

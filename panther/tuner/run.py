@@ -59,6 +59,8 @@ class Run:
             None if settings.constraint is None or settings.constraint.needs_baseline
             else settings.constraint.resolve())
         self.baseline: dict[str, float | None] = {"accuracy": None, "speed": None}
+        #: The original model's accuracy at intermediate fidelities (multi-fidelity pruning).
+        self.baseline_at: dict[float, float] = {}
         #: Warm re-measurements of the original model's speed (see the combiner).
         self.base_samples: list[float] = []
         #: Inputs of each tuned layer seen during the baseline evaluation (speed pre-check).
@@ -134,9 +136,15 @@ class Run:
         return macs
 
     # ---- the user's functions --------------------------------------------------------------
-    def eval_accuracy(self) -> float:
-        """The accuracy function on the model as it is now (a checked, finite float)."""
-        return finite_float(self.settings.accuracy_eval_func(self.model), "accuracy_eval_func")
+    def eval_accuracy(self, fidelity: float = 1.0) -> float:
+        """The accuracy function on the model as it is now (a checked, finite float).
+
+        Below ``fidelity=1`` it is called with ``fidelity=`` (the evaluator contract of
+        :mod:`panther.tuner.fidelity`); at full fidelity exactly as the user wrote it.
+        """
+        fn = self.settings.accuracy_eval_func
+        value = fn(self.model) if fidelity >= 1.0 else fn(self.model, fidelity=fidelity)
+        return finite_float(value, "accuracy_eval_func")
 
     def eval_speed(self) -> float:
         """The optimisation function on the model as it is now (a checked, finite float)."""

@@ -17,6 +17,28 @@ group's search ends:
 
 The reason is recorded in the group's summary (``stop_reason``) and logged, with a
 :class:`TuningWarning` when mostly skipped proposals left the group short.
+
+**Multi-fidelity pruning.** When the accuracy function takes a ``fidelity``
+(:mod:`panther.tuner.fidelity`) and the backend screens (its
+``intermediate_fidelities()``, e.g. ``OptunaSearch``'s ``(0.25,)``), each new trial is
+first evaluated at those fractions of the validation data. After each screen the loop
+reports a higher-is-better value to the backend (``report_intermediate``, Optuna's
+``trial.report`` + ``should_prune``):
+
+* when the score is the accuracy (no ``optmization_eval_func``): the screened accuracy,
+  corrected by the original model's accuracy at the same fidelity
+  (``acc_f - base_f + base``, an estimate of the full-fidelity accuracy);
+* otherwise (speed is the score, the accuracy a constraint): the estimate's shortfall
+  below the threshold, ``min(0, estimate - threshold)``, so a pruner only ever stops the
+  trials that look least feasible; a trial that looks feasible reports 0 and always goes on.
+
+A trial is also stopped without the pruner when its screened drop is far beyond the
+allowed one (:func:`~panther.tuner.fidelity.screen_rejects`). A stopped trial is recorded
+with status ``pruned`` (Optuna state PRUNED): it counts as one evaluation toward the
+budget, but costs only its screens, and is never accepted or chosen: only a full
+evaluation accepts. Without a threshold and with a speed score there is nothing to screen
+for, so no trial is screened. ``report["pruning"][group]`` counts the pruned trials, the
+full evaluations and the cost in full-evaluation units.
 """
 
 from __future__ import annotations
@@ -29,10 +51,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from panther.tuner import guided, plugins
+from panther.tuner.fidelity import check_ladder, screen_rejects, supports_fidelity
 from panther.tuner.groups import LayerGroup
 from panther.tuner.run import Run
 from panther.tuner.search.base import SearchAlgorithm, finite_space_size, params_key
-from panther.tuner.trials import TrialRecord, evaluate_params
+from panther.tuner.trials import PruneCheck, TrialRecord, evaluate_params
 
 __all__ = ["TuningWarning", "GroupSearch", "PenaltyScale", "evaluation_budget",
            "expected_evaluations", "stall_limit", "run_group"]
@@ -45,6 +68,7 @@ MIN_STALL = 20
 # Penalty grades (relative accuracy shortfall equivalents) for trials with no accuracy.
 _FAILED_GRADE = 2.0
 _SKIPPED_GRADE = 1.0
+_PRUNED_GRADE = 1.0
 
 
 class TuningWarning(UserWarning):
@@ -92,6 +116,8 @@ class GroupSearch:
     seen: dict[tuple[Any, ...], TrialRecord] = field(default_factory=dict)
     scale: PenaltyScale = field(default_factory=PenaltyScale)
     accepts: frozenset[str] = frozenset()
+    #: The fidelities each new trial is screened at (``None`` until the first evaluation).
+    ladder: tuple[float, ...] | None = None
 
 
 def evaluation_budget(search: Any, max_trials: int | None) -> int | None:
@@ -186,7 +212,74 @@ def run_group(run: Run, group: LayerGroup, search_algorithm: Any) -> GroupSearch
                 _explain_short(run, state)  # the backend hit its own proposal cap
             break
         _answer(run, state, dict(params))
+    _pruning_summary(run, state)
     return state
+
+
+def _pruning_summary(run: Run, state: GroupSearch) -> None:
+    """``report["pruning"][group]``: the screens, pruned trials, full evaluations and cost."""
+    if not state.ladder:
+        return
+    records = [r for r in run.group_records(state.group.key) if r.evaluated and not r.resumed]
+    run.results.info.setdefault("pruning", {})[state.group.key] = {
+        "fidelities": list(state.ladder),
+        "pruned": sum(r.status == "pruned" for r in records),
+        "full_evaluations": sum(r.status != "pruned" for r in records),
+        "evaluation_cost": round(sum(r.evaluation_cost for r in records), 6),
+    }
+
+
+def _screen_ladder(run: Run, state: GroupSearch) -> tuple[float, ...]:
+    """The fidelities to screen this group's trials at (``()``: evaluate them fully only).
+
+    Screens need an evaluator that takes a ``fidelity``, a backend that prunes, one
+    objective, and something to screen for (a threshold, or the accuracy as the score).
+    The original model is evaluated once at each fidelity, the reference of the screens.
+    """
+    if state.ladder is not None:
+        return state.ladder
+    state.ladder = ()
+    settings = run.settings
+    wanted = getattr(state.search, "intermediate_fidelities", None)
+    if (wanted is None or settings.multi_objective or not supports_fidelity(settings.accuracy_eval_func)
+            or (run.threshold is None and settings.optimization_eval_func is not None)):
+        return state.ladder
+    ladder = check_ladder(wanted())
+    try:
+        for fidelity in ladder:
+            if fidelity not in run.baseline_at and run.baseline["accuracy"] is not None:
+                try:
+                    run.baseline_at[fidelity] = run.eval_accuracy(fidelity)
+                finally:
+                    run.restore_modes()
+    except Exception as exc:
+        warnings.warn(f"[{state.group.key}] the accuracy function failed at a low fidelity on the "
+                      f"original model ({type(exc).__name__}: {exc}); trials are evaluated at full "
+                      "fidelity only. Fix the fidelity argument (see panther.tuner.fidelity) or "
+                      "pass pruner='none'", TuningWarning, stacklevel=5)
+        return state.ladder
+    state.ladder = ladder
+    return ladder
+
+
+def _prune_check(run: Run, state: GroupSearch, params: dict[str, Any]) -> PruneCheck:
+    """The check :func:`~panther.tuner.trials.evaluate_params` calls after each screen."""
+    thr = run.threshold
+    base = run.baseline["accuracy"]
+    by_accuracy = run.settings.optimization_eval_func is None
+
+    def check(fidelity: float, accuracy: float) -> str | None:
+        base_f = run.baseline_at.get(fidelity)
+        estimate = accuracy if base is None or base_f is None else accuracy - base_f + base
+        value = estimate if by_accuracy or thr is None else min(0.0, estimate - thr)
+        stop = state.search.report_intermediate(params, value, fidelity)
+        where = f"pruned at fidelity {fidelity:g} (accuracy {accuracy:.4f} there"
+        if thr is not None and base is not None and base_f is not None and screen_rejects(
+                base_f, accuracy, max(base - thr, 0.0), fidelity):
+            return f"{where}, {base_f:.4f} for the original model: far below the threshold)"
+        return f"{where}; stopped by the pruner)" if stop else None
+
+    return check
 
 
 def _explain_short(run: Run, state: GroupSearch) -> None:
@@ -255,7 +348,9 @@ def _answer(run: Run, state: GroupSearch, params: dict[str, Any]) -> None:
         _record(run, state, params, record, cached.told, cached.constraint)
         return
     state.streak = 0
-    record = evaluate_params(run, state.group, params)
+    ladder = _screen_ladder(run, state)
+    record = evaluate_params(run, state.group, params, ladder,
+                             _prune_check(run, state, params) if ladder else None)
     record.wall_time_s = run.elapsed() - started
     # Beside what was measured, what the weights' spectrum predicted (issue 16).
     record.predicted_error = guided.predict_group(run, state.group, params)
@@ -311,6 +406,10 @@ def _tell(run: Run, state: GroupSearch, params: dict[str, Any], record: TrialRec
     if "attrs" in state.accepts:
         # Persistent backends keep the record so a resumed run can rebuild its results.
         kwargs["attrs"] = {"panther_row": record.to_stored()}
+    if record.status == "pruned":
+        # Stopped at a low fidelity by the backend's screens: it ends the trial as pruned.
+        state.search.prune(params, attrs=kwargs.get("attrs"))
+        return
     state.search.update(params, score, **kwargs)
 
 
@@ -332,6 +431,10 @@ def _told_value(run: Run, state: GroupSearch, record: TrialRecord) -> tuple[Any,
     elif status == "skipped":
         shortfall = None
         grade = _SKIPPED_GRADE
+    elif status == "pruned":
+        # Never fully evaluated (no full-fidelity accuracy); repeats are told this penalty.
+        shortfall = None
+        grade = _PRUNED_GRADE
     else:
         shortfall = None
         grade = _FAILED_GRADE

@@ -59,11 +59,12 @@ SEED_MAX = 2**31 - 1
 
 # Keys a stored trial keeps for a resumed run (what the rows held before TrialRecord).
 _STORED = ("status", "score", "accuracy", "speed", "seeds", "error", "wall_time_s", "eval_time_s",
-           "told", "constraint", "cached_status")
+           "told", "constraint", "cached_status", "pruned_at", "intermediate")
 _EVENT = ("layer_name", "score", "accuracy", "speed", "trial_number", "status", "error", "wall_time_s")
 # Written to the manifest only when set (the row dicts never had them otherwise).
 _OPTIONAL = ("cached_from", "cached_status", "speed_median", "resumed", "predicted_error",
-             "calibration_error", "layer_error", "model_error", "gain_macs")
+             "calibration_error", "layer_error", "model_error", "gain_macs", "pruned_at",
+             "intermediate")
 
 
 @dataclass(eq=False)
@@ -73,8 +74,10 @@ class TrialRecord:
     ``status`` is ``ok`` (evaluated and feasible), ``rejected`` (below the accuracy
     threshold), ``failed`` (building or evaluating raised, or returned a bad value),
     ``skipped`` (the cost model or speed pre-check said it cannot be faster; not
-    evaluated), ``cached`` (a repeat answered from an earlier record) or ``predicted``
-    (a guided run's candidate, measured on calibration batches only; not evaluated).
+    evaluated), ``cached`` (a repeat answered from an earlier record), ``predicted``
+    (a guided run's candidate, measured on calibration batches only; not evaluated) or
+    ``pruned`` (stopped at the low fidelity ``pruned_at``, see
+    :mod:`panther.tuner.fidelity`: evaluated, but never accepted nor chosen).
     ``score`` is ``-inf`` unless ``ok``. ``told``/``constraint`` are what the search
     backend learnt; ``seeds`` the sketch seed of every layer of the group.
     """
@@ -104,11 +107,26 @@ class TrialRecord:
     layer_error: float | None = None
     model_error: float | None = None
     gain_macs: int | None = None
+    #: Multi-fidelity trials: ``[[fidelity, accuracy], ...]`` at each intermediate fidelity,
+    #: and the fidelity a pruned trial was stopped at. ``accuracy`` is always full-fidelity.
+    intermediate: list[list[float]] | None = None
+    pruned_at: float | None = None
 
     @property
     def evaluated(self) -> bool:
         """Whether the user's functions ran for it (what the evaluation budget counts)."""
         return self.status not in FREE_STATUSES
+
+    @property
+    def evaluation_cost(self) -> float:
+        """The evaluation's cost in full accuracy evaluations (0 when not evaluated).
+
+        A pruned trial costs the fidelities it ran; a completed one, 1 plus its screens.
+        """
+        if not self.evaluated:
+            return 0.0
+        screens = sum(f for f, _ in self.intermediate or ())
+        return screens if self.status == "pruned" else 1.0 + screens
 
     @property
     def effective_speed(self) -> float | None:
@@ -250,11 +268,20 @@ def swapped(run: Run, built: dict[str, nn.Module]) -> Iterator[None]:
 
 
 # ---- evaluating ------------------------------------------------------------------------------
-def evaluate_params(run: Run, group: LayerGroup, params: dict[str, Any]) -> TrialRecord:
+#: ``prune(fidelity, accuracy)``: why to stop a trial after its screen at ``fidelity``
+#: (``None``: go on). The search loop builds it from the backend's pruner.
+PruneCheck = Callable[[float, float], "str | None"]
+
+
+def evaluate_params(run: Run, group: LayerGroup, params: dict[str, Any],
+                    ladder: tuple[float, ...] = (), prune: PruneCheck | None = None) -> TrialRecord:
     """Evaluate one new configuration of ``group`` (best of ``num_runs_per_param`` runs).
 
     Configurations the cost model (or the speed pre-check) says cannot be faster are
-    skipped without running the user's functions.
+    skipped without running the user's functions. With a ``ladder`` of fidelities and a
+    ``prune`` check, the first run evaluates the accuracy at each fidelity of the ladder
+    first and stops (status ``pruned``) as soon as ``prune`` says why; a trial that
+    survives is evaluated at full fidelity like any other, and only that decides.
     """
     reason = cost_skip(run, group, params)
     if reason is None and run.settings.speed_precheck:
@@ -263,9 +290,13 @@ def evaluate_params(run: Run, group: LayerGroup, params: dict[str, Any]) -> Tria
         return TrialRecord(status="skipped", error=reason)
     best: TrialRecord | None = None
     eval_time = 0.0
-    for _ in range(run.settings.num_runs_per_param):
-        record = _single_run(run, group, params)
+    for i in range(run.settings.num_runs_per_param):
+        # Only the first run screens: its survival is what the pruner decided on.
+        record = _single_run(run, group, params, ladder if i == 0 and prune is not None else (), prune)
         eval_time += record.eval_time_s or 0.0
+        if record.status == "pruned":
+            best = record
+            break
         if record.status == "failed":
             # A crash ends the repeats; an earlier successful run still counts.
             if best is None:
@@ -280,7 +311,8 @@ def evaluate_params(run: Run, group: LayerGroup, params: dict[str, Any]) -> Tria
     return best
 
 
-def _single_run(run: Run, group: LayerGroup, params: dict[str, Any]) -> TrialRecord:
+def _single_run(run: Run, group: LayerGroup, params: dict[str, Any],
+                ladder: tuple[float, ...] = (), prune: PruneCheck | None = None) -> TrialRecord:
     seeds = draw_seeds(run, group, params)
     record = TrialRecord(status="failed", seeds=dict(seeds))
     try:
@@ -291,20 +323,34 @@ def _single_run(run: Run, group: LayerGroup, params: dict[str, Any]) -> TrialRec
     t0 = time.perf_counter()
     with swapped(run, built):
         try:
-            acc = run.eval_accuracy()
-            record.accuracy = acc
-            if not meets_threshold(acc, run.threshold):
-                record.status = "rejected"
-            elif run.settings.optimization_eval_func is not None:
-                speed = run.eval_speed()
-                record.status, record.speed, record.score = "ok", speed, speed
-            else:
-                record.status, record.score = "ok", acc
+            # A trial pruned at a low fidelity gets no full evaluation: never accepted.
+            if _screens_pass(run, record, ladder, prune):
+                acc = record.accuracy = run.eval_accuracy()
+                if not meets_threshold(acc, run.threshold):
+                    record.status = "rejected"
+                elif run.settings.optimization_eval_func is not None:
+                    speed = run.eval_speed()
+                    record.status, record.speed, record.score = "ok", speed, speed
+                else:
+                    record.status, record.score = "ok", acc
         except Exception as exc:  # a user function's error fails this trial only
             record.status, record.score = "failed", -math.inf
             record.error = f"{type(exc).__name__}: {exc}"
     record.eval_time_s = time.perf_counter() - t0
     return record
+
+
+def _screens_pass(run: Run, record: TrialRecord, ladder: tuple[float, ...],
+                  prune: PruneCheck | None) -> bool:
+    """Evaluate the swapped-in model at each fidelity of ``ladder``; ``False`` once pruned."""
+    for fidelity in ladder:
+        screened = run.eval_accuracy(fidelity)
+        record.intermediate = [*(record.intermediate or []), [fidelity, screened]]
+        why = prune(fidelity, screened) if prune is not None else None
+        if why is not None:
+            record.status, record.pruned_at, record.error = "pruned", fidelity, why
+            return False
+    return True
 
 
 def evaluate_selection(run: Run, selection: dict[str, LayerChoice], accuracy: bool = True,

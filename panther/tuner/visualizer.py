@@ -328,6 +328,7 @@ _STATUS_STYLE = {
     "rejected": ("rejected (below threshold)", "v", "tab:red"),
     "failed": ("failed", "X", "black"),
     "skipped": ("skipped (not evaluated)", "s", "tab:gray"),
+    "pruned": ("pruned (stopped at a low fidelity)", "d", "tab:orange"),
 }
 #: Statuses of rows that repeat an earlier evaluation instead of being one.
 _REPEAT_STATUSES = ("cached",)
@@ -522,7 +523,7 @@ def _group_title(name: Any, status: np.ndarray, n_repeats: int) -> str:
     counts = pd.Series(status).value_counts()
     n_skipped = int(counts.get("skipped", 0))
     n_eval = len(status) - n_skipped
-    extra = ", ".join(f"{counts[s]} {s}" for s in ("rejected", "failed") if s in counts)
+    extra = ", ".join(f"{counts[s]} {s}" for s in ("rejected", "failed", "pruned") if s in counts)
     text = f"{name}\n{n_eval} evaluated" + (f" ({extra})" if extra else "")
     if n_skipped:
         text += f", {n_skipped} skipped"

@@ -14,6 +14,12 @@ Standalone, a search is driven through the budgeted wrappers::
     while (params := search.get_next_params()) is not None:
         search.update(params, score, constraint=..., evaluated=...)
 
+**Multi-fidelity (optional).** A backend that prunes trials returns the fidelities to
+screen at from :meth:`~SearchAlgorithm.intermediate_fidelities`; the loop then reports
+each screen's value with :meth:`~SearchAlgorithm.report_intermediate` (which says whether
+to stop) and ends a stopped trial with :meth:`~SearchAlgorithm.prune`. The defaults do
+nothing: a backend that does not prune is never asked to.
+
 ``n_trials`` counts *evaluations*: results told with ``evaluated=False``
 (proposals the tuner answered without running the user's functions) teach the
 backend but do not use up the budget. A backend that sizes its own batches reads
@@ -79,7 +85,10 @@ class SearchAlgorithm(ABC):
       best-result tracking, or override :meth:`is_better` for another direction);
     * optionally :meth:`exhausted` -- whether the backend will propose nothing new
       (e.g. every point of a grid was proposed);
-    * optionally :meth:`spawn` -- per-group copies for backends with external state.
+    * optionally :meth:`spawn` -- per-group copies for backends with external state;
+    * optionally :meth:`intermediate_fidelities`, :meth:`report_intermediate` and
+      :meth:`tell_pruned` -- multi-fidelity pruning (as :class:`OptunaSearch` does with
+      Optuna's pruners).
 
     **What the base provides** (never re-implemented by a backend):
 
@@ -187,6 +196,33 @@ class SearchAlgorithm(ABC):
         """Whether the backend will propose nothing new (default: once :meth:`ask` returned ``None``)."""
         return self._asked_out
 
+    # ------------------------------------------------------------------ multi-fidelity (optional)
+
+    def intermediate_fidelities(self) -> tuple[float, ...]:
+        """The fidelities below 1 to screen each trial at, increasing (default ``()``: none).
+
+        When the accuracy function takes a ``fidelity`` (:mod:`panther.tuner.fidelity`),
+        the tuner evaluates each new trial at these fractions of the validation data
+        first, calls :meth:`report_intermediate` after each, and stops the trial when it
+        says so. ``()`` means every trial gets its full evaluation only.
+        """
+        return ()
+
+    def report_intermediate(self, params: dict[str, Any], value: float, fidelity: float) -> bool:
+        """Report the screen of the trial of ``params`` at ``fidelity``; ``True`` stops (prunes) it.
+
+        ``value`` is higher-is-better and comparable across trials at the same fidelity
+        (see :mod:`panther.tuner.search_loop` for what the tuner reports). Default: never prune.
+        """
+        return False
+
+    def tell_pruned(self, params: dict[str, Any], *, attrs: dict[str, Any] | None = None) -> None:
+        """Learn that the trial of ``params`` was stopped at a low fidelity (default: nothing).
+
+        A pruned trial has no score and never becomes the best; ``attrs`` as in :meth:`tell`.
+        """
+        return None  # only a backend that prunes has anything to record
+
     # ------------------------------------------------------------------ the driver's part
 
     def get_next_params(self) -> dict[str, Any] | None:
@@ -234,6 +270,16 @@ class SearchAlgorithm(ABC):
         """
         self.tell(params, score, constraint=constraint, evaluated=evaluated, values=values, attrs=attrs)
         self._count_result(evaluated)
+
+    def prune(self, params: dict[str, Any], *, attrs: dict[str, Any] | None = None) -> None:
+        """Report that the trial of ``params`` was pruned (passed to :meth:`tell_pruned`).
+
+        A pruned trial ran the user's functions, at a low fidelity: it counts as one
+        evaluation toward ``n_trials`` (as Optuna counts pruned trials), although it cost
+        only a fraction of one.
+        """
+        self.tell_pruned(params, attrs=attrs)
+        self._count_result(evaluated=True)
 
     def is_finished(self) -> bool:
         """Whether no further parameters will be proposed (budget, cap, or exhausted)."""

@@ -38,12 +38,16 @@ from panther.tuner.settings import DEFAULT_N_TRIALS
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["OptunaSearch", "SAMPLER_NAMES"]
+__all__ = ["OptunaSearch", "SAMPLER_NAMES", "PRUNER_NAMES", "fidelity_step"]
 
 #: The sampler hook spec this backend adds to the plugin manager when it is registered.
 PANTHER_HOOKSPECS = (optuna_samplers,)
 
 SAMPLER_NAMES = ("tpe", "cmaes", "random", "grid", "qmc", "nsga2", "gp", "bruteforce")
+#: Pruners by name (``"auto"`` is ``"halving"``; ``"none"`` turns pruning off).
+PRUNER_NAMES = ("auto", "halving", "hyperband", "median", "none")
+#: The default intermediate fidelities: one screen on a quarter of the validation data.
+DEFAULT_FIDELITIES = (0.25,)
 
 # User attributes panther stores on each trial, so a resumed study can be read back.
 SCORE_ATTR = "panther_score"
@@ -82,7 +86,7 @@ def _optuna() -> Any:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Touch what this module uses, so a partly imported package fails here, not later.
-        optuna.samplers, optuna.storages, optuna.trial, optuna.distributions  # noqa: B018
+        optuna.samplers, optuna.pruners, optuna.storages, optuna.trial, optuna.distributions  # noqa: B018
     except BaseException:
         for name in set(sys.modules) - before:
             if name == "optuna" or name.startswith("optuna."):
@@ -155,6 +159,14 @@ def _was_evaluated(user_attrs: dict[str, Any]) -> bool:
     extra = user_attrs.get(EXTRA_ATTR)
     row = extra.get("panther_row") if isinstance(extra, dict) else None
     return not (isinstance(row, dict) and row.get("status") in _UNEVALUATED_STATUSES)
+
+
+def fidelity_step(fidelity: float) -> int:
+    """The Optuna step a screen at ``fidelity`` is reported at: the percentage, ``round(100 * f)``.
+
+    A pruner passed as an object sees these steps (full fidelity would be step 100).
+    """
+    return round(100 * fidelity)
 
 
 def _read_constraint(trial: optuna.trial.FrozenTrial) -> tuple[float]:
@@ -234,6 +246,17 @@ class OptunaSearch(SearchAlgorithm):
         seed: seed of a sampler chosen by name (and of the default TPE).
         directions: e.g. ``["maximize", "maximize"]`` for a multi-objective study;
             then :meth:`update` needs ``values`` and :meth:`pareto_front` gives the front.
+        pruner: multi-fidelity pruning, used when the accuracy function takes a
+            ``fidelity`` (:mod:`panther.tuner.fidelity`; others are never screened).
+            ``"auto"`` (default) or ``"halving"``: Optuna's ``SuccessiveHalvingPruner``;
+            ``"hyperband"``, ``"median"``; ``"none"`` or ``None`` turns it off; or an
+            ``optuna.pruners.BasePruner`` instance, which sees step ``round(100 * f)`` for a
+            screen at fidelity ``f`` (:func:`fidelity_step`). Multi-objective studies never
+            prune (Optuna cannot).
+        fidelities: the increasing fractions of the validation data each trial is screened
+            on before its full evaluation (default ``(0.25,)``). A trial the pruner stops
+            is recorded as ``pruned``; it counts as one of ``n_trials`` but costs only its
+            screens, and is never accepted or chosen.
 
     Finishing: :meth:`get_next_params` returns ``None`` once ``n_trials`` evaluations
     have completed (failures reported in this session count too, so a broken evaluator
@@ -252,6 +275,8 @@ class OptunaSearch(SearchAlgorithm):
         load_if_exists: bool = False,
         seed: int | None = None,
         directions: Sequence[str] | None = None,
+        pruner: optuna.pruners.BasePruner | str | None = "auto",
+        fidelities: Sequence[float] = DEFAULT_FIDELITIES,
     ) -> None:
         super().__init__()
         if direction not in _DIRECTIONS:
@@ -271,6 +296,19 @@ class OptunaSearch(SearchAlgorithm):
                     "sampler must be an optuna sampler instance or a registered name such as "
                     f"'tpe'; got {type(sampler).__name__}"
                 )
+        if pruner is None:
+            pruner = "none"
+        if isinstance(pruner, str):
+            if pruner not in PRUNER_NAMES:
+                raise ValueError(f"unknown pruner {pruner!r}; use one of {list(PRUNER_NAMES)} or "
+                                 "an optuna.pruners.BasePruner instance")
+        elif not isinstance(pruner, _optuna().pruners.BasePruner):
+            raise TypeError("pruner must be an optuna pruner instance or one of "
+                            f"{list(PRUNER_NAMES)}; got {type(pruner).__name__}")
+        from panther.tuner.fidelity import check_ladder
+
+        self.pruner = pruner
+        self.fidelities = check_ladder(fidelities)
         self.n_trials = self.checked_n_trials(n_trials)
         self.sampler = sampler
         self.direction = direction
@@ -387,6 +425,53 @@ class OptunaSearch(SearchAlgorithm):
             kwargs["search_space"] = space
         return factory(seed=self.seed, **kwargs)
 
+    def _prunes(self) -> bool:
+        return self.pruner != "none" and bool(self.fidelities) and not self.multi_objective
+
+    def _build_pruner(self) -> Any:
+        """The study's pruner: the named one, set to this search's fidelity steps."""
+        pruners = _optuna().pruners
+        if not self._prunes():
+            return pruners.NopPruner()
+        if not isinstance(self.pruner, str):
+            return self.pruner
+        first = fidelity_step(self.fidelities[0])
+        if self.pruner == "hyperband":
+            return pruners.HyperbandPruner(min_resource=first, max_resource=fidelity_step(1.0),
+                                           reduction_factor=3)
+        if self.pruner == "median":
+            return pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+        # Successive halving: a rung at every screen; a trial goes on while its value is among
+        # the best third of the trials screened at that rung so far.
+        return pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
+
+    def intermediate_fidelities(self) -> tuple[float, ...]:
+        """The screens each trial gets (``fidelities``), or ``()`` when pruning is off."""
+        return self.fidelities if self._prunes() else ()
+
+    def _pending_trial(self, params: dict[str, Any]) -> Any | None:
+        key = params_key(params)
+        return next((trial for trial, p in self._pending if params_key(p) == key), None)
+
+    def report_intermediate(self, params: dict[str, Any], value: float, fidelity: float) -> bool:
+        """``trial.report(value, step)`` (step :func:`fidelity_step`), then ``trial.should_prune()``."""
+        trial = self._pending_trial(params)
+        if trial is None or not self._prunes():
+            return False  # not asked from this study (told directly): nothing to prune
+        trial.report(float(value), fidelity_step(fidelity))
+        return bool(trial.should_prune())
+
+    def tell_pruned(self, params: dict[str, Any], *, attrs: dict[str, Any] | None = None) -> None:
+        """End the trial of ``params`` as PRUNED (it never becomes the best)."""
+        if self._study is None:
+            raise RuntimeError("call initialize(param_space) before prune()")
+        trial = self._pop_pending(params)
+        if trial is not None:
+            if attrs:
+                trial.set_user_attr(EXTRA_ATTR, dict(attrs))
+            self._tell(trial, state=_optuna().trial.TrialState.PRUNED)
+        self._seen.add(params_key(params))
+
     def initialize(self, param_space: dict[str, Any]) -> None:
         """Create (or load, when resuming) the study for ``param_space``."""
         optuna = _optuna()
@@ -409,6 +494,7 @@ class OptunaSearch(SearchAlgorithm):
                 self._study = optuna.create_study(
                     storage=self._resolved_storage(),
                     sampler=sampler,
+                    pruner=self._build_pruner(),
                     study_name=self.study_name,
                     load_if_exists=self.load_if_exists,
                     **kwargs,
@@ -449,7 +535,7 @@ class OptunaSearch(SearchAlgorithm):
         else:
             for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
                 self._tell(trial.number, state=state.FAIL)  # in memory: nobody else runs them
-        for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE,)):
+        for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)):
             try:
                 stored = trial.params
                 params = {name: self._codecs[name].decode(stored[name]) for name in self._codecs}
@@ -460,7 +546,9 @@ class OptunaSearch(SearchAlgorithm):
                     "another study_name for a different space"
                 ) from exc
             score = trial.user_attrs.get(SCORE_ATTR)
-            if score is None:
+            if trial.state == state.PRUNED:
+                score = -math.inf  # stopped at a low fidelity: an evaluation with no score
+            elif score is None:
                 score = trial.value if not self.multi_objective else trial.values[0]
             constraint = trial.user_attrs.get(CONSTRAINT_ATTR)
             evaluated = _was_evaluated(trial.user_attrs)
@@ -474,7 +562,7 @@ class OptunaSearch(SearchAlgorithm):
                     "params": params,
                     "score": float(score),
                     "constraint": constraint,
-                    "values": tuple(trial.values),
+                    "values": tuple(trial.values or ()),
                     "attrs": dict(trial.user_attrs.get(EXTRA_ATTR, {})),
                     "evaluated": evaluated,
                 }
@@ -502,12 +590,10 @@ class OptunaSearch(SearchAlgorithm):
         return params
 
     def _pop_pending(self, params: dict[str, Any]) -> Any | None:
-        key = params_key(params)
-        for i, (trial, p) in enumerate(self._pending):
-            if params_key(p) == key:
-                del self._pending[i]
-                return trial
-        return None
+        trial = self._pending_trial(params)
+        if trial is not None:
+            self._pending = [(t, p) for t, p in self._pending if t is not trial]
+        return trial
 
     def _tell(self, trial: Any, **kwargs: Any) -> None:
         try:
@@ -697,6 +783,7 @@ class OptunaSearch(SearchAlgorithm):
         sampler = self.sampler
         if sampler is not None and not isinstance(sampler, str):
             sampler = copy.deepcopy(sampler)  # every group starts from the same sampler state
+        pruner = self.pruner if isinstance(self.pruner, str) else copy.deepcopy(self.pruner)
         child = OptunaSearch(
             n_trials=self.n_trials,
             sampler=sampler,
@@ -706,6 +793,8 @@ class OptunaSearch(SearchAlgorithm):
             load_if_exists=self.load_if_exists,
             seed=self.seed,
             directions=self.directions,
+            pruner=pruner,
+            fidelities=self.fidelities,
         )
         child._parent = self._parent or self
         if self.fingerprint is not None:
@@ -731,6 +820,7 @@ class OptunaSearch(SearchAlgorithm):
             if isinstance(self.sampler, str) or self.sampler is None
             else copy.deepcopy(self.sampler, memo)
         )
+        pruner = self.pruner if isinstance(self.pruner, str) else copy.deepcopy(self.pruner, memo)
         return OptunaSearch(
             n_trials=self.n_trials,
             sampler=sampler,
@@ -740,6 +830,8 @@ class OptunaSearch(SearchAlgorithm):
             load_if_exists=self.load_if_exists,
             seed=self.seed,
             directions=self.directions,
+            pruner=pruner,
+            fidelities=self.fidelities,
         )
 
 
