@@ -1,7 +1,7 @@
 """Workers sharing one tuning run: parallel efficiency and storage overhead (issue 13).
 
-One layer group (``Linear(128, 128)``, sketches with fresh weights, ``low_rank`` 1..85 x ``num_terms`` 1..3:
-255 configurations, random sampler) is tuned with a budget of ``--budget`` evaluations by 1, 2, 4 and 8 worker
+One layer group (``Linear(128, 128)``, sketches with fresh weights, ``low_rank`` 1..128 x ``num_terms`` 1..4:
+512 configurations, random sampler) is tuned with a budget of ``--budget`` evaluations by 1, 2, 4 and 8 worker
 processes (``SKAutoTuner.run_worker``), once on Optuna's journal storage (a file) and once
 on PostgreSQL. Each evaluation sleeps ``--sleep`` seconds (0.2) and scores from the
 parameters alone, so the core count does not matter and every run evaluates the budget.
@@ -72,10 +72,10 @@ def build_tuner(storage: str | None, study: str, budget: int, sleep: float) -> A
 
     search = OptunaSearch(n_trials=budget, sampler="random", seed=0, study_name=study,
                           storage=storage, load_if_exists=storage is not None)
-    # 255 configurations: room for the largest budget with few repeated proposals. Most are
+    # 512 configurations: room for the largest budget with few repeated proposals. Most are
     # larger than the dense layer, which does not matter here (the evaluation only sleeps) and
     # keeps building a sketch cheap; the warning saying so would repeat on every trial.
-    space = {"low_rank": Int(1, 85), "num_terms": Int(1, 3)}
+    space = {"low_rank": Int(1, 128), "num_terms": Int(1, 4)}
     warnings.filterwarnings("ignore", message=r"SKLinear\(.*than the .* of the dense layer")
     # copy_weights=False: a sketch is built from fresh random weights, so a trial costs the
     # evaluation's sleep plus bookkeeping, not a factorisation of the original weights;
