@@ -234,3 +234,36 @@ def test_workers_need_a_shared_storage_and_a_real_device():
         with pytest.raises(ValueError, match="0 CUDA device"):
             resolve_device("cuda:3")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_waiting_worker_wakes_when_the_awaited_trial_should_end(monkeypatch):
+    """A worker waiting for others' claims backs off, but not past the expected end of the
+    first awaited evaluation (its start + this worker's own evaluation time)."""
+    import datetime
+    import types
+
+    from panther.tuner import worker as worker_mod
+    from panther.tuner.storage import OWNER_ATTR, WAITING_SUFFIX
+
+    slept: list[float] = []
+    monkeypatch.setattr(worker_mod.time, "sleep", slept.append)
+    monkeypatch.setattr(worker_mod.time, "time", lambda: 1000.0)
+    w = worker_mod._Worker(None, None, None, None, poll_s=0.02, reap_s=10.0)
+
+    def running(start: float, owner: str) -> types.SimpleNamespace:
+        when = datetime.datetime.fromtimestamp(start, tz=datetime.UTC)
+        return types.SimpleNamespace(datetime_start=when, system_attrs={OWNER_ATTR: owner})
+
+    w._expect([running(999.9, "h:1:a")])
+    assert w.wake is None  # no evaluation time of its own yet: plain back-off
+    w._sleep(4)
+    w.eval_s = 0.2
+    # The unclaimed (waiting) trial started earlier but is not evaluated: it does not count.
+    w._expect([running(999.5, "h:2:b" + WAITING_SUFFIX), running(999.9, "h:1:a"),
+               running(999.95, "h:3:c")])
+    assert w.wake == pytest.approx(1000.1)
+    w._sleep(4)
+    w._sleep(4)  # the hint is used once
+    w.wake = 999.0  # already overdue: poll at the base interval
+    w._sleep(4)
+    assert slept == pytest.approx([0.16, 0.1, 0.16, 0.02])

@@ -195,6 +195,46 @@ def test_lease_beats_and_release(tmp_path):
     assert live_leases(storage, "r#run") == []
 
 
+def test_journal_codes_match_optuna():
+    """The journal's sync policy names Optuna's operation codes: they must be Optuna's."""
+    from optuna.storages.journal._storage import JournalOperation
+
+    from panther.tuner import storage as st
+
+    assert st._UNSYNCED_OPS == {JournalOperation.SET_TRIAL_PARAM,
+                                JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE,
+                                JournalOperation.SET_TRIAL_USER_ATTR,
+                                JournalOperation.SET_TRIAL_SYSTEM_ATTR}
+    assert st._CREATE_TRIAL_OP == JournalOperation.CREATE_TRIAL
+    assert st._RUNNING_STATE == optuna.trial.TrialState.RUNNING
+
+
+def test_journal_syncs_every_trial_end_and_skips_mid_trial_writes(tmp_path, monkeypatch):
+    """A COMPLETE (or FAIL, or added finished) trial is on disk when its call returns; the
+    writes in the middle of a trial are synced with its end, not one by one."""
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    study = optuna.create_study(storage=open_storage(f"journal:///{tmp_path}/run.log"),
+                                study_name="s")
+    synced.clear()
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    trial.set_user_attr("a", 1)
+    trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, "me")
+    assert synced == []  # created RUNNING, a parameter, two attributes: mid-trial
+    study.tell(trial, 1.0)
+    assert len(synced) == 1
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    assert len(synced) == 2
+    study.add_trial(optuna.trial.create_trial(value=2.0))
+    study.enqueue_trial({"x": 3})
+    assert len(synced) == 4  # a finished trial and a waiting one are created synced
+    reread = optuna.load_study(storage=open_storage(f"journal:///{tmp_path}/run.log"),
+                               study_name="s")
+    assert [t.state.name for t in reread.trials] == ["COMPLETE", "FAIL", "COMPLETE", "WAITING"]
+    assert reread.trials[0].user_attrs == {"a": 1}
+
+
 def test_own_leftover_trials_are_reaped_on_resume(tmp_path):
     """A search interrupted in this process leaves its trial RUNNING; the next resume in the
     same process fails and re-enqueues it (nobody else can be evaluating it)."""

@@ -303,10 +303,20 @@ def _journal_file(path: str) -> Any:
     Optuna's default lock is a lock *file* polled with a back-off of up to a second, which
     many workers turn into long waits, and which a killed process leaves behind for 30 s.
     An ``flock`` queues waiters in the kernel and dies with its process. Each append is
-    still written under the lock and synced (``fsync``) before the call returns, but the
-    sync runs after the lock is released, so concurrent workers' syncs overlap instead of
-    queueing one behind the other. Every panther process opens journal files this way;
-    another tool writing the same file at the same time must lock it the same way.
+    written whole, under the lock, before the call returns. Every panther process opens
+    journal files this way; another tool writing the same file at the same time must lock
+    it the same way.
+
+    Durability (see :func:`_needs_fsync`): a write that ends a trial (COMPLETE, FAIL...),
+    creates one in a final or waiting state, or changes a study is synced to disk
+    (``fsync``) before the call returns; writes in the middle of a trial (its parameters,
+    attributes, lease beats) are not. A killed process cannot lose or tear a write either
+    way (the data is in the kernel once ``write`` returns); the sync matters for a machine
+    crash, and since ``fsync`` flushes the whole file, a synced trial end makes that
+    trial's earlier writes (and every other worker's) durable too. A crash can lose only
+    the unsynced middle of trials that were RUNNING anyway, which the run treats as a dead
+    worker's trials. The sync runs after the lock is released, so concurrent workers'
+    syncs overlap instead of queueing one behind the other.
     """
     import json
 
@@ -350,12 +360,34 @@ def _journal_file(path: str) -> Any:
                     fh.flush()
                 finally:
                     self._lock.release()
-                os.fsync(fh.fileno())  # durable before returning, as Optuna's own append
+                if any(_needs_fsync(log) for log in logs):
+                    os.fsync(fh.fileno())  # durable before returning, as Optuna's own append
 
     backend = _Backend(path, lock_obj=_FlockLock(path))
     if not hasattr(backend, "_file_path") or not hasattr(backend, "_lock"):
         return JournalFileBackend(path)  # an Optuna whose backend is laid out differently
     return backend
+
+
+#: Journal operations written in the middle of a trial (Optuna's ``JournalOperation``
+#: codes: set a parameter, an intermediate value, a user or a system attribute).
+_UNSYNCED_OPS = frozenset({5, 7, 8, 9})
+_CREATE_TRIAL_OP = 4
+_RUNNING_STATE = 0  # TrialState.RUNNING, as a journal log writes it
+
+
+def _needs_fsync(log: dict[str, Any]) -> bool:
+    """Whether a journal write must be on disk before its call returns.
+
+    Everything but the writes in the middle of a trial: a crash may lose those only along
+    with the RUNNING trial they belong to (see :func:`_journal_file`).
+    """
+    op = log.get("op_code")
+    if op in _UNSYNCED_OPS:
+        return False
+    if op == _CREATE_TRIAL_OP:
+        return int(log.get("state", _RUNNING_STATE)) != _RUNNING_STATE
+    return True
 
 
 def _is_db_race(exc: Exception) -> bool:

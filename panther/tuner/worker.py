@@ -322,6 +322,8 @@ class _Worker:
         self.poll_s = poll_s
         self.reap_s = reap_s
         self.works: dict[str, _GroupWork] = {}
+        self.eval_s: float | None = None  # this worker's recent evaluation time (a moving mean)
+        self.wake: float | None = None  # when a trial that blocks this worker should end (epoch s)
 
     def _work(self, group: Any) -> _GroupWork:
         if group.key not in self.works:
@@ -363,8 +365,27 @@ class _Worker:
 
     def _sleep(self, rounds: int) -> None:
         """Wait between looks at the storage: ``poll_s``, doubling while nothing changes (up to
-        8x), so waiting workers do not load a shared database."""
-        time.sleep(self.poll_s * min(8, 2 ** max(0, rounds - 1)))
+        8x), so waiting workers do not load a shared database; but no longer than until the
+        first trial this worker waits for should end (:meth:`_expect`), so the last
+        evaluations of a run are noticed soon after they finish."""
+        delay = self.poll_s * min(8, 2 ** max(0, rounds - 1))
+        if self.wake is not None:
+            delay = min(delay, max(self.poll_s, self.wake - time.time()))
+            self.wake = None
+        time.sleep(delay)
+
+    def _expect(self, trials: list[Any]) -> None:
+        """Note when the first of ``trials`` (RUNNING, evaluated elsewhere) should end.
+
+        Estimated from its start and this worker's own evaluation time; only shortens the
+        next wait (on a host with another clock it is merely less useful).
+        """
+        if self.eval_s is None:
+            return
+        starts = [t.datetime_start.timestamp() for t in trials
+                  if t.datetime_start is not None and _claimed(t)]
+        if starts:
+            self.wake = min(starts) + self.eval_s
 
     def _group_step(self, work: _GroupWork) -> str:
         """Propose and handle one trial of ``work``'s group.
@@ -390,6 +411,7 @@ class _Worker:
         if work.budget is not None and work.counts(trials)["evaluated"] + sum(
                 t.state.name == "RUNNING" and _claimed(t) for t in trials) \
                 >= work.budget:
+            self._expect([t for t in trials if t.state.name == "RUNNING"])
             return "full"  # the rest of the budget is being evaluated elsewhere right now
         if work.search.is_finished():
             return "finished"  # this worker's own view: every point of the space was told
@@ -413,6 +435,7 @@ class _Worker:
                     self.report.surplus += 1
                     return "full"
             before = work.state.evaluated
+            began = time.time()
             try:
                 search_loop._answer(self.run, work.state, dict(params))
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -424,6 +447,8 @@ class _Worker:
             work.known.add(trial.number)
             work.just_ran = True
             if work.state.evaluated > before:
+                took = time.time() - began
+                self.eval_s = took if self.eval_s is None else 0.7 * self.eval_s + 0.3 * took
                 self.report.evaluated += 1
                 self.report.groups[work.group.key] = self.report.groups.get(work.group.key, 0) + 1
             else:
@@ -504,6 +529,7 @@ class _Worker:
                 return True
             if done + claimed >= work.budget:
                 return False
+            self._expect(lower)
             rounds += 1
             self._sleep(rounds)
             work.reap(self.lease.run_name, self.reap_s, self.report)
