@@ -34,12 +34,13 @@ constexpr int64_t kCachedOutputBytes = 8 << 20;
 // ATen GEMM call costs more in dispatch and set-up than its arithmetic, and four of them made a
 // 64x64 layer several times slower than nn.Linear's single call.
 constexpr int64_t kFusedMaxMacs = 1 << 16;
-// Sketches this narrow (L*k) use one GEMM against the concatenated factors on each side. The
+// Sketches this narrow (L*k <= 8) use one GEMM against the concatenated factors on each side. The
 // CPU BLAS runs products with an N or K below 16 far below its peak: at 128 rows and
 // 1024 -> 1024, x @ S1 with k = 8 took 150 us where one GEMM with 2k = 16 took 54 us, which
 // made rank 8 slower than rank 16 (and the tuner, choosing by multiply-adds, pick the slower).
-// From L*k = 32 on, the two GEMMs without the copies tie or win.
-constexpr int64_t kConcatMaxLk = 16;
+// From L*k = 16 on, the two GEMMs without the copies tie or win (at 8192 -> 8192 on 64 rows
+// with L*k = 16, one GEMM with the copies halved the efficiency on 2 threads).
+constexpr int64_t kConcatMaxLk = 8;
 
 void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& S1, const at::Tensor& U2,
                   const at::Tensor& U1, const at::Tensor& S2, int64_t num_terms) {
