@@ -100,10 +100,14 @@ def child(storage: str, study: str, budget: int, sleep: float, go: str) -> None:
     while not os.path.exists(go):
         time.sleep(0.002)
     start = time.time()
+    cpu = time.process_time()
     report = tuner.run_worker(heartbeat_interval=5, poll_interval=0.02)
     end = time.time()
+    cpu = time.process_time() - cpu
     print(json.dumps({"start": start, "end": end, "evaluated": report.evaluated,
-                      "free": report.free, "surplus": report.surplus}), flush=True)
+                      "free": report.free, "surplus": report.surplus,
+                      "storage_s": report.storage_s, "waiting_s": report.waiting_s,
+                      "cpu_s": cpu}), flush=True)
 
 
 def run_workers(storage: str, n: int, budget: int, sleep: float) -> dict[str, Any]:
@@ -119,6 +123,7 @@ def run_workers(storage: str, n: int, budget: int, sleep: float) -> dict[str, An
         line = proc.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"a worker failed to start: {line!r}")
+    busy = _busy_seconds()
     released = time.time()
     go.write_text("go")
     reports = []
@@ -127,14 +132,32 @@ def run_workers(storage: str, n: int, budget: int, sleep: float) -> dict[str, An
         if proc.returncode != 0:
             raise RuntimeError(f"a worker failed (exit {proc.returncode})")
         reports.append(json.loads(out.strip().splitlines()[-1]))
+        if len(reports) == 1:
+            busy = _busy_seconds() - busy if busy is not None else None  # the run, not exits
     evaluated = sum(r["evaluated"] for r in reports)
     if evaluated != budget:
         raise RuntimeError(f"{n} workers evaluated {evaluated} configurations, not the budget {budget}")
     wall = max(r["end"] for r in reports) - released
+    machine = busy
     busy = sum(r["end"] - r["start"] for r in reports)
     return {"workers": n, "wall_s": wall, "evaluated": evaluated,
+            "worker_cpu_ms": 1e3 * sum(r["cpu_s"] for r in reports) / evaluated,
+            "machine_busy": None if machine is None else machine / (wall * (os.cpu_count() or 1)),
             "free": sum(r["free"] for r in reports), "surplus": sum(r["surplus"] for r in reports),
-            "overhead_ms": 1e3 * (busy - evaluated * sleep) / evaluated}
+            "overhead_ms": 1e3 * (busy - evaluated * sleep) / evaluated,
+            "in_storage_ms": 1e3 * sum(r["storage_s"] for r in reports) / evaluated,
+            "waiting_ms": 1e3 * sum(r["waiting_s"] for r in reports) / evaluated}
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores; Linux ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def in_memory_overhead(budget: int, sleep: float) -> float:
@@ -154,7 +177,9 @@ def plain_optuna_ms(storage: Any, n: int = 40) -> float:
     from panther.tuner.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=open_storage(storage), study_name=f"plain-{uuid.uuid4().hex[:8]}",
+    # Optuna's own storage object, as optuna.create_study(storage=url) would build it (not
+    # the view panther's processes use, which saves reads).
+    study = optuna.create_study(storage=open_storage(storage).inner, study_name=f"plain-{uuid.uuid4().hex[:8]}",
                                 sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
     space = {"low_rank": optuna.distributions.IntDistribution(1, 64),
              "num_terms": optuna.distributions.IntDistribution(1, 3)}
@@ -189,6 +214,8 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.2)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--postgres", default=os.environ.get("PANTHER_TEST_POSTGRES_URL"))
+    parser.add_argument("--storages", nargs="+", choices=("journal", "postgresql"),
+                        default=["journal", "postgresql"], help="storages to measure (default: both)")
     args = parser.parse_args()
     env = setup(threads=1)
     base_ms = {budget: in_memory_overhead(budget, args.sleep) for budget in args.budget}
@@ -196,9 +223,10 @@ def main() -> None:
     storages = {"journal": lambda: f"journal://{folder}/{uuid.uuid4().hex[:8]}.log"}
     if args.postgres:
         storages["postgresql"] = lambda: args.postgres
-    else:
+    elif "postgresql" in args.storages:
         print("no PostgreSQL URL (--postgres or $PANTHER_TEST_POSTGRES_URL; `make postgres` "
               "starts a local server): measuring the journal storage only")
+    storages = {name: url for name, url in storages.items() if name in args.storages}
     disk_ms = fsync_ms(folder)
     print(f"one append + fsync in {folder}: {disk_ms:.2f} ms (Optuna's journal file syncs every write)")
     rows = []
@@ -216,7 +244,8 @@ def main() -> None:
                 rows.append(row)
                 print(f"budget {budget}, {name}: {n} worker(s) {row['wall_s']:.2f} s", flush=True)
     print_table(rows, ["budget", "storage", "workers", "wall_s", "efficiency", "overhead_ms",
-                       "storage_ms", "optuna_ask_tell_ms", "evaluated", "free", "surplus"],
+                       "storage_ms", "in_storage_ms", "waiting_ms", "worker_cpu_ms", "machine_busy",
+                       "optuna_ask_tell_ms", "evaluated", "free", "surplus"],
                 title=f"evaluations of {args.sleep} s; single-process in-memory overhead per "
                       "evaluation: " + ", ".join(f"{v:.1f} ms (budget {k})" for k, v in base_ms.items()))
     targets = {}

@@ -303,4 +303,4 @@ def test_tune_with_a_relative_storage_path(tmp_path, monkeypatch):
     tuner = _toy_tuner("journal:run.log", 0, {"num_terms": [1], "low_rank": [2, 4]})
     tuner.tune()
     assert (tmp_path / "run.log").exists()
-    assert isinstance(open_storage("journal:run.log"), optuna.storages.JournalStorage)
+    assert isinstance(open_storage("journal:run.log").inner, optuna.storages.JournalStorage)

@@ -238,11 +238,49 @@ def _engine_kwargs(spec: StorageSpec) -> dict[str, Any]:
         # and many workers must not exhaust the server's connection slots.
         "pool_size": 2,
         "max_overflow": 4,
-        # Drop connections the server closed while a long evaluation ran.
-        "pool_pre_ping": True,
     }
     kwargs.update(_connect_timeout(spec))
     return kwargs
+
+
+#: A pooled database connection idle for longer than this is tested before use.
+PING_AFTER_IDLE_S = 10.0
+
+
+def _ping_idle_connections(engine: Any) -> None:
+    """Test a pooled connection before use when it has been idle for a while.
+
+    A server may close a connection that sat idle through a long evaluation (a restart,
+    an idle timeout, a firewall); such a connection is replaced instead of failing the
+    next storage call. SQLAlchemy's ``pool_pre_ping`` tests on *every* checkout, which is a
+    round trip more for each of the ten or so transactions a trial takes; a connection
+    used a moment ago needs no test. (SQLAlchemy's recipe: raising ``DisconnectionError``
+    in a checkout handler makes the pool retry with a fresh connection.)
+    """
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(engine, "checkin")
+    def _used(dbapi_connection: Any, record: Any) -> None:
+        record.info["panther_used"] = time.monotonic()
+
+    @sqlalchemy.event.listens_for(engine, "checkout")
+    def _test(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        used = record.info.get("panther_used")
+        if used is None or time.monotonic() - used < PING_AFTER_IDLE_S:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except Exception as exc:
+            raise sqlalchemy.exc.DisconnectionError(f"stale connection: {exc}") from exc
+
+
+#: Database-server URLs whose tables this process has created or checked (see
+#: :func:`open_storage`).
+_SCHEMA_CHECKED: set[str] = set()
 
 
 def open_storage(url: str | StorageSpec, *, heartbeat_interval: int | None = None,
@@ -263,12 +301,14 @@ def open_storage(url: str | StorageSpec, *, heartbeat_interval: int | None = Non
     """
     import optuna
 
+    from panther.tuner.storage_view import ProcessStorage
+
     spec = url if isinstance(url, StorageSpec) else check_storage(url)
     if spec.kind == "journal":
         from optuna.storages.journal import JournalStorage
 
         try:
-            return JournalStorage(_journal_file(str(spec.path)))
+            return ProcessStorage(JournalStorage(_journal_file(str(spec.path))))
         except OSError as exc:
             raise StorageError(f"storage {spec.display!r} cannot be opened: {exc}") from exc
     kwargs: dict[str, Any] = {"engine_kwargs": _engine_kwargs(spec)}
@@ -280,13 +320,22 @@ def open_storage(url: str | StorageSpec, *, heartbeat_interval: int | None = Non
             with quiet_optuna():
                 kwargs["heartbeat_stale_trial_callback"] = \
                     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    if spec.url in _SCHEMA_CHECKED:
+        # This process has created and checked this database's tables already (Optuna's
+        # schema check takes a few queries and a fifth of a second on a busy server).
+        kwargs.update(skip_compatibility_check=True, skip_table_creation=True)
     last: Exception | None = None
     # Several workers starting at once may race to create the schema (duplicate key on the
     # version table); the loser finds the tables made and succeeds on the next attempt.
     for attempt in range(5):
         try:
             with quiet_optuna():
-                return optuna.storages.RDBStorage(spec.url, **kwargs)
+                rdb = optuna.storages.RDBStorage(spec.url, **kwargs)
+            if spec.dialect != "sqlite":
+                _ping_idle_connections(rdb.engine)
+            if spec.dialect != "sqlite":  # a file may be deleted and made again: check it
+                _SCHEMA_CHECKED.add(spec.url)
+            return ProcessStorage(rdb)
         except Exception as exc:
             last = exc
             if not _is_db_race(exc):
@@ -536,16 +585,21 @@ class ConcurrentRunError(RuntimeError):
     """Another live process drives the same run in a way that cannot be shared."""
 
 
-def check_no_conflict(lease: Lease, display: str) -> None:
+def check_no_conflict(lease: Lease, display: str,
+                      live: list[LeaseInfo] | None = None) -> None:
     """Refuse to go on when another live process conflicts with ``lease``.
+
+    ``live``: the run's live leases when the caller has just read them (else they are read).
 
     A ``"tune"`` lease (single-process ``tune()``) conflicts with every other live process
     on the run; a worker conflicts with a live ``tune()``. Only processes that took
     their lease *earlier* count, so of two starting at once exactly the later one stops.
     Leases of this same process never conflict (one process runs its searches in turn).
     """
-    others = [other for other in live_leases(lease.storage, lease.run_name, exclude=lease.id)
-              if other.number < (lease.number if lease.number is not None else 1 << 62)
+    if live is None:
+        live = live_leases(lease.storage, lease.run_name)
+    others = [other for other in live if other.id != lease.id
+              and other.number < (lease.number if lease.number is not None else 1 << 62)
               and not (other.pid == os.getpid() and other.host == socket.gethostname())]
     if lease.role == "worker":
         others = [other for other in others if other.role == "tune"]
@@ -703,21 +757,24 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
     storage = study._storage
     reaped: list[int] = []
     heartbeat = is_heartbeat_enabled(storage)
-    if heartbeat:
+    trials = study.get_trials(deepcopy=False)
+    # Optuna's own check first, when its heartbeat says some trial is stale (asked first, as
+    # one query, so a reap that finds nothing reads the study only once).
+    if heartbeat and storage._get_stale_trial_ids(study._study_id):
+        before = {t.number for t in trials if t.state == state.FAIL}
         with quiet_optuna():
-            before = {t.number for t in study.get_trials(deepcopy=False, states=(state.FAIL,))}
             optuna.storages.fail_stale_trials(study)
-            after = study.get_trials(deepcopy=False, states=(state.FAIL,))
+        trials = study.get_trials(deepcopy=False)
         # New FAILs without an error of panther's are the stale ones (others are claims that
         # workers gave up meanwhile); two workers reaping at once may both count one.
-        reaped.extend(sorted(t.number for t in after if t.number not in before
-                             and "panther_error" not in t.user_attrs))
+        reaped.extend(sorted(t.number for t in trials if t.state == state.FAIL
+                             and t.number not in before and "panther_error" not in t.user_attrs))
     leases = {lease.id: lease for lease in _leases(storage, run_name)}
     now = time.time()
     alive = {key: lease_alive(lease, now) for key, lease in leases.items()}
     grace = max([lease.grace for lease in leases.values()], default=30.0)
     host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+    for trial in (t for t in trials if t.state == state.RUNNING):
         age = (now - trial.datetime_start.timestamp()) if trial.datetime_start else float("inf")
         owner = trial.system_attrs.get(OWNER_ATTR)
         if isinstance(owner, str):

@@ -1,0 +1,468 @@
+"""One process's view of a shared Optuna storage: its own running trials kept in memory.
+
+Optuna reads a trial back from the storage whenever it needs it: ``Study.ask`` reads the
+trial it has just created, ``Study.tell`` reads it twice more. On a database each read is
+half a dozen queries (the trial row, then its parameters, values and attributes), so on
+PostgreSQL these reads were a third of the statements a worker sent per trial
+(``benchmarks/bench_parallel.py``).
+
+A RUNNING trial is written only by the process that runs it, so that process can answer
+those reads itself. :class:`ProcessStorage` wraps the storage :func:`open_storage
+<panther.tuner.storage.open_storage>` builds and
+
+* remembers the trials this process owns: created RUNNING here, or moved to RUNNING
+  here (an enqueued retry this process popped);
+* reads each of them from the storage once, then keeps its copy up to date with this
+  process's own writes, which still all go to the storage first (so an error such as a
+  trial another process has already failed surfaces exactly as before);
+* forgets a trial once it is finished (its final state then comes from the storage,
+  except for the one read Optuna's ``tell`` makes right away, answered from the copy);
+* passes everything else through, and counts the time spent in the storage (per thread:
+  :meth:`seconds`), which :class:`~panther.tuner.worker.WorkerReport` reports.
+
+The one thing another process may change on a RUNNING trial is its state: a worker that
+takes it for a dead one's marks it FAIL. This process's next write to it is refused by the
+storage (``UpdateFinishedTrialError``), as it would be without the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import threading
+import time
+import warnings
+from collections.abc import Callable, Container, Iterator, Sequence
+from typing import Any
+
+from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.study._frozen import FrozenStudy
+from optuna.study._study_direction import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["ProcessStorage"]
+
+#: Databases whose tables :class:`_RDBReader` reads directly (others read through Optuna).
+_READER_DIALECTS = ("postgresql", "sqlite")
+
+
+class ProcessStorage(BaseStorage, BaseHeartbeat):
+    """An Optuna storage that serves this process's RUNNING trials from memory.
+
+    Args:
+        inner: the storage to wrap (an ``RDBStorage`` is wrapped in Optuna's own
+            ``_CachedStorage`` first, as ``optuna.create_study`` would, so finished trials
+            are cached too).
+
+    Use it wherever Optuna takes a storage (``optuna.load_study(storage=...)``); the
+    heartbeat (RDB storages) is the wrapped storage's.
+    """
+
+    def __init__(self, inner: BaseStorage) -> None:
+        from optuna.storages import RDBStorage, get_storage
+
+        self._inner = get_storage(inner) if isinstance(inner, RDBStorage) else inner
+        self._reader: _RDBReader | None = None
+        if isinstance(inner, RDBStorage) and inner.engine.name in _READER_DIALECTS:
+            try:
+                self._reader = _RDBReader(inner)
+            except Exception:  # noqa: BLE001 -- another Optuna's models: read through Optuna
+                self._reader = None
+        self._lock = threading.RLock()
+        # trial id -> this process's copy (None until first read from the storage)
+        self._own: dict[int, FrozenTrial | None] = {}
+        # the trial this process finished last, as it finished it (its end time is this
+        # machine's clock): Optuna's tell reads it back right away
+        self._finished: tuple[int, FrozenTrial] | None = None
+        self._clock = threading.local()
+        self._last: dict[int, list[FrozenTrial]] = {}  # study id -> its trials, as last read
+
+    # ------------------------------------------------------------------ accounting
+    def seconds(self) -> float:
+        """Seconds the calling thread has spent in calls to the wrapped storage."""
+        return getattr(self._clock, "seconds", 0.0)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._clock.seconds = self.seconds() + time.perf_counter() - start
+
+    @property
+    def inner(self) -> BaseStorage:
+        """The wrapped storage."""
+        return self._inner
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else the wrapped storage offers (``remove_session``, RDB's ``url``...).
+        if name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    # ------------------------------------------------------------------ studies
+    def create_new_study(self, directions: Sequence[StudyDirection],
+                         study_name: str | None = None) -> int:
+        """Pass through."""
+        return self._call(self._inner.create_new_study, directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        """Pass through."""
+        self._call(self._inner.delete_study, study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        """Pass through."""
+        self._call(self._inner.set_study_user_attr, study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        """Pass through."""
+        self._call(self._inner.set_study_system_attr, study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        """Pass through."""
+        return self._call(self._inner.get_study_id_from_name, study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        """Pass through."""
+        return self._call(self._inner.get_study_name_from_id, study_id)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        """Pass through."""
+        return self._call(self._inner.get_study_directions, study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        """Pass through."""
+        return self._call(self._inner.get_study_user_attrs, study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        """Pass through."""
+        return self._call(self._inner.get_study_system_attrs, study_id)
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        """Pass through."""
+        return self._call(self._inner.get_all_studies)
+
+    # ------------------------------------------------------------------ trials: writes
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        """Create the trial; a RUNNING one is this process's from now on."""
+        trial_id = self._call(self._inner.create_new_trial, study_id, template_trial)
+        if template_trial is None or template_trial.state == TrialState.RUNNING:
+            created = self._created(trial_id)
+            with self._lock:
+                self._own[trial_id] = created
+        return trial_id
+
+    def _created(self, trial_id: int) -> FrozenTrial | None:
+        """The trial as the storage created it, when Optuna's cache in front of a database
+        kept it (it does, as the database returned it); else ``None``: read it when needed."""
+        try:
+            study_id, number = self._inner._trial_id_to_study_id_and_number[trial_id]
+            trial = self._inner._studies[study_id].trials[number]
+        except (AttributeError, KeyError):  # a journal storage, or another Optuna's cache
+            return None
+        return copy.deepcopy(trial) if trial.state == TrialState.RUNNING else None
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        """Write the state; a trial moved to RUNNING here becomes this process's, a finished
+        one is forgotten."""
+        try:
+            changed = self._call(self._inner.set_trial_state_values, trial_id, state, values)
+        except Exception:
+            with self._lock:  # e.g. finished elsewhere meanwhile: the copy is wrong now
+                self._own.pop(trial_id, None)
+            raise
+        with self._lock:
+            if state.is_finished():
+                mine = self._own.pop(trial_id, None)
+                if mine is not None and changed:
+                    # Optuna's tell reads the trial back once more to return it.
+                    mine.state = state
+                    mine.values = None if values is None else [float(v) for v in values]
+                    mine.datetime_complete = datetime.datetime.now()
+                    self._finished = (trial_id, mine)
+            elif state == TrialState.RUNNING and changed:
+                self._own[trial_id] = None  # read once from the storage when needed
+        return changed
+
+    def _update(self, trial_id: int, change: Callable[[FrozenTrial], None]) -> None:
+        with self._lock:
+            trial = self._own.get(trial_id)
+            if trial is not None:
+                change(trial)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: BaseDistribution) -> None:
+        """Write the parameter, then note it on this process's copy."""
+        self._call(self._inner.set_trial_param, trial_id, param_name, param_value_internal,
+                   distribution)
+
+        def change(trial: FrozenTrial) -> None:
+            trial.params[param_name] = distribution.to_external_repr(param_value_internal)
+            trial.distributions[param_name] = distribution
+
+        self._update(trial_id, change)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int,
+                                     intermediate_value: float) -> None:
+        """Write the value, then note it on this process's copy."""
+        self._call(self._inner.set_trial_intermediate_value, trial_id, step, intermediate_value)
+        self._update(trial_id, lambda t: t.intermediate_values.__setitem__(step, intermediate_value))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """Write the attribute, then note it on this process's copy."""
+        self._call(self._inner.set_trial_user_attr, trial_id, key, value)
+        self._update(trial_id, lambda t: t.user_attrs.__setitem__(key, copy.deepcopy(value)))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """Write the attribute, then note it on this process's copy."""
+        self._call(self._inner.set_trial_system_attr, trial_id, key, value)
+        self._update(trial_id, lambda t: t.system_attrs.__setitem__(key, copy.deepcopy(value)))
+
+    # ------------------------------------------------------------------ trials: reads
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """This process's copy of a trial it runs (read once), else the storage's."""
+        with self._lock:
+            own = trial_id in self._own
+            trial = self._own.get(trial_id)
+            if trial is None and self._finished is not None and self._finished[0] == trial_id:
+                trial = self._finished[1]
+            if trial is not None:
+                return copy.deepcopy(trial)  # callers (Optuna's Trial) change what they get
+        reader = self._reader
+        done = reader.finished(trial_id) if reader is not None else None
+        if done is not None:
+            return done  # finished trials never change (Optuna's own cache shares them too)
+        fresh = self._call(self._inner.get_trial, trial_id)
+        if own and fresh.state == TrialState.RUNNING:
+            with self._lock:
+                if trial_id in self._own:
+                    self._own[trial_id] = copy.deepcopy(fresh)
+        return fresh
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        """Read the study's trials (other processes change them), except inside
+        :meth:`last_read`, where the last read is answered again."""
+        last = self._last.get(study_id)
+        if getattr(self._clock, "reuse", False) and last is not None:
+            trials = [t for t in last if states is None or t.state in states]
+        else:
+            trials = self._call(self._read_all, study_id)
+            self._last[study_id] = trials
+            if states is not None:
+                trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def _read_all(self, study_id: int) -> list[FrozenTrial]:
+        reader = self._reader
+        if reader is not None:
+            try:
+                with self._lock:
+                    return reader.read(study_id)
+            except KeyError:
+                raise  # no such study: as Optuna says it
+            except Exception as exc:  # noqa: BLE001 -- see _RDBReader: fall back to Optuna
+                self._reader = None
+                warnings.warn(f"panther reads this storage through Optuna from now on: its "
+                              f"fast reader failed ({type(exc).__name__}: {exc})", RuntimeWarning,
+                              stacklevel=3)
+        return self._inner.get_all_trials(study_id, deepcopy=False)
+
+    @contextlib.contextmanager
+    def last_read(self) -> Iterator[None]:
+        """Within this block, this thread's reads of a study's trials reuse the last read.
+
+        For a step that would only read what it read a moment ago, when a slightly older
+        view is harmless: e.g. ``Study.ask`` reads the study for WAITING trials to pop
+        (retries of dead workers' trials); one it misses is popped by the next ask, and one
+        another process took meanwhile is refused by the storage and skipped by Optuna.
+        """
+        before = getattr(self._clock, "reuse", False)
+        self._clock.reuse = True
+        try:
+            yield
+        finally:
+            self._clock.reuse = before
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        """Pass through."""
+        return self._call(self._inner.get_trial_id_from_study_id_trial_number, study_id,
+                          trial_number)
+
+    def get_trial_number_from_id(self, trial_id: int) -> int:
+        """This process's copy, else pass through."""
+        with self._lock:
+            trial = self._own.get(trial_id)
+            if trial is not None:
+                return trial.number
+        return self._call(self._inner.get_trial_number_from_id, trial_id)
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        """Pass through."""
+        return self._call(self._inner.get_best_trial, study_id)
+
+    def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None
+                     ) -> int:
+        """Pass through."""
+        return self._call(self._inner.get_n_trials, study_id, state)
+
+    def remove_session(self) -> None:
+        """Pass through."""
+        self._inner.remove_session()
+
+    def check_trial_is_updatable(self, trial_id: int, trial_state: TrialState) -> None:
+        """Pass through."""
+        self._inner.check_trial_is_updatable(trial_id, trial_state)
+
+    # ------------------------------------------------------------------ heartbeat
+    def record_heartbeat(self, trial_id: int) -> None:
+        """The wrapped storage's heartbeat (RDB storages)."""
+        self._call(self._inner.record_heartbeat, trial_id)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self._call(self._inner._get_stale_trial_ids, study_id)
+
+    def get_heartbeat_interval(self) -> int | None:
+        """The wrapped storage's interval; ``None`` (no heartbeat) for a journal file."""
+        if not isinstance(self._inner, BaseHeartbeat):
+            return None
+        return self._inner.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        """The wrapped storage's callback for stale trials (``None`` without a heartbeat)."""
+        if not isinstance(self._inner, BaseHeartbeat):
+            return None
+        # Optuna >= 4.9 names it so; earlier ones call it the failed-trial callback.
+        getter = getattr(self._inner, "get_heartbeat_stale_trial_callback", None)
+        return getter() if getter is not None else self._inner.get_failed_trial_callback()
+
+    def get_failed_trial_callback(self) -> Any:
+        """The same callback under its name before Optuna 4.9."""
+        return self.get_heartbeat_stale_trial_callback()
+
+
+class _RDBReader:
+    """Reads a study's trials from Optuna's database tables without its ORM.
+
+    Optuna builds a trial from ORM objects and loads its parameters, values and attributes
+    table by table; with many workers, each polling the study between trials, that object
+    building was most of a worker's time in the storage on a small machine. This reader
+    asks the same six questions with SQLAlchemy Core on Optuna's own table definitions and
+    builds the ``FrozenTrial`` the way Optuna does (its conversion helpers for values and
+    dates), and, like Optuna's cache, reads again only the trials that were unfinished or
+    new at the last read. Anything unexpected turns it off (:class:`ProcessStorage` then
+    reads through Optuna), so a schema of another Optuna costs speed, never correctness.
+    """
+
+    def __init__(self, rdb: Any) -> None:
+        import sqlalchemy
+        from optuna.storages._rdb import models
+
+        self._sa = sqlalchemy
+        self._models = models
+        self._engine = rdb.engine
+        self._trials = models.TrialModel.__table__
+        self._children = {
+            "params": models.TrialParamModel.__table__,
+            "values": models.TrialValueModel.__table__,
+            "user": models.TrialUserAttributeModel.__table__,
+            "system": models.TrialSystemAttributeModel.__table__,
+            "intermediate": models.TrialIntermediateValueModel.__table__,
+        }
+        # Optuna's trial model turns the stored dates into local ones (how depends on the
+        # version): let one transient model object do it, through the attributes it maps.
+        mapper = sqlalchemy.inspect(models.TrialModel)
+        self._date_keys = [mapper.get_property_by_column(self._trials.c[name]).key
+                           for name in ("datetime_start", "datetime_complete")]
+        self._dates = models.TrialModel()
+        self._dists: dict[str, Any] = {}
+        self._studies: dict[int, dict[str, Any]] = {}  # per study: trials, unfinished, last
+        self._finished: dict[int, FrozenTrial] = {}  # trial id -> finished trial
+
+    def _distribution(self, text: str) -> Any:
+        from optuna import distributions
+
+        dist = self._dists.get(text)
+        if dist is None:
+            dist = self._dists[text] = distributions.json_to_distribution(text)
+        return dist
+
+    def _local(self, start: Any, complete: Any) -> tuple[Any, Any]:
+        setattr(self._dates, self._date_keys[0], start)
+        setattr(self._dates, self._date_keys[1], complete)
+        return self._dates.datetime_start, self._dates.datetime_complete
+
+    def read(self, study_id: int) -> list[FrozenTrial]:
+        """Every trial of the study, in number order (finished ones from the last reads)."""
+        import json
+
+        sa, models = self._sa, self._models
+        t = self._trials
+        known = self._studies.get(study_id)
+        with self._engine.connect() as conn:
+            if known is None:
+                studies = models.StudyModel.__table__
+                found = conn.execute(sa.select(studies.c.study_id)
+                                     .where(studies.c.study_id == study_id)).first()
+                if found is None:
+                    raise KeyError(f"No study with study_id {study_id} exists.")
+                known = {"trials": {}, "unfinished": set(), "last": -1}
+            query = sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start,
+                              t.c.datetime_complete).where(t.c.study_id == study_id)
+            newer = t.c.trial_id > known["last"]
+            if known["unfinished"]:
+                newer = sa.or_(newer, t.c.trial_id.in_(sorted(known["unfinished"])))
+            rows = conn.execute(query.where(newer).order_by(t.c.trial_id)).all()
+            ids = [row[0] for row in rows]
+            children: dict[str, list[Any]] = {}
+            for name, table in self._children.items() if ids else ():
+                # Ordered by primary key: parameters keep the order they were set in.
+                key = next(c for c in table.c if c.primary_key)
+                children[name] = conn.execute(
+                    sa.select(*table.c).where(table.c.trial_id.in_(ids)).order_by(key)).all()
+        parts: dict[int, dict[str, Any]] = {
+            i: {"params": {}, "dists": {}, "values": {}, "user": {}, "system": {}, "inter": {}}
+            for i in ids}
+        for r in children.get("params", ()):
+            dist = self._distribution(r.distribution_json)
+            parts[r.trial_id]["params"][r.param_name] = dist.to_external_repr(r.param_value)
+            parts[r.trial_id]["dists"][r.param_name] = dist
+        for r in children.get("values", ()):
+            parts[r.trial_id]["values"][r.objective] = \
+                models.TrialValueModel.stored_repr_to_value(r.value, r.value_type)
+        for r in children.get("user", ()):
+            parts[r.trial_id]["user"][r.key] = json.loads(r.value_json)
+        for r in children.get("system", ()):
+            parts[r.trial_id]["system"][r.key] = json.loads(r.value_json)
+        for r in children.get("intermediate", ()):
+            parts[r.trial_id]["inter"][r.step] = \
+                models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+                    r.intermediate_value, r.intermediate_value_type)
+        trials = known["trials"]
+        for trial_id, number, state, start, complete in rows:
+            part = parts[trial_id]
+            values = part["values"]
+            start, complete = self._local(start, complete)
+            trials[number] = FrozenTrial(
+                number=number, state=state, value=None,
+                values=[values[k] for k in sorted(values)] if values else None,
+                datetime_start=start, datetime_complete=complete, params=part["params"],
+                distributions=part["dists"], user_attrs=part["user"],
+                system_attrs=part["system"], intermediate_values=part["inter"],
+                trial_id=trial_id)
+            if state.is_finished():
+                known["unfinished"].discard(trial_id)
+                known["last"] = max(known["last"], trial_id)
+                self._finished[trial_id] = trials[number]
+            else:
+                known["unfinished"].add(trial_id)
+        self._studies[study_id] = known
+        return [trials[n] for n in sorted(trials)]
+
+    def finished(self, trial_id: int) -> FrozenTrial | None:
+        """A finished trial from an earlier read (finished trials never change)."""
+        return self._finished.get(trial_id)
