@@ -43,10 +43,35 @@ from optuna.study._frozen import FrozenStudy
 from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["ProcessStorage"]
+__all__ = ["ProcessStorage", "write_batch"]
 
 #: Databases whose tables :class:`_RDBReader` reads directly (others read through Optuna).
 _READER_DIALECTS = ("postgresql", "sqlite")
+
+
+def _has_batch_helpers() -> bool:
+    """Whether this Optuna's database storage has the per-write helpers that
+    :meth:`ProcessStorage.write_batch` runs in one transaction, with the arguments it
+    passes (earlier Optuna 4 releases have others: their writes go one by one)."""
+    import inspect
+
+    from optuna.storages import RDBStorage
+
+    try:
+        param = inspect.signature(RDBStorage._set_trial_param_without_commit).parameters
+        attr = inspect.signature(RDBStorage._set_trial_attr_without_commit).parameters
+    except AttributeError:
+        return False
+    return "previous_distribution" in param and "model_cls" in attr
+
+
+_BATCH_HELPERS = _has_batch_helpers()
+
+
+def _optuna_exceptions() -> Any:
+    import optuna.exceptions
+
+    return optuna.exceptions
 
 
 class ProcessStorage(BaseStorage, BaseHeartbeat):
@@ -65,6 +90,7 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         from optuna.storages import RDBStorage, get_storage
 
         self._inner = get_storage(inner) if isinstance(inner, RDBStorage) else inner
+        self._rdb = inner if isinstance(inner, RDBStorage) else None
         self._reader: _RDBReader | None = None
         if isinstance(inner, RDBStorage) and inner.engine.name in _READER_DIALECTS:
             try:
@@ -79,6 +105,7 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         self._finished: tuple[int, FrozenTrial] | None = None
         self._clock = threading.local()
         self._last: dict[int, list[FrozenTrial]] = {}  # study id -> its trials, as last read
+        self._study_ids: dict[str, int] = {}  # study name -> id
 
     # ------------------------------------------------------------------ accounting
     def seconds(self) -> float:
@@ -86,11 +113,119 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         return getattr(self._clock, "seconds", 0.0)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if getattr(self._clock, "queue", None):
+            self._flush()  # this thread's batched writes go first, in order
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
             self._clock.seconds = self.seconds() + time.perf_counter() - start
+
+    # ------------------------------------------------------------------ batched writes
+    @contextlib.contextmanager
+    def write_batch(self) -> Iterator[None]:
+        """Within this block, this thread's writes of parameters, attributes and heartbeats
+        of the trials it runs are sent together, in one transaction on a database.
+
+        They are sent when the block ends, or before this thread's next other call to the
+        storage (a read, a state change...), so they are always written, in order, before
+        anything this process does next is seen by others; only the round trips are
+        fewer (about half a dozen per trial on PostgreSQL). When one transaction cannot
+        take them (another Optuna, a conflict), they are sent one by one as without it.
+        """
+        outer = getattr(self._clock, "queue", None)
+        if outer is not None:  # nested: the outer block sends them
+            yield
+            return
+        self._clock.queue = []
+        try:
+            yield
+        finally:
+            try:
+                self._flush()
+            finally:
+                self._clock.queue = None
+
+    def _queued(self, trial_id: int, op: tuple[Any, ...]) -> bool:
+        """Queue ``op`` when this thread is batching and the trial is this process's."""
+        queue = getattr(self._clock, "queue", None)
+        if queue is None or trial_id not in self._own:
+            return False
+        queue.append(op)
+        return True
+
+    def _flush(self) -> None:
+        queue = self._clock.queue
+        if not queue:
+            return
+        ops, queue[:] = list(queue), []
+        start = time.perf_counter()
+        try:
+            if not self._flush_in_one(ops):
+                for op in ops:
+                    self._send(op)
+        except Exception:
+            with self._lock:  # what was noted on this process's copies may not be stored
+                for op in ops:
+                    self._own.pop(op[1], None)
+            raise
+        finally:
+            self._clock.seconds = self.seconds() + time.perf_counter() - start
+
+    def _send(self, op: tuple[Any, ...]) -> None:
+        kind, trial_id, *rest = op
+        if kind == "param":
+            self._inner.set_trial_param(trial_id, *rest)
+        elif kind == "user":
+            self._inner.set_trial_user_attr(trial_id, *rest)
+        elif kind == "system":
+            self._inner.set_trial_system_attr(trial_id, *rest)
+        else:
+            self._inner.record_heartbeat(trial_id)
+
+    def _flush_in_one(self, ops: list[tuple[Any, ...]]) -> bool:
+        """Write ``ops`` in one database transaction, with Optuna's own per-write helpers.
+
+        Returns False (nothing written) where that is not possible: not a database, an
+        Optuna without these helpers, or a conflict the one-by-one writes handle.
+        """
+        rdb = self._rdb
+        if rdb is None or not _BATCH_HELPERS or len(ops) < 2:
+            return False
+        try:
+            import sqlalchemy
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            known = getattr(self._inner, "_studies", {})
+            with _create_scoped_session(rdb.scoped_session) as session:
+                for kind, trial_id, *rest in ops:
+                    if kind == "param":
+                        name, value, dist = rest
+                        # The distribution this study already has for the name (Optuna's
+                        # cache of it), so the check needs no query.
+                        previous = next((info.param_distribution.get(name)
+                                         for info in known.values()
+                                         if name in info.param_distribution), None)
+                        rdb._set_trial_param_without_commit(session, trial_id, name, value,
+                                                            dist, previous)
+                    elif kind in ("user", "system"):
+                        model = (models.TrialUserAttributeModel if kind == "user"
+                                 else models.TrialSystemAttributeModel)
+                        rdb._set_trial_attr_without_commit(session, model, trial_id, *rest)
+                    else:  # the first heartbeat of a trial (Optuna's record_heartbeat)
+                        beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
+                        if beat is None:
+                            session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+                        else:
+                            beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
+        except _optuna_exceptions().StorageInternalError as exc:
+            if isinstance(exc.__cause__, sqlalchemy.exc.IntegrityError):
+                return False  # rolled back: one by one, as Optuna would
+            raise
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
 
     @property
     def inner(self) -> BaseStorage:
@@ -110,8 +245,10 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         return self._call(self._inner.create_new_study, directions, study_name)
 
     def delete_study(self, study_id: int) -> None:
-        """Pass through."""
+        """Delete the study (and forget its name)."""
         self._call(self._inner.delete_study, study_id)
+        self._study_ids = {name: i for name, i in self._study_ids.items() if i != study_id}
+        self._last.pop(study_id, None)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         """Pass through."""
@@ -122,8 +259,12 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         self._call(self._inner.set_study_system_attr, study_id, key, value)
 
     def get_study_id_from_name(self, study_name: str) -> int:
-        """Pass through."""
-        return self._call(self._inner.get_study_id_from_name, study_name)
+        """The study's id (remembered: a name keeps its id until the study is deleted)."""
+        study_id = self._study_ids.get(study_name)
+        if study_id is None:
+            study_id = self._call(self._inner.get_study_id_from_name, study_name)
+            self._study_ids[study_name] = study_id
+        return study_id
 
     def get_study_name_from_id(self, study_id: int) -> str:
         """Pass through."""
@@ -197,8 +338,10 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: BaseDistribution) -> None:
         """Write the parameter, then note it on this process's copy."""
-        self._call(self._inner.set_trial_param, trial_id, param_name, param_value_internal,
-                   distribution)
+        if not self._queued(trial_id, ("param", trial_id, param_name, param_value_internal,
+                                       distribution)):
+            self._call(self._inner.set_trial_param, trial_id, param_name, param_value_internal,
+                       distribution)
 
         def change(trial: FrozenTrial) -> None:
             trial.params[param_name] = distribution.to_external_repr(param_value_internal)
@@ -214,12 +357,14 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         """Write the attribute, then note it on this process's copy."""
-        self._call(self._inner.set_trial_user_attr, trial_id, key, value)
+        if not self._queued(trial_id, ("user", trial_id, key, value)):
+            self._call(self._inner.set_trial_user_attr, trial_id, key, value)
         self._update(trial_id, lambda t: t.user_attrs.__setitem__(key, copy.deepcopy(value)))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         """Write the attribute, then note it on this process's copy."""
-        self._call(self._inner.set_trial_system_attr, trial_id, key, value)
+        if not self._queued(trial_id, ("system", trial_id, key, value)):
+            self._call(self._inner.set_trial_system_attr, trial_id, key, value)
         self._update(trial_id, lambda t: t.system_attrs.__setitem__(key, copy.deepcopy(value)))
 
     # ------------------------------------------------------------------ trials: reads
@@ -321,7 +466,8 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
     # ------------------------------------------------------------------ heartbeat
     def record_heartbeat(self, trial_id: int) -> None:
         """The wrapped storage's heartbeat (RDB storages)."""
-        self._call(self._inner.record_heartbeat, trial_id)
+        if not self._queued(trial_id, ("beat", trial_id)):
+            self._call(self._inner.record_heartbeat, trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return self._call(self._inner._get_stale_trial_ids, study_id)
@@ -466,3 +612,10 @@ class _RDBReader:
     def finished(self, trial_id: int) -> FrozenTrial | None:
         """A finished trial from an earlier read (finished trials never change)."""
         return self._finished.get(trial_id)
+
+
+def write_batch(storage: Any) -> Any:
+    """:meth:`ProcessStorage.write_batch` of ``storage``; a no-op block for any other storage."""
+    batch = getattr(storage, "write_batch", None)
+    return batch() if isinstance(storage, ProcessStorage) and batch is not None \
+        else contextlib.nullcontext()

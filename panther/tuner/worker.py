@@ -88,6 +88,12 @@ class WorkerReport:
     waiting_s: float = 0.0
 
 
+def write_batch(storage: Any) -> Any:
+    from panther.tuner.storage_view import write_batch as batch
+
+    return batch(storage)
+
+
 def _reusing_reads(study: Any) -> Any:
     """:meth:`ProcessStorage.last_read <panther.tuner.storage_view.ProcessStorage.last_read>`
     of ``study``'s storage (a no-op context for any other storage)."""
@@ -185,8 +191,9 @@ def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display:
     from panther.tuner.fingerprint import FINGERPRINT_ATTR, check_fingerprint
 
     where = f"tuning run {run_study.study_name!r} in storage {display!r}"
-    check_fingerprint(run_study.user_attrs.get(FINGERPRINT_ATTR), fingerprint, where)
-    if FINGERPRINT_ATTR not in run_study.user_attrs:
+    stored = run_study.user_attrs  # one read: every access asks the storage
+    check_fingerprint(stored.get(FINGERPRINT_ATTR), fingerprint, where)
+    if FINGERPRINT_ATTR not in stored:
         run_study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
         # Two workers may record theirs at once; the stored one decides for both.
         check_fingerprint(run_study.user_attrs.get(FINGERPRINT_ATTR), fingerprint, where)
@@ -432,14 +439,16 @@ class _Worker:
             return "full"  # the rest of the budget is being evaluated elsewhere right now
         if work.search.is_finished():
             return "finished"  # this worker's own view: every point of the space was told
-        # Optuna's ask reads the study once more (for WAITING trials to pop): the read above
-        # is as good for that, and one storage read less per trial.
-        with _reusing_reads(work.study) if recent else contextlib.nullcontext():
-            params = work.search.get_next_params()
-        if params is None:
-            return "finished"
-        trial = work.search._pending[-1][0]  # the Optuna trial just asked
-        self.lease.set_current(work.study.study_name, trial.number, trial._trial_id)
+        # The new trial's parameters and first heartbeat go to the storage together.
+        with write_batch(work.study._storage):
+            # Optuna's ask reads the study once more (for WAITING trials to pop): the read
+            # above is as good for that, and one storage read less per trial.
+            with _reusing_reads(work.study) if recent else contextlib.nullcontext():
+                params = work.search.get_next_params()
+            if params is None:
+                return "finished"
+            trial = work.search._pending[-1][0]  # the Optuna trial just asked
+            self.lease.set_current(work.study.study_name, trial.number, trial._trial_id)
         try:
             key = params_key(params)
             # One fresh read after asking: trials created before this one are all in it.

@@ -21,6 +21,8 @@ only the keywords the factory declares by name among:
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import inspect
 import math
@@ -515,8 +517,9 @@ class OptunaSearch(SearchAlgorithm):
             return
         study = self._study
         where = f"study {study.study_name!r} in storage {self.storage!r}"
-        check_fingerprint(study.user_attrs.get(FINGERPRINT_ATTR), self.fingerprint, where)
-        if FINGERPRINT_ATTR not in study.user_attrs:
+        stored = study.user_attrs  # one read: every access asks the storage
+        check_fingerprint(stored.get(FINGERPRINT_ATTR), self.fingerprint, where)
+        if FINGERPRINT_ATTR not in stored:
             study.set_user_attr(FINGERPRINT_ATTR, self.fingerprint)
             # Two processes may record theirs at once: the stored one decides for both.
             check_fingerprint(study.user_attrs.get(FINGERPRINT_ATTR), self.fingerprint, where)
@@ -535,7 +538,12 @@ class OptunaSearch(SearchAlgorithm):
         else:
             for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
                 self._tell(trial.number, state=state.FAIL)  # in memory: nobody else runs them
-        for trial in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)):
+        reuse = getattr(study._storage, "last_read", None)
+        # The reap has just read the study; when it changed nothing, that read will do.
+        with reuse() if reuse is not None and self._persistent() and not self.reaped \
+                else contextlib.nullcontext():
+            finished = study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED))
+        for trial in finished:
             try:
                 stored = trial.params
                 params = {name: self._codecs[name].decode(stored[name]) for name in self._codecs}
@@ -657,10 +665,13 @@ class OptunaSearch(SearchAlgorithm):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if trial is not None:
-                for k, v in user_attrs.items():
-                    trial.set_user_attr(k, v)
-                if constraint is not None and _per_trial_constraints():
-                    trial.set_constraint(CONSTRAINT_KEY, float(constraint))
+                from panther.tuner.storage_view import write_batch
+
+                with write_batch(trial.storage):  # one transaction for the result's attributes
+                    for k, v in user_attrs.items():
+                        trial.set_user_attr(k, v)
+                    if constraint is not None and _per_trial_constraints():
+                        trial.set_constraint(CONSTRAINT_KEY, float(constraint))
                 self._tell(trial, values=told)
             else:
                 self._add_completed(params, told, user_attrs, constraint)
@@ -715,10 +726,13 @@ class OptunaSearch(SearchAlgorithm):
     def _mark_failed(self, trial: Any, error: str | None, evaluated: bool = True) -> None:
         state = _optuna().trial.TrialState
         if trial is not None:
-            if error:
-                trial.set_user_attr(ERROR_ATTR, str(error)[:1000])
-            if not evaluated:
-                trial.set_user_attr(EVALUATED_ATTR, False)
+            from panther.tuner.storage_view import write_batch
+
+            with write_batch(trial.storage):
+                if error:
+                    trial.set_user_attr(ERROR_ATTR, str(error)[:1000])
+                if not evaluated:
+                    trial.set_user_attr(EVALUATED_ATTR, False)
             self._tell(trial, state=state.FAIL)
 
     def exhausted(self) -> bool:
