@@ -8,7 +8,8 @@ to stand for a real evaluation.
 Run as a worker process::
 
     python tests/distributed_app.py worker STORAGE [--n-trials N] [--sleep S] [--die-at K]
-                                           [--sampler NAME] [--study NAME]
+                                           [--sampler NAME] [--study NAME] [--tolerance T]
+                                           [--baseline-log FILE] [--baseline-sleep S]
 
 prints the worker's report as one JSON line; ``--die-at K`` SIGKILLs the process during
 its K-th evaluation (a crash with a trial RUNNING).
@@ -49,8 +50,13 @@ def _sketches(model: nn.Module) -> list[SKLinear]:
     return [m for m in model.modules() if isinstance(m, SKLinear)]
 
 
-def make_accuracy(sleep: float, die_at: int | None = None) -> Any:
-    """Accuracy = 1 - sum of 0.05 / (num_terms * low_rank) over sketched layers."""
+def make_accuracy(sleep: float, die_at: int | None = None, baseline_log: str | None = None,
+                  baseline_sleep: float = 0.0) -> Any:
+    """Accuracy = 1 - sum of 0.05 / (num_terms * low_rank) over sketched layers.
+
+    ``baseline_log``: a file that gets one line per evaluation of the original model;
+    ``baseline_sleep``: extra seconds such an evaluation takes.
+    """
     calls = [0]
 
     def accuracy(model: nn.Module) -> float:
@@ -59,6 +65,11 @@ def make_accuracy(sleep: float, die_at: int | None = None) -> Any:
             calls[0] += 1
             if die_at is not None and calls[0] == die_at:
                 os.kill(os.getpid(), signal.SIGKILL)  # a real crash: no cleanup at all
+        else:
+            if baseline_log is not None:
+                with open(baseline_log, "a") as fh:
+                    fh.write(f"{os.getpid()}\n")
+            time.sleep(baseline_sleep)
         time.sleep(sleep)
         return 1.0 - sum(0.05 / (s.num_terms * s.low_rank) for s in sketches)
 
@@ -74,14 +85,22 @@ def speed(model: nn.Module) -> float:
 
 def build(storage: str | None, *, study: str = "dist", n_trials: int = 6, sleep: float = 0.0,
           seed: int = 0, die_at: int | None = None, sampler: str = "tpe",
-          **kwargs: Any) -> SKAutoTuner:
-    """The tuner every process of a run builds (two separately tuned layers)."""
+          tolerance: float | None = None, baseline_log: str | None = None,
+          baseline_sleep: float = 0.0, **kwargs: Any) -> SKAutoTuner:
+    """The tuner every process of a run builds (two separately tuned layers).
+
+    ``tolerance``: a threshold relative to the original model's accuracy instead of the
+    absolute ``THRESHOLD`` (so the original model must be evaluated).
+    """
     search = OptunaSearch(n_trials=n_trials, sampler=sampler, seed=seed, study_name=study,
                           storage=storage, load_if_exists=storage is not None)
     configs = TuningConfigs([LayerConfig(["0", "2"], dict(SPACE), separate=True)])
-    return SKAutoTuner(make_model(), configs, make_accuracy(sleep, die_at),
-                       search_algorithm=search, accuracy_threshold=THRESHOLD,
-                       optmization_eval_func=speed, seed=seed, **kwargs)
+    limit = ({"accuracy_threshold": THRESHOLD} if tolerance is None
+             else {"accuracy_tolerance": tolerance})
+    return SKAutoTuner(make_model(), configs,
+                       make_accuracy(sleep, die_at, baseline_log, baseline_sleep),
+                       search_algorithm=search, optmization_eval_func=speed, seed=seed,
+                       **limit, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default="dist")
     parser.add_argument("--heartbeat", type=int, default=1)
     parser.add_argument("--sampler", default="tpe")
+    parser.add_argument("--tolerance", type=float, default=None)
+    parser.add_argument("--baseline-log", default=None)
+    parser.add_argument("--baseline-sleep", type=float, default=0.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     tuner = build(args.storage, study=args.study, n_trials=args.n_trials, sleep=args.sleep,
-                  die_at=args.die_at, sampler=args.sampler)
+                  die_at=args.die_at, sampler=args.sampler, tolerance=args.tolerance,
+                  baseline_log=args.baseline_log, baseline_sleep=args.baseline_sleep)
     report = tuner.run_worker(heartbeat_interval=args.heartbeat, poll_interval=0.02)
     print(json.dumps(dataclasses.asdict(report)), flush=True)
     return 0

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -267,3 +268,54 @@ def test_waiting_worker_wakes_when_the_awaited_trial_should_end(monkeypatch):
     w.wake = 999.0  # already overdue: poll at the base interval
     w._sleep(4)
     assert slept == pytest.approx([0.16, 0.1, 0.16, 0.02])
+
+
+# ---- the original model is measured once per run ----------------------------------------
+@pytest.mark.slow
+def test_workers_share_one_measurement_of_the_original_model(tmp_path):
+    """A relative threshold needs the original model's accuracy: one worker measures it.
+
+    Measuring it takes 2 s, so the other workers start while it is measured; they
+    evaluate trials meanwhile and take its accuracy when they need it."""
+    storage = f"journal://{tmp_path}/run.log"
+    log = tmp_path / "baseline.log"
+    results = finish(start_workers(storage, 3, "--n-trials", "7", "--sleep", "0.05",
+                                   "--sampler", "random", "--tolerance", "0.03",
+                                   "--baseline-log", str(log), "--baseline-sleep", "2"))
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    reports = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+    assert [r["baseline_measured"] for r in sorted(reports, key=lambda r: r["ordinal"])] \
+        == [True, False, False]
+    assert len(log.read_text().split()) == 1  # not once per worker
+    check_shared_run(storage, "dist", 7)
+    shared = app.build(storage, n_trials=7, sampler="random", tolerance=0.03)
+    shared.finalize()
+    alone = app.build(None, n_trials=7, sampler="random", tolerance=0.03)
+    alone.tune()
+    assert evaluated_rows(shared) == evaluated_rows(alone)
+    assert shared.report["final_accuracy"] == alone.report["final_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_worker_measures_the_original_model_when_the_first_one_died(tmp_path):
+    """The first worker is killed while it measures the original model: the next one
+    gives up the trial it ran meanwhile, measures the original model, and finishes the run."""
+    storage = f"journal://{tmp_path}/run.log"
+    common = ("--n-trials", "7", "--sleep", "0.1", "--sampler", "random", "--tolerance", "0.03")
+    first = start_workers(storage, 1, *common, "--baseline-sleep", "600")[0]
+    deadline = time.monotonic() + 120
+    while len(run_status(storage, "dist")["workers"]) < 1:
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.1)
+    second = start_workers(storage, 1, *common)[0]
+    # Once the second worker evaluates trials (its lease shows one), the first is killed.
+    while not any(w["current"] for w in run_status(storage, "dist")["workers"]):
+        assert time.monotonic() < deadline and second.poll() is None
+        time.sleep(0.1)
+    first.kill()
+    first.communicate(timeout=60)
+    rc, out, err = finish([second])[0]
+    assert rc == 0, err[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["ordinal"] == 1 and report["baseline_measured"] is True
+    check_shared_run(storage, "dist", 7)

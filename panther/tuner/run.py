@@ -54,11 +54,12 @@ class Run:
         #: The original module of every tuned layer (the swaps always put them back).
         self.modules: dict[str, nn.Module] = {
             name: get_submodule(model, name) for group in groups for name in group.layers}
-        #: The resolved accuracy threshold (``None``: unconstrained).
-        self.threshold: float | None = (
+        # Set by defer_baseline: called on first use of threshold / baseline.
+        self._pending_baseline: Callable[[], None] | None = None
+        self._threshold: float | None = (
             None if settings.constraint is None or settings.constraint.needs_baseline
             else settings.constraint.resolve())
-        self.baseline: dict[str, float | None] = {"accuracy": None, "speed": None}
+        self._baseline: dict[str, float | None] = {"accuracy": None, "speed": None}
         #: The original model's accuracy at intermediate fidelities (multi-fidelity pruning).
         self.baseline_at: dict[float, float] = {}
         #: Warm re-measurements of the original model's speed (see the combiner).
@@ -152,12 +153,47 @@ class Run:
         assert fn is not None
         return finite_float(fn(self.model), "optmization_eval_func")
 
+    @property
+    def threshold(self) -> float | None:
+        """The resolved accuracy threshold (``None``: unconstrained)."""
+        self._resolve_baseline()
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self._threshold = value
+
+    @property
+    def baseline(self) -> dict[str, float | None]:
+        """The original model's ``accuracy`` and ``speed`` (``None`` until measured)."""
+        self._resolve_baseline()
+        return self._baseline
+
+    def defer_baseline(self, resolve: Callable[[], None]) -> None:
+        """Have ``resolve`` set the baseline and threshold when either is first needed.
+
+        Workers sharing a run use it to take the original model's accuracy another worker
+        measures, instead of evaluating the original model each (see
+        :mod:`panther.tuner.worker`).
+        """
+        self._pending_baseline = resolve
+
+    def _resolve_baseline(self) -> None:
+        pending, self._pending_baseline = self._pending_baseline, None
+        if pending is not None:
+            try:
+                pending()
+            except BaseException:
+                self._pending_baseline = pending  # still owed: a later use tries again
+                raise
+
     def measure_baseline(self) -> None:
         """Evaluate the original model once, resolve the threshold, capture layer inputs.
 
         Skipped when nothing needs it (no relative constraint, no verification, no
         speed pre-check); the threshold is then the absolute one, if any.
         """
+        self._pending_baseline = None  # measuring supersedes a deferred baseline
         settings = self.settings
         info = self.results.info
         if not settings.needs_baseline:

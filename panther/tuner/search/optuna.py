@@ -22,7 +22,6 @@ only the keywords the factory declares by name among:
 from __future__ import annotations
 
 import contextlib
-
 import copy
 import inspect
 import math
