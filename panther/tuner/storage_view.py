@@ -528,6 +528,7 @@ class _RDBReader:
         self._dists: dict[str, Any] = {}
         self._studies: dict[int, dict[str, Any]] = {}  # per study: trials, unfinished, last
         self._finished: dict[int, FrozenTrial] = {}  # trial id -> finished trial
+        self._kinds = {"param": 1, "value": 2, "user": 3, "system": 4, "inter": 5}
 
     def _distribution(self, text: str) -> Any:
         from optuna import distributions
@@ -564,30 +565,30 @@ class _RDBReader:
                 newer = sa.or_(newer, t.c.trial_id.in_(sorted(known["unfinished"])))
             rows = conn.execute(query.where(newer).order_by(t.c.trial_id)).all()
             ids = [row[0] for row in rows]
-            children: dict[str, list[Any]] = {}
-            for name, table in self._children.items() if ids else ():
-                # Ordered by primary key: parameters keep the order they were set in.
-                key = next(c for c in table.c if c.primary_key)
-                children[name] = conn.execute(
-                    sa.select(*table.c).where(table.c.trial_id.in_(ids)).order_by(key)).all()
+            # Their parameters, values and attributes in one statement, as rows of one shape
+            # (by the trial ids: the children tables are indexed by them).
+            children = conn.execute(self._children_query(ids)).all() if ids else []
+        kinds = self._kinds
         parts: dict[int, dict[str, Any]] = {
             i: {"params": {}, "dists": {}, "values": {}, "user": {}, "system": {}, "inter": {}}
             for i in ids}
-        for r in children.get("params", ()):
-            dist = self._distribution(r.distribution_json)
-            parts[r.trial_id]["params"][r.param_name] = dist.to_external_repr(r.param_value)
-            parts[r.trial_id]["dists"][r.param_name] = dist
-        for r in children.get("values", ()):
-            parts[r.trial_id]["values"][r.objective] = \
-                models.TrialValueModel.stored_repr_to_value(r.value, r.value_type)
-        for r in children.get("user", ()):
-            parts[r.trial_id]["user"][r.key] = json.loads(r.value_json)
-        for r in children.get("system", ()):
-            parts[r.trial_id]["system"][r.key] = json.loads(r.value_json)
-        for r in children.get("intermediate", ()):
-            parts[r.trial_id]["inter"][r.step] = \
-                models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-                    r.intermediate_value, r.intermediate_value_type)
+        for kind, trial_id, name, idx, num, text, vtype, _ in children:
+            part = parts[trial_id]
+            if kind == kinds["param"]:
+                dist = self._distribution(text)
+                part["params"][name] = dist.to_external_repr(num)
+                part["dists"][name] = dist
+            elif kind == kinds["value"]:
+                part["values"][idx] = models.TrialValueModel.stored_repr_to_value(
+                    num, models.TrialValueModel.TrialValueType[vtype])
+            elif kind == kinds["user"]:
+                part["user"][name] = json.loads(text)
+            elif kind == kinds["system"]:
+                part["system"][name] = json.loads(text)
+            else:
+                part["inter"][idx] = \
+                    models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+                        num, models.TrialIntermediateValueModel.TrialIntermediateValueType[vtype])
         trials = known["trials"]
         for trial_id, number, state, start, complete in rows:
             part = parts[trial_id]
@@ -608,6 +609,39 @@ class _RDBReader:
                 known["unfinished"].add(trial_id)
         self._studies[study_id] = known
         return [trials[n] for n in sorted(trials)]
+
+    def _children_query(self, ids: list[int]) -> Any:
+        """The parameters, values and attributes of trials ``ids``, in the columns (kind,
+        trial id, name, index, number, text, type, order), each kind in written order."""
+        sa = self._sa
+        c, k = self._children, self._kinds
+
+        def part(kind: int, table: Any, key: Any, name: Any = None, idx: Any = None,
+                 num: Any = None, text: Any = None, vtype: Any = None) -> Any:
+            def column(value: Any, sql_type: Any) -> Any:
+                return sa.cast(sa.null(), sql_type) if value is None else value
+
+            return sa.select(
+                sa.literal(kind, sa.Integer).label("kind"), table.c.trial_id.label("trial_id"),
+                column(name, sa.String).label("name"), column(idx, sa.Integer).label("idx"),
+                column(num, sa.Float).label("num"), column(text, sa.Text).label("text"),
+                (sa.cast(vtype, sa.String) if vtype is not None
+                 else sa.cast(sa.null(), sa.String)).label("vtype"),
+                key.label("ord")).where(table.c.trial_id.in_(ids))
+
+        p, v, u, y, i = (c["params"], c["values"], c["user"], c["system"], c["intermediate"])
+        union = sa.union_all(
+            part(k["param"], p, p.c.param_id, name=p.c.param_name, num=p.c.param_value,
+                 text=p.c.distribution_json),
+            part(k["value"], v, v.c.trial_value_id, idx=v.c.objective, num=v.c.value,
+                 vtype=v.c.value_type),
+            part(k["user"], u, u.c.trial_user_attribute_id, name=u.c.key, text=u.c.value_json),
+            part(k["system"], y, y.c.trial_system_attribute_id, name=y.c.key,
+                 text=y.c.value_json),
+            part(k["inter"], i, i.c.trial_intermediate_value_id, idx=i.c.step,
+                 num=i.c.intermediate_value, vtype=i.c.intermediate_value_type),
+        ).subquery()
+        return sa.select(*union.c).order_by(union.c.kind, union.c.ord)
 
     def finished(self, trial_id: int) -> FrozenTrial | None:
         """A finished trial from an earlier read (finished trials never change)."""
