@@ -1,28 +1,35 @@
-"""One process's view of a shared Optuna storage: its own running trials kept in memory.
+"""One process's view of a shared Optuna storage: fewer round trips per trial.
 
-Optuna reads a trial back from the storage whenever it needs it: ``Study.ask`` reads the
-trial it has just created, ``Study.tell`` reads it twice more. On a database each read is
-half a dozen queries (the trial row, then its parameters, values and attributes), so on
-PostgreSQL these reads were a third of the statements a worker sent per trial
-(``benchmarks/bench_parallel.py``).
+Workers share a run through Optuna's storage, and on a database every storage call is a
+transaction of several SQL statements. Measured on PostgreSQL (``benchmarks/
+bench_parallel.py``), a worker sent about 55 statements in 14 transactions per trial
+(each also testing its connection first), most of them reads of data the worker already
+had; with this view (and connections tested only after sitting idle, see
+:func:`~panther.tuner.storage.open_storage`), about 25 statements in 7 transactions. :class:`ProcessStorage`
+wraps the storage :func:`open_storage <panther.tuner.storage.open_storage>` builds and
+sends fewer, with the same results:
 
-A RUNNING trial is written only by the process that runs it, so that process can answer
-those reads itself. :class:`ProcessStorage` wraps the storage :func:`open_storage
-<panther.tuner.storage.open_storage>` builds and
+* **Own running trials from memory.** A RUNNING trial is written only by the process
+  that runs it (created RUNNING here, or an enqueued retry moved to RUNNING here).
+  ``Study.ask`` reads the trial it has just created, ``Study.tell`` reads it twice more;
+  this process answers those reads from its copy, kept up to date with its own writes,
+  which still all go to the storage first. The one thing another process may change on
+  such a trial is its state (a worker that takes it for a dead one's marks it FAIL); this
+  process's next write to it is then refused by the storage
+  (``UpdateFinishedTrialError``), as without the copy.
+* **Direct reads.** A study's trials are read with two statements on Optuna's own table
+  definitions (:class:`_RDBReader`) instead of Optuna's ORM objects, and, like Optuna's
+  own cache, only the trials unfinished or new since the last read are read again; a read
+  is compared with Optuna's in the tests, field by field.
+* **Batches** (:meth:`ProcessStorage.write_batch`): a new trial's parameters and first
+  heartbeat, or a result's attributes, go in one transaction, with Optuna's own per-write
+  helpers, before anything the process does next.
+* **Reads reused on request** (:meth:`ProcessStorage.last_read`): where a step would read
+  what it read a moment ago (Optuna's ask looking for WAITING trials right after the
+  worker's own read).
 
-* remembers the trials this process owns: created RUNNING here, or moved to RUNNING
-  here (an enqueued retry this process popped);
-* reads each of them from the storage once, then keeps its copy up to date with this
-  process's own writes, which still all go to the storage first (so an error such as a
-  trial another process has already failed surfaces exactly as before);
-* forgets a trial once it is finished (its final state then comes from the storage,
-  except for the one read Optuna's ``tell`` makes right away, answered from the copy);
-* passes everything else through, and counts the time spent in the storage (per thread:
-  :meth:`seconds`), which :class:`~panther.tuner.worker.WorkerReport` reports.
-
-The one thing another process may change on a RUNNING trial is its state: a worker that
-takes it for a dead one's marks it FAIL. This process's next write to it is refused by the
-storage (``UpdateFinishedTrialError``), as it would be without the copy.
+It also counts the time spent in the storage (per thread: :meth:`ProcessStorage.seconds`),
+which :class:`~panther.tuner.worker.WorkerReport` reports as ``storage_s``.
 """
 
 from __future__ import annotations
