@@ -533,9 +533,20 @@ class _RDBReader:
                            for name in ("datetime_start", "datetime_complete")]
         self._dates = models.TrialModel()
         self._dists: dict[str, Any] = {}
+        # The statements are built once (with bound parameters; lists as expanding ones):
+        # building SQLAlchemy expressions on every read cost more CPU than running them.
+        t = self._trials
+        trials = sqlalchemy.select(
+            t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete
+        ).where(t.c.study_id == sqlalchemy.bindparam("study")).order_by(t.c.trial_id)
+        newer = t.c.trial_id > sqlalchemy.bindparam("last")
+        self._trials_newer = trials.where(newer)
+        self._trials_or_unfinished = trials.where(sqlalchemy.or_(
+            newer, t.c.trial_id.in_(sqlalchemy.bindparam("unfinished", expanding=True))))
+        self._kinds = {"param": 1, "value": 2, "user": 3, "system": 4, "inter": 5}
+        self._children_of = self._children_query()
         self._studies: dict[int, dict[str, Any]] = {}  # per study: trials, unfinished, last
         self._finished: dict[int, FrozenTrial] = {}  # trial id -> finished trial
-        self._kinds = {"param": 1, "value": 2, "user": 3, "system": 4, "inter": 5}
 
     def _distribution(self, text: str) -> Any:
         from optuna import distributions
@@ -555,7 +566,6 @@ class _RDBReader:
         import json
 
         sa, models = self._sa, self._models
-        t = self._trials
         known = self._studies.get(study_id)
         with self._engine.connect() as conn:
             if known is None:
@@ -565,16 +575,16 @@ class _RDBReader:
                 if found is None:
                     raise KeyError(f"No study with study_id {study_id} exists.")
                 known = {"trials": {}, "unfinished": set(), "last": -1}
-            query = sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start,
-                              t.c.datetime_complete).where(t.c.study_id == study_id)
-            newer = t.c.trial_id > known["last"]
+            args = {"study": study_id, "last": known["last"]}
             if known["unfinished"]:
-                newer = sa.or_(newer, t.c.trial_id.in_(sorted(known["unfinished"])))
-            rows = conn.execute(query.where(newer).order_by(t.c.trial_id)).all()
+                rows = conn.execute(self._trials_or_unfinished,
+                                    {**args, "unfinished": sorted(known["unfinished"])}).all()
+            else:
+                rows = conn.execute(self._trials_newer, args).all()
             ids = [row[0] for row in rows]
             # Their parameters, values and attributes in one statement, as rows of one shape
             # (by the trial ids: the children tables are indexed by them).
-            children = conn.execute(self._children_query(ids)).all() if ids else []
+            children = conn.execute(self._children_of, {"ids": ids}).all() if ids else []
         kinds = self._kinds
         parts: dict[int, dict[str, Any]] = {
             i: {"params": {}, "dists": {}, "values": {}, "user": {}, "system": {}, "inter": {}}
@@ -617,9 +627,10 @@ class _RDBReader:
         self._studies[study_id] = known
         return [trials[n] for n in sorted(trials)]
 
-    def _children_query(self, ids: list[int]) -> Any:
-        """The parameters, values and attributes of trials ``ids``, in the columns (kind,
-        trial id, name, index, number, text, type, order), each kind in written order."""
+    def _children_query(self) -> Any:
+        """The parameters, values and attributes of the trials bound as ``ids``, in the
+        columns (kind, trial id, name, index, number, text, type, order), each kind in
+        written order."""
         sa = self._sa
         c, k = self._children, self._kinds
 
@@ -635,6 +646,8 @@ class _RDBReader:
                 (sa.cast(vtype, sa.String) if vtype is not None
                  else sa.cast(sa.null(), sa.String)).label("vtype"),
                 key.label("ord")).where(table.c.trial_id.in_(ids))
+
+        ids = sa.bindparam("ids", expanding=True)
 
         p, v, u, y, i = (c["params"], c["values"], c["user"], c["system"], c["intermediate"])
         union = sa.union_all(
