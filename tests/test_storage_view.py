@@ -344,3 +344,43 @@ def test_an_idle_connection_the_server_closed_is_replaced(monkeypatch):
     monkeypatch.setattr(storage_mod, "PING_AFTER_IDLE_S", 0.0)
     study.tell(study.ask(SPACE), 1.0)  # no OperationalError: the dead connection was replaced
     assert len(view.get_all_trials(study._study_id)) == 1
+
+
+def test_a_result_and_its_end_are_one_transaction_like_optunas_tell(url):
+    view = open_storage(url)
+    study = optuna.create_study(storage=view, study_name=f"t-{uuid.uuid4().hex[:8]}",
+                                directions=["maximize", "minimize"])
+    plain, batched = study.ask(SPACE), study.ask(SPACE)
+    with counting(view) as one_by_one:
+        plain.set_user_attr("score", 1.5)
+        plain.set_user_attr("row", {"status": "ok"})
+        study.tell(plain, [1.0, -math.inf])
+    with counting(view) as together:
+        with write_batch(view):
+            batched.set_user_attr("score", 1.5)
+            batched.set_user_attr("row", {"status": "ok"})
+            returned = study.tell(batched, [1.0, -math.inf])
+    assert together["commits"] == 1 and one_by_one["commits"] == 3, (together, one_by_one)
+    stored = {t.number: t for t in optuna_view(url, study._study_id)}
+    a, b = stored[plain.number], stored[batched.number]
+    assert (b.state, b.values, b.user_attrs) == (a.state, a.values, a.user_attrs)
+    assert b.params == batched.params
+    assert b.datetime_complete is not None and b.datetime_complete >= b.datetime_start
+    assert abs((b.datetime_complete - a.datetime_complete).total_seconds()) < 60
+    assert returned.values == [1.0, -math.inf]
+    # A failed trial ends the same way; a trial another process finished is refused whole.
+    failed, taken = study.ask(SPACE), study.ask(SPACE)
+    with write_batch(view):
+        failed.set_user_attr("error", "boom")
+        study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    with storage_mod.quiet_optuna():
+        other = optuna.storages.RDBStorage(url, skip_compatibility_check=True)
+    other.set_trial_state_values(taken._trial_id, optuna.trial.TrialState.FAIL)
+    with pytest.raises((optuna.exceptions.UpdateFinishedTrialError, ValueError)):
+        with write_batch(view):
+            taken.set_user_attr("late", 1)
+            study.tell(taken, [2.0, 2.0])
+    stored = {t.number: t for t in optuna_view(url, study._study_id)}
+    assert stored[failed.number].state == optuna.trial.TrialState.FAIL
+    assert stored[failed.number].user_attrs == {"error": "boom"}
+    assert stored[taken.number].user_attrs == {} and stored[taken.number].values is None

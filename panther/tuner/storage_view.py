@@ -67,9 +67,11 @@ def _has_batch_helpers() -> bool:
     try:
         param = inspect.signature(RDBStorage._set_trial_param_without_commit).parameters
         attr = inspect.signature(RDBStorage._set_trial_attr_without_commit).parameters
+        value = inspect.signature(RDBStorage._set_trial_value_without_commit).parameters
     except AttributeError:
         return False
-    return "previous_distribution" in param and "model_cls" in attr
+    return ("previous_distribution" in param and "model_cls" in attr
+            and list(value)[1:4] == ["session", "trial", "objective"])
 
 
 _BATCH_HELPERS = _has_batch_helpers()
@@ -179,6 +181,36 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         finally:
             self._clock.seconds = self.seconds() + time.perf_counter() - start
 
+    def _finish_with_batch(self, trial_id: int, state: TrialState,
+                           values: Sequence[float] | None) -> bool | None:
+        """Finish an own trial in one transaction with this thread's batched writes.
+
+        Returns None (nothing written) where that does not apply: no batch, a state that
+        does not finish the trial, or no database with Optuna's helpers; the caller then
+        writes as usual. The state change is Optuna's ``set_trial_state_values`` for a
+        finishing state: lock the trial's row, check it is still running, store the
+        values, the state and the end time.
+        """
+        queue = getattr(self._clock, "queue", None)
+        if (not queue or not state.is_finished() or self._rdb is None or not _BATCH_HELPERS
+                or trial_id not in self._own):
+            return None
+        ops, queue[:] = list(queue), []
+        start = time.perf_counter()
+        try:
+            if self._write_in_one(ops, finish=(trial_id, state, values)):
+                return True
+            for op in ops:  # a conflict rolled it all back: one by one, then the state
+                self._send(op)
+            return None
+        except Exception:
+            with self._lock:
+                for op in ops:
+                    self._own.pop(op[1], None)
+            raise
+        finally:
+            self._clock.seconds = self.seconds() + time.perf_counter() - start
+
     def _send(self, op: tuple[Any, ...]) -> None:
         kind, trial_id, *rest = op
         if kind == "param":
@@ -196,9 +228,14 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         Returns False (nothing written) where that is not possible: not a database, an
         Optuna without these helpers, or a conflict the one-by-one writes handle.
         """
-        rdb = self._rdb
-        if rdb is None or not _BATCH_HELPERS or len(ops) < 2:
+        if self._rdb is None or not _BATCH_HELPERS or len(ops) < 2:
             return False
+        return self._write_in_one(ops)
+
+    def _write_in_one(self, ops: list[tuple[Any, ...]],
+                      finish: tuple[int, TrialState, Sequence[float] | None] | None = None
+                      ) -> bool:
+        rdb = self._rdb
         try:
             import sqlalchemy
             from optuna.storages._rdb import models
@@ -226,6 +263,15 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
                             session.add(models.TrialHeartbeatModel(trial_id=trial_id))
                         else:
                             beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
+                if finish is not None:
+                    trial_id, state, values = finish
+                    trial = models.TrialModel.find_or_raise_by_id(trial_id, session,
+                                                                  for_update=True)
+                    rdb.check_trial_is_updatable(trial_id, trial.state)
+                    for objective, value in enumerate(values or ()):
+                        rdb._set_trial_value_without_commit(session, trial, objective, value)
+                    trial.state = state
+                    trial.datetime_complete = datetime.datetime.now()
         except _optuna_exceptions().StorageInternalError as exc:
             if isinstance(exc.__cause__, sqlalchemy.exc.IntegrityError):
                 return False  # rolled back: one by one, as Optuna would
@@ -316,9 +362,13 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
         """Write the state; a trial moved to RUNNING here becomes this process's, a finished
-        one is forgotten."""
+        one is forgotten. Inside :meth:`write_batch`, a trial of this process that finishes
+        is written in one transaction with the batch (its result's attributes)."""
         try:
-            changed = self._call(self._inner.set_trial_state_values, trial_id, state, values)
+            changed = self._finish_with_batch(trial_id, state, values)
+            if changed is None:
+                changed = self._call(self._inner.set_trial_state_values, trial_id, state,
+                                     values)
         except Exception:
             with self._lock:  # e.g. finished elsewhere meanwhile: the copy is wrong now
                 self._own.pop(trial_id, None)

@@ -666,12 +666,13 @@ class OptunaSearch(SearchAlgorithm):
             if trial is not None:
                 from panther.tuner.storage_view import write_batch
 
-                with write_batch(trial.storage):  # one transaction for the result's attributes
+                # The result's attributes and its end in one transaction (on a database).
+                with write_batch(trial.storage):
                     for k, v in user_attrs.items():
                         trial.set_user_attr(k, v)
                     if constraint is not None and _per_trial_constraints():
                         trial.set_constraint(CONSTRAINT_KEY, float(constraint))
-                self._tell(trial, values=told)
+                    self._tell(trial, values=told)
             else:
                 self._add_completed(params, told, user_attrs, constraint)
         super().tell(params, float(score), constraint=constraint, evaluated=evaluated)
@@ -732,7 +733,7 @@ class OptunaSearch(SearchAlgorithm):
                     trial.set_user_attr(ERROR_ATTR, str(error)[:1000])
                 if not evaluated:
                     trial.set_user_attr(EVALUATED_ATTR, False)
-            self._tell(trial, state=state.FAIL)
+                self._tell(trial, state=state.FAIL)
 
     def exhausted(self) -> bool:
         """Whether every point of a finite space has been told."""
