@@ -5,9 +5,9 @@ transaction of several SQL statements. Measured on PostgreSQL (``benchmarks/
 bench_parallel.py``), a worker sent about 55 statements in 14 transactions per trial
 (each also testing its connection first), most of them reads of data the worker already
 had; with this view (and connections tested only after sitting idle, see
-:func:`~panther.tuner.storage.open_storage`), about 25 statements in 7 transactions. :class:`ProcessStorage`
-wraps the storage :func:`open_storage <panther.tuner.storage.open_storage>` builds and
-sends fewer, with the same results:
+:func:`~panther.tuner.storage.open_storage`), about 25 statements in 6 transactions.
+:class:`ProcessStorage` wraps the storage :func:`open_storage
+<panther.tuner.storage.open_storage>` builds and sends fewer, with the same results:
 
 * **Own running trials from memory.** A RUNNING trial is written only by the process
   that runs it (created RUNNING here, or an enqueued retry moved to RUNNING here).
@@ -18,12 +18,12 @@ sends fewer, with the same results:
   process's next write to it is then refused by the storage
   (``UpdateFinishedTrialError``), as without the copy.
 * **Direct reads.** A study's trials are read with two statements on Optuna's own table
-  definitions (:class:`_RDBReader`) instead of Optuna's ORM objects, and, like Optuna's
+  definitions (:class:`~panther.tuner.storage_reader.RDBReader`) instead of Optuna's ORM objects, and, like Optuna's
   own cache, only the trials unfinished or new since the last read are read again; a read
   is compared with Optuna's in the tests, field by field.
 * **Batches** (:meth:`ProcessStorage.write_batch`): a new trial's parameters and first
-  heartbeat, or a result's attributes, go in one transaction, with Optuna's own per-write
-  helpers, before anything the process does next.
+  heartbeat go in one transaction, and a result's attributes with the trial's end in
+  another, with Optuna's own per-write helpers, before anything the process does next.
 * **Reads reused on request** (:meth:`ProcessStorage.last_read`): where a step would read
   what it read a moment ago (Optuna's ask looking for WAITING trials right after the
   worker's own read).
@@ -50,11 +50,9 @@ from optuna.study._frozen import FrozenStudy
 from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from panther.tuner.storage_reader import READER_DIALECTS, RDBReader
+
 __all__ = ["ProcessStorage", "write_batch"]
-
-#: Databases whose tables :class:`_RDBReader` reads directly (others read through Optuna).
-_READER_DIALECTS = ("postgresql", "sqlite")
-
 
 def _has_batch_helpers() -> bool:
     """Whether this Optuna's database storage has the per-write helpers that
@@ -100,10 +98,10 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
 
         self._inner = get_storage(inner) if isinstance(inner, RDBStorage) else inner
         self._rdb = inner if isinstance(inner, RDBStorage) else None
-        self._reader: _RDBReader | None = None
-        if isinstance(inner, RDBStorage) and inner.engine.name in _READER_DIALECTS:
+        self._reader: RDBReader | None = None
+        if isinstance(inner, RDBStorage) and inner.engine.name in READER_DIALECTS:
             try:
-                self._reader = _RDBReader(inner)
+                self._reader = RDBReader(inner)
             except Exception:  # noqa: BLE001 -- another Optuna's models: read through Optuna
                 self._reader = None
         self._lock = threading.RLock()
@@ -467,7 +465,7 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
                     return reader.read(study_id)
             except KeyError:
                 raise  # no such study: as Optuna says it
-            except Exception as exc:  # noqa: BLE001 -- see _RDBReader: fall back to Optuna
+            except Exception as exc:  # noqa: BLE001 -- see RDBReader: fall back to Optuna
                 self._reader = None
                 warnings.warn(f"panther reads this storage through Optuna from now on: its "
                               f"fast reader failed ({type(exc).__name__}: {exc})", RuntimeWarning,
@@ -546,176 +544,6 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
     def get_failed_trial_callback(self) -> Any:
         """The same callback under its name before Optuna 4.9."""
         return self.get_heartbeat_stale_trial_callback()
-
-
-class _RDBReader:
-    """Reads a study's trials from Optuna's database tables without its ORM.
-
-    Optuna builds a trial from ORM objects and loads its parameters, values and attributes
-    table by table; with many workers, each polling the study between trials, that object
-    building was most of a worker's time in the storage on a small machine. This reader
-    asks the same six questions with SQLAlchemy Core on Optuna's own table definitions and
-    builds the ``FrozenTrial`` the way Optuna does (its conversion helpers for values and
-    dates), and, like Optuna's cache, reads again only the trials that were unfinished or
-    new at the last read. Anything unexpected turns it off (:class:`ProcessStorage` then
-    reads through Optuna), so a schema of another Optuna costs speed, never correctness.
-    """
-
-    def __init__(self, rdb: Any) -> None:
-        import sqlalchemy
-        from optuna.storages._rdb import models
-
-        self._sa = sqlalchemy
-        self._models = models
-        self._engine = rdb.engine
-        self._trials = models.TrialModel.__table__
-        self._children = {
-            "params": models.TrialParamModel.__table__,
-            "values": models.TrialValueModel.__table__,
-            "user": models.TrialUserAttributeModel.__table__,
-            "system": models.TrialSystemAttributeModel.__table__,
-            "intermediate": models.TrialIntermediateValueModel.__table__,
-        }
-        # Optuna's trial model turns the stored dates into local ones (how depends on the
-        # version): let one transient model object do it, through the attributes it maps.
-        mapper = sqlalchemy.inspect(models.TrialModel)
-        self._date_keys = [mapper.get_property_by_column(self._trials.c[name]).key
-                           for name in ("datetime_start", "datetime_complete")]
-        self._dates = models.TrialModel()
-        self._dists: dict[str, Any] = {}
-        # The statements are built once (with bound parameters; lists as expanding ones):
-        # building SQLAlchemy expressions on every read cost more CPU than running them.
-        t = self._trials
-        trials = sqlalchemy.select(
-            t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete
-        ).where(t.c.study_id == sqlalchemy.bindparam("study")).order_by(t.c.trial_id)
-        newer = t.c.trial_id > sqlalchemy.bindparam("last")
-        self._trials_newer = trials.where(newer)
-        self._trials_or_unfinished = trials.where(sqlalchemy.or_(
-            newer, t.c.trial_id.in_(sqlalchemy.bindparam("unfinished", expanding=True))))
-        self._kinds = {"param": 1, "value": 2, "user": 3, "system": 4, "inter": 5}
-        self._children_of = self._children_query()
-        self._studies: dict[int, dict[str, Any]] = {}  # per study: trials, unfinished, last
-        self._finished: dict[int, FrozenTrial] = {}  # trial id -> finished trial
-
-    def _distribution(self, text: str) -> Any:
-        from optuna import distributions
-
-        dist = self._dists.get(text)
-        if dist is None:
-            dist = self._dists[text] = distributions.json_to_distribution(text)
-        return dist
-
-    def _local(self, start: Any, complete: Any) -> tuple[Any, Any]:
-        setattr(self._dates, self._date_keys[0], start)
-        setattr(self._dates, self._date_keys[1], complete)
-        return self._dates.datetime_start, self._dates.datetime_complete
-
-    def read(self, study_id: int) -> list[FrozenTrial]:
-        """Every trial of the study, in number order (finished ones from the last reads)."""
-        import json
-
-        sa, models = self._sa, self._models
-        known = self._studies.get(study_id)
-        with self._engine.connect() as conn:
-            if known is None:
-                studies = models.StudyModel.__table__
-                found = conn.execute(sa.select(studies.c.study_id)
-                                     .where(studies.c.study_id == study_id)).first()
-                if found is None:
-                    raise KeyError(f"No study with study_id {study_id} exists.")
-                known = {"trials": {}, "unfinished": set(), "last": -1}
-            args = {"study": study_id, "last": known["last"]}
-            if known["unfinished"]:
-                rows = conn.execute(self._trials_or_unfinished,
-                                    {**args, "unfinished": sorted(known["unfinished"])}).all()
-            else:
-                rows = conn.execute(self._trials_newer, args).all()
-            ids = [row[0] for row in rows]
-            # Their parameters, values and attributes in one statement, as rows of one shape
-            # (by the trial ids: the children tables are indexed by them).
-            children = conn.execute(self._children_of, {"ids": ids}).all() if ids else []
-        kinds = self._kinds
-        parts: dict[int, dict[str, Any]] = {
-            i: {"params": {}, "dists": {}, "values": {}, "user": {}, "system": {}, "inter": {}}
-            for i in ids}
-        for kind, trial_id, name, idx, num, text, vtype, _ in children:
-            part = parts[trial_id]
-            if kind == kinds["param"]:
-                dist = self._distribution(text)
-                part["params"][name] = dist.to_external_repr(num)
-                part["dists"][name] = dist
-            elif kind == kinds["value"]:
-                part["values"][idx] = models.TrialValueModel.stored_repr_to_value(
-                    num, models.TrialValueModel.TrialValueType[vtype])
-            elif kind == kinds["user"]:
-                part["user"][name] = json.loads(text)
-            elif kind == kinds["system"]:
-                part["system"][name] = json.loads(text)
-            else:
-                part["inter"][idx] = \
-                    models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-                        num, models.TrialIntermediateValueModel.TrialIntermediateValueType[vtype])
-        trials = known["trials"]
-        for trial_id, number, state, start, complete in rows:
-            part = parts[trial_id]
-            values = part["values"]
-            start, complete = self._local(start, complete)
-            trials[number] = FrozenTrial(
-                number=number, state=state, value=None,
-                values=[values[k] for k in sorted(values)] if values else None,
-                datetime_start=start, datetime_complete=complete, params=part["params"],
-                distributions=part["dists"], user_attrs=part["user"],
-                system_attrs=part["system"], intermediate_values=part["inter"],
-                trial_id=trial_id)
-            if state.is_finished():
-                known["unfinished"].discard(trial_id)
-                known["last"] = max(known["last"], trial_id)
-                self._finished[trial_id] = trials[number]
-            else:
-                known["unfinished"].add(trial_id)
-        self._studies[study_id] = known
-        return [trials[n] for n in sorted(trials)]
-
-    def _children_query(self) -> Any:
-        """The parameters, values and attributes of the trials bound as ``ids``, in the
-        columns (kind, trial id, name, index, number, text, type, order), each kind in
-        written order."""
-        sa = self._sa
-        c, k = self._children, self._kinds
-
-        def part(kind: int, table: Any, key: Any, name: Any = None, idx: Any = None,
-                 num: Any = None, text: Any = None, vtype: Any = None) -> Any:
-            def column(value: Any, sql_type: Any) -> Any:
-                return sa.cast(sa.null(), sql_type) if value is None else value
-
-            return sa.select(
-                sa.literal(kind, sa.Integer).label("kind"), table.c.trial_id.label("trial_id"),
-                column(name, sa.String).label("name"), column(idx, sa.Integer).label("idx"),
-                column(num, sa.Float).label("num"), column(text, sa.Text).label("text"),
-                (sa.cast(vtype, sa.String) if vtype is not None
-                 else sa.cast(sa.null(), sa.String)).label("vtype"),
-                key.label("ord")).where(table.c.trial_id.in_(ids))
-
-        ids = sa.bindparam("ids", expanding=True)
-
-        p, v, u, y, i = (c["params"], c["values"], c["user"], c["system"], c["intermediate"])
-        union = sa.union_all(
-            part(k["param"], p, p.c.param_id, name=p.c.param_name, num=p.c.param_value,
-                 text=p.c.distribution_json),
-            part(k["value"], v, v.c.trial_value_id, idx=v.c.objective, num=v.c.value,
-                 vtype=v.c.value_type),
-            part(k["user"], u, u.c.trial_user_attribute_id, name=u.c.key, text=u.c.value_json),
-            part(k["system"], y, y.c.trial_system_attribute_id, name=y.c.key,
-                 text=y.c.value_json),
-            part(k["inter"], i, i.c.trial_intermediate_value_id, idx=i.c.step,
-                 num=i.c.intermediate_value, vtype=i.c.intermediate_value_type),
-        ).subquery()
-        return sa.select(*union.c).order_by(union.c.kind, union.c.ord)
-
-    def finished(self, trial_id: int) -> FrozenTrial | None:
-        """A finished trial from an earlier read (finished trials never change)."""
-        return self._finished.get(trial_id)
 
 
 def write_batch(storage: Any) -> Any:
