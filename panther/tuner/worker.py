@@ -45,6 +45,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from panther.tuner.shared_baseline import (
+    MeasureBaselineFirst,
+    publish_baseline,
+    resolve_baseline,
+)
+
 __all__ = ["WorkerReport", "run_worker", "finalize", "run_status", "resolve_device",
            "DEVICE_ENV"]
 
@@ -54,7 +60,6 @@ DEVICE_ENV = "PANTHER_DEVICE"
 #: ``OWNER_ATTR`` system attribute): one write says both "evaluated here" and "by whom".
 #: Error text of a trial given up because other workers used the budget up.
 _SURPLUS = "not evaluated: the group's evaluation budget was taken by other workers"
-_BASELINE_ATTR = "panther_baseline"
 
 
 @dataclass
@@ -200,96 +205,6 @@ def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display:
         run_study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
         # Two workers may record theirs at once; the stored one decides for both.
         check_fingerprint(run_study.user_attrs.get(FINGERPRINT_ATTR), fingerprint, where)
-
-
-def _shared_threshold(run: Any, run_study: Any) -> None:
-    """Publish this worker's measurement of the original model and agree on the threshold.
-
-    Each measurement is published as a completed trial of the run study, and every worker
-    uses the one with the lowest trial number (trial numbers are assigned atomically by
-    the storage, so every worker picks the same one).
-    """
-    import optuna
-
-    constraint = run.settings.constraint
-    if constraint is None or not constraint.needs_baseline:
-        return
-    acc, thr = run.baseline["accuracy"], run.threshold
-    run_study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.COMPLETE, value=float(acc),
-        user_attrs={_BASELINE_ATTR: {"accuracy": acc, "threshold": thr}}))
-    _adopt(run, _published_baseline(run_study))
-
-
-def _published_baseline(run_study: Any) -> dict[str, Any] | None:
-    """The first published measurement of the original model, or None."""
-    published = [t for t in run_study.get_trials(deepcopy=False) if _BASELINE_ATTR in t.user_attrs]
-    return min(published, key=lambda t: t.number).user_attrs[_BASELINE_ATTR] if published else None
-
-
-def _adopt(run: Any, first: dict[str, Any]) -> None:
-    run.baseline["accuracy"] = first["accuracy"]
-    run.threshold = first["threshold"]
-    run.results.info["baseline_accuracy"] = first["accuracy"]
-    run.results.info["effective_threshold"] = first["threshold"]
-
-
-class _MeasureBaselineFirst(BaseException):  # noqa: N818 -- a signal, not an error
-    """No worker is left to publish the original model's accuracy: this one must measure it.
-
-    Raised where the threshold is first needed, which may be inside an evaluation, where
-    the model holds a trial's layers; a ``BaseException`` so that the evaluation's
-    error handling (which records a user function's errors as the trial's) lets it pass,
-    and the layers are put back on its way out. The worker gives that trial up unevaluated
-    and measures the original model.
-    """
-
-
-def _baseline(run: Any, run_study: Any, lease: Any, ordinal: int, report: WorkerReport) -> None:
-    """Resolve the accuracy threshold of a worker; the original model is measured once per run.
-
-    A threshold relative to the original model's accuracy needs that accuracy. The first
-    worker (ordinal 0) measures it and publishes it in the run study; a worker that finds
-    it published takes it; any other worker starts its first trial right away and takes
-    the published value when the trial's result needs it (waiting for it then if need be).
-    So N workers evaluate the original model once, not N times, and no worker idles
-    while it is measured. If no worker that could publish it is left alive, the worker
-    measures it itself. A speed pre-check needs each worker's own look at the original
-    model (the inputs of its layers), so with one, every worker measures.
-    """
-    settings = run.settings
-    constraint = settings.constraint
-    if not settings.needs_baseline:
-        return
-    shared = constraint is not None and constraint.needs_baseline
-    first = _published_baseline(run_study) if shared else None
-    if first is not None and not settings.speed_precheck:
-        _adopt(run, first)
-        return
-    if ordinal == 0 or settings.speed_precheck or not shared:
-        run.measure_baseline()
-        report.baseline_measured = True
-        _shared_threshold(run, run_study)
-        return
-
-    def wait() -> None:
-        from panther.tuner.storage import live_leases
-
-        delay = 0.02
-        while True:
-            found = _published_baseline(run_study)
-            if found is not None:
-                _adopt(run, found)
-                return
-            # Those who measure it: workers that started before this one.
-            if not any(other.role == "worker" and other.number < lease.number
-                       for other in live_leases(lease.storage, lease.run_name)):
-                raise _MeasureBaselineFirst
-            time.sleep(delay)
-            report.waiting_s += delay
-            delay = min(2 * delay, 0.5)
-
-    run.defer_baseline(wait)
 
 
 # ---------------------------------------------------------------------- one group
@@ -535,7 +450,7 @@ class _Worker:
             began = time.time()
             try:
                 search_loop._answer(self.run, work.state, dict(params))
-            except _MeasureBaselineFirst:
+            except MeasureBaselineFirst:
                 # Nobody is left to publish the original model's accuracy: this trial's
                 # result cannot be judged without it. Give the trial up (not counted),
                 # measure the original model now (its layers are back), then go on.
@@ -543,7 +458,7 @@ class _Worker:
                               "had to be measured first")
                 self.run.measure_baseline()
                 self.report.baseline_measured = True
-                _shared_threshold(self.run, self.run_study)
+                publish_baseline(self.run, self.run_study)
                 return "ran"
             except optuna.exceptions.UpdateFinishedTrialError:
                 # This process stalled past the grace period and another worker took its
@@ -713,7 +628,7 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
         settings = dataclasses.replace(tuner.settings, verify=False, progress=False)
         run = Run(tuner.model, settings, tuner.groups, rng)
         run.results.info["worker"] = lease.id
-        _baseline(run, run_study, lease, ordinal, report)
+        resolve_baseline(run, run_study, lease, ordinal, report)
         with quiet_optuna():
             _Worker(run, search, lease, report, poll_s=poll_interval,
                     reap_s=2.0 * interval, run_study=run_study).loop()
