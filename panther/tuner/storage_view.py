@@ -44,6 +44,7 @@ from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any
 
 from optuna.distributions import BaseDistribution
+from optuna.exceptions import StorageInternalError
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.study._frozen import FrozenStudy
@@ -52,7 +53,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from panther.tuner.storage_reader import READER_DIALECTS, RDBReader
 
-__all__ = ["ProcessStorage", "write_batch"]
+__all__ = ["ProcessStorage", "last_read", "write_batch"]
 
 def _has_batch_helpers() -> bool:
     """Whether this Optuna's database storage has the per-write helpers that
@@ -73,12 +74,6 @@ def _has_batch_helpers() -> bool:
 
 
 _BATCH_HELPERS = _has_batch_helpers()
-
-
-def _optuna_exceptions() -> Any:
-    import optuna.exceptions
-
-    return optuna.exceptions
 
 
 class ProcessStorage(BaseStorage, BaseHeartbeat):
@@ -172,12 +167,17 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
                 for op in ops:
                     self._send(op)
         except Exception:
-            with self._lock:  # what was noted on this process's copies may not be stored
-                for op in ops:
-                    self._own.pop(op[1], None)
+            self._forget(ops)
             raise
         finally:
             self._clock.seconds = self.seconds() + time.perf_counter() - start
+
+    def _forget(self, ops: list[tuple[Any, ...]]) -> None:
+        """Drop the copies of the trials ``ops`` wrote to: what was noted on them may not
+        be stored (the next read of each asks the storage)."""
+        with self._lock:
+            for op in ops:
+                self._own.pop(op[1], None)
 
     def _finish_with_batch(self, trial_id: int, state: TrialState,
                            values: Sequence[float] | None) -> bool | None:
@@ -202,9 +202,7 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
                 self._send(op)
             return None
         except Exception:
-            with self._lock:
-                for op in ops:
-                    self._own.pop(op[1], None)
+            self._forget(ops)
             raise
         finally:
             self._clock.seconds = self.seconds() + time.perf_counter() - start
@@ -270,7 +268,7 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
                         rdb._set_trial_value_without_commit(session, trial, objective, value)
                     trial.state = state
                     trial.datetime_complete = datetime.datetime.now()
-        except _optuna_exceptions().StorageInternalError as exc:
+        except StorageInternalError as exc:
             if isinstance(exc.__cause__, sqlalchemy.exc.IntegrityError):
                 return False  # rolled back: one by one, as Optuna would
             raise
@@ -548,6 +546,11 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
 
 def write_batch(storage: Any) -> Any:
     """:meth:`ProcessStorage.write_batch` of ``storage``; a no-op block for any other storage."""
-    batch = getattr(storage, "write_batch", None)
-    return batch() if isinstance(storage, ProcessStorage) and batch is not None \
+    return storage.write_batch() if isinstance(storage, ProcessStorage) \
+        else contextlib.nullcontext()
+
+
+def last_read(storage: Any) -> Any:
+    """:meth:`ProcessStorage.last_read` of ``storage``; a no-op block for any other storage."""
+    return storage.last_read() if isinstance(storage, ProcessStorage) \
         else contextlib.nullcontext()

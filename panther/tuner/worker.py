@@ -96,19 +96,6 @@ class WorkerReport:
     baseline_measured: bool = False
 
 
-def write_batch(storage: Any) -> Any:
-    from panther.tuner.storage_view import write_batch as batch
-
-    return batch(storage)
-
-
-def _reusing_reads(study: Any) -> Any:
-    """:meth:`ProcessStorage.last_read <panther.tuner.storage_view.ProcessStorage.last_read>`
-    of ``study``'s storage (a no-op context for any other storage)."""
-    reuse = getattr(study._storage, "last_read", None)
-    return reuse() if reuse is not None else contextlib.nullcontext()
-
-
 def _claimed(trial: Any) -> bool:
     """Whether a RUNNING trial is claimed for evaluation (tagged with its worker's lease)."""
     from panther.tuner.storage import OWNER_ATTR, WAITING_SUFFIX
@@ -404,6 +391,7 @@ class _Worker:
         from panther.tuner import search_loop
         from panther.tuner.search.base import params_key
         from panther.tuner.storage import OWNER_ATTR
+        from panther.tuner.storage_view import last_read, write_batch
         from panther.tuner.trials import cost_skip
 
         work.reap(self.lease.run_name, self.reap_s, self.report)
@@ -426,7 +414,7 @@ class _Worker:
         with write_batch(work.study._storage):
             # Optuna's ask reads the study once more (for WAITING trials to pop): the read
             # above is as good for that, and one storage read less per trial.
-            with _reusing_reads(work.study) if recent else contextlib.nullcontext():
+            with last_read(work.study._storage) if recent else contextlib.nullcontext():
                 params = work.search.get_next_params()
             if params is None:
                 return "finished"

@@ -537,9 +537,10 @@ class OptunaSearch(SearchAlgorithm):
         else:
             for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
                 self._tell(trial.number, state=state.FAIL)  # in memory: nobody else runs them
-        reuse = getattr(study._storage, "last_read", None)
+        from panther.tuner.storage_view import last_read
+
         # The reap has just read the study; when it changed nothing, that read will do.
-        with reuse() if reuse is not None and self._persistent() and not self.reaped \
+        with last_read(study._storage) if self._persistent() and not self.reaped \
                 else contextlib.nullcontext():
             finished = study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED))
         for trial in finished:
