@@ -17,6 +17,9 @@ settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The storage tests' fixtures: the databases to test on (`url`), a non-UTC local time.
+pytest_plugins = ["storage_helpers"]
+
 
 def pytest_sessionstart(session):
     # `make test` sets PANTHER_REQUIRE_NATIVE=1: a silently missing extension must fail CI,

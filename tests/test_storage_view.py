@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import uuid
-from collections import Counter
-from contextlib import contextmanager
 
 import optuna
 import pytest
@@ -20,8 +17,11 @@ import sqlalchemy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# The `url` and `away_from_utc` fixtures come from storage_helpers (see conftest.py).
+from storage_helpers import _postgres, counting, optuna_view, same
+
 from panther.tuner import storage as storage_mod
-from panther.tuner.storage import StorageError, check_storage, open_storage
+from panther.tuner.storage import open_storage
 from panther.tuner.storage_view import ProcessStorage, write_batch
 
 D = optuna.distributions
@@ -31,71 +31,6 @@ SPACE = {
     "f": D.FloatDistribution(-1.0, 1.0),
     "c": D.CategoricalDistribution(["a", "b", None, 3]),
 }
-
-
-def _postgres() -> str | None:
-    url = os.environ.get("PANTHER_TEST_POSTGRES_URL")
-    if not url:
-        return None
-    try:
-        check_storage(url)
-    except StorageError:
-        return None
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    """A database URL: a SQLite file, and the test PostgreSQL server when there is one."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'view.db'}"
-    found = _postgres()
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must test against PostgreSQL (.ci/run starts it)")
-        pytest.skip("no PostgreSQL server; `export PANTHER_TEST_POSTGRES_URL=$(make -s postgres)`")
-    return found
-
-
-@contextmanager
-def counting(storage: ProcessStorage):
-    """Count the SQL statements and commits ``storage`` sends within the block."""
-    counts: Counter[str] = Counter()
-    engine = storage.inner._backend.engine
-
-    def statement(conn, cursor, text, *args):
-        counts["statements"] += 1
-
-    def commit(conn):
-        counts["commits"] += 1
-
-    sqlalchemy.event.listen(engine, "before_cursor_execute", statement)
-    sqlalchemy.event.listen(engine, "commit", commit)
-    try:
-        yield counts
-    finally:
-        sqlalchemy.event.remove(engine, "before_cursor_execute", statement)
-        sqlalchemy.event.remove(engine, "commit", commit)
-
-
-def optuna_view(url: str, study_id: int) -> list[optuna.trial.FrozenTrial]:
-    """The trials as Optuna's own storage reads them (a fresh, uncached one)."""
-    with storage_mod.quiet_optuna():
-        rdb = optuna.storages.RDBStorage(url, skip_compatibility_check=True)
-    try:
-        return rdb.get_all_trials(study_id, deepcopy=False)
-    finally:
-        rdb.engine.dispose()
-
-
-def same(a: list, b: list) -> None:
-    assert [t.number for t in a] == [t.number for t in b]
-    for x, y in zip(a, b):
-        left, right = dict(vars(x)), dict(vars(y))
-        # NaN never equals itself: compare intermediate values by their text.
-        left["intermediate_values"] = repr(left["intermediate_values"])
-        right["intermediate_values"] = repr(right["intermediate_values"])
-        assert left == right, f"trial {x.number}"
 
 
 def fill(study: optuna.Study) -> None:
@@ -119,18 +54,6 @@ def fill(study: optuna.Study) -> None:
 
 
 # ---------------------------------------------------------------- reads equal Optuna's
-@pytest.fixture
-def away_from_utc(monkeypatch):
-    """A local time zone other than UTC, so that stored dates must be converted as Optuna does."""
-    if not hasattr(time, "tzset"):
-        pytest.skip("no time.tzset on this platform")
-    monkeypatch.setenv("TZ", "Asia/Kolkata")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
 def test_reads_equal_optunas_and_follow_changes(url, away_from_utc):
     view = open_storage(url)
     assert isinstance(view, ProcessStorage) and view._reader is not None

@@ -52,6 +52,7 @@ from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from panther.tuner.storage_reader import READER_DIALECTS, RDBReader
+from panther.tuner.storage_writer import RDBWriter, WriterRDBStorage
 
 __all__ = ["ProcessStorage", "last_read", "write_batch"]
 
@@ -99,6 +100,9 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
                 self._reader = RDBReader(inner)
             except Exception:  # noqa: BLE001 -- another Optuna's models: read through Optuna
                 self._reader = None
+        # Writes of this process's own trials, straight to the tables (see storage_writer).
+        self._writer: RDBWriter | None = (inner.writer if isinstance(inner, WriterRDBStorage)
+                                          else None)
         self._lock = threading.RLock()
         # trial id -> this process's copy (None until first read from the storage)
         self._own: dict[int, FrozenTrial | None] = {}
@@ -149,11 +153,26 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
                 self._clock.queue = None
 
     def _queued(self, trial_id: int, op: tuple[Any, ...]) -> bool:
-        """Queue ``op`` when this thread is batching and the trial is this process's."""
-        queue = getattr(self._clock, "queue", None)
-        if queue is None or trial_id not in self._own:
+        """Queue ``op`` when this thread is batching and the trial is this process's; or,
+        outside a batch, write it now with the direct writer. False: the caller writes it
+        through the wrapped storage."""
+        if trial_id not in self._own:
             return False
-        queue.append(op)
+        queue = getattr(self._clock, "queue", None)
+        if queue is not None:
+            queue.append(op)
+            return True
+        if self._writer is None:
+            return False
+        start = time.perf_counter()
+        try:
+            if not self._writer.write([op]):
+                self._send(op)  # a conflict: as Optuna settles it
+        except Exception:
+            self._forget([op])
+            raise
+        finally:
+            self._clock.seconds = self.seconds() + time.perf_counter() - start
         return True
 
     def _flush(self) -> None:
@@ -181,19 +200,23 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
 
     def _finish_with_batch(self, trial_id: int, state: TrialState,
                            values: Sequence[float] | None) -> bool | None:
-        """Finish an own trial in one transaction with this thread's batched writes.
+        """Finish an own trial in one transaction with this thread's batched writes (if any).
 
-        Returns None (nothing written) where that does not apply: no batch, a state that
-        does not finish the trial, or no database with Optuna's helpers; the caller then
-        writes as usual. The state change is Optuna's ``set_trial_state_values`` for a
+        Returns None (nothing written) where that does not apply: a state that does not
+        finish the trial, no database, or, without the direct writer, no batch or no
+        Optuna helpers; the caller then writes as usual. The state change is Optuna's ``set_trial_state_values`` for a
         finishing state: lock the trial's row, check it is still running, store the
         values, the state and the end time.
         """
         queue = getattr(self._clock, "queue", None)
-        if (not queue or not state.is_finished() or self._rdb is None or not _BATCH_HELPERS
-                or trial_id not in self._own):
+        if not queue and self._writer is None:
             return None
-        ops, queue[:] = list(queue), []
+        if (not state.is_finished() or self._rdb is None or trial_id not in self._own
+                or (self._writer is None and not _BATCH_HELPERS)):
+            return None
+        ops = list(queue or ())
+        if queue:
+            queue[:] = []
         start = time.perf_counter()
         try:
             if self._write_in_one(ops, finish=(trial_id, state, values)):
@@ -224,6 +247,8 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         Returns False (nothing written) where that is not possible: not a database, an
         Optuna without these helpers, or a conflict the one-by-one writes handle.
         """
+        if self._writer is not None:
+            return self._writer.write(ops)
         if self._rdb is None or not _BATCH_HELPERS or len(ops) < 2:
             return False
         return self._write_in_one(ops)
@@ -231,6 +256,8 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
     def _write_in_one(self, ops: list[tuple[Any, ...]],
                       finish: tuple[int, TrialState, Sequence[float] | None] | None = None
                       ) -> bool:
+        if self._writer is not None:
+            return self._writer.write(ops, finish)
         rdb = self._rdb
         try:
             import sqlalchemy

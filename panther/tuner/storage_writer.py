@@ -1,0 +1,315 @@
+"""Writing a worker's own trials straight to Optuna's database tables (for
+:class:`~panther.tuner.storage_view.ProcessStorage`).
+
+Optuna's RDB storage writes through its ORM: each write first loads the trial's row, then
+looks for the row it is about to write (to insert or update it), and each step costs a
+round trip and CPU for the ORM objects. A worker's trial (created, its parameters and
+first heartbeat, its claim, its result and end) took 24 statements on PostgreSQL that way.
+:class:`RDBWriter` writes the same rows with SQLAlchemy Core on Optuna's own table
+definitions, with upserts on the unique keys Optuna's schema already has, so a trial
+takes about half the statements, and the CPU of building ORM objects is gone.
+
+What stays Optuna's:
+
+* **The rows.** The same tables, columns and values (Optuna's conversions for dates,
+  infinite values and distributions); the tests read the result back with Optuna's own
+  storage and compare it, field by field, with what Optuna writes.
+* **Trial numbers.** Optuna locks the study's row to number a new trial (the number is the
+  count of the study's earlier trials); :meth:`RDBWriter.create_trial` takes the same lock,
+  so numbers stay unique when Optuna's writers and these write to one study at once.
+* **The checks.** A write to a finished trial is refused with Optuna's
+  ``UpdateFinishedTrialError`` (the trial's row locked, as Optuna's state change does), a
+  missing trial with its ``KeyError``, a parameter whose distribution differs from the
+  study's earlier one with its ``ValueError``.
+
+Anything the writer does not cover (trials made from a template, databases other than
+PostgreSQL and SQLite, a conflict on a unique key) is written by Optuna as before.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.exceptions import StorageInternalError
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["RDBWriter", "WRITER_DIALECTS", "WriterRDBStorage"]
+
+#: Databases :class:`RDBWriter` writes to directly (others are written by Optuna).
+WRITER_DIALECTS = ("postgresql", "sqlite")
+
+
+class RDBWriter:
+    """Writes a process's own trials to Optuna's database tables without its ORM.
+
+    Args:
+        rdb: the ``optuna.storages.RDBStorage`` whose tables to write (its engine is used).
+
+    Raises:
+        ValueError: when the database is not one of :data:`WRITER_DIALECTS`, or cannot
+            return inserted rows (``INSERT ... RETURNING``).
+    """
+
+    def __init__(self, rdb: Any) -> None:
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+
+        engine = rdb.engine
+        if engine.name not in WRITER_DIALECTS or not engine.dialect.insert_returning:
+            raise ValueError(f"RDBWriter writes to {', '.join(WRITER_DIALECTS)} "
+                             f"(with INSERT ... RETURNING), not to {engine.name}")
+        if engine.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert_into
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert_into
+        self._sa = sa
+        self._rdb = rdb
+        self._engine = engine
+        self._models = models
+        t = self._trials = models.TrialModel.__table__
+        studies = models.StudyModel.__table__
+        params = self._params = models.TrialParamModel.__table__
+        # Optuna's trial model converts dates to what it stores (naive UTC in Optuna 5,
+        # local time before): let one transient model object convert them, through the
+        # attributes it maps to the columns.
+        mapper = sa.inspect(models.TrialModel)
+        self._date_keys = [mapper.get_property_by_column(t.c[name]).key
+                           for name in ("datetime_start", "datetime_complete")]
+        self._dates = models.TrialModel()
+        self._dates_lock = threading.Lock()
+        # The statements are built once, with bound parameters.
+        self._lock_study = (sa.select(studies.c.study_id)
+                            .where(studies.c.study_id == sa.bindparam("study"))
+                            .with_for_update())
+        past = (sa.select(sa.func.count(t.c.trial_id))
+                .where(t.c.study_id == sa.bindparam("study")).scalar_subquery())
+        self._new_trial = (sa.insert(t)
+                           .values(number=past, study_id=sa.bindparam("study"),
+                                   state=sa.bindparam("state"),
+                                   datetime_start=sa.bindparam("start"))
+                           .returning(t.c.trial_id, t.c.number))
+        self._lock_trials = (sa.select(t.c.trial_id, t.c.study_id, t.c.state)
+                             .where(t.c.trial_id.in_(sa.bindparam("ids", expanding=True)))
+                             .with_for_update())
+        unfinished = [TrialState.RUNNING, TrialState.WAITING]
+        self._finish = (sa.update(t)
+                        .where(t.c.trial_id == sa.bindparam("id"), t.c.state.in_(unfinished))
+                        .values(state=sa.bindparam("state"),
+                                datetime_complete=sa.bindparam("complete")))
+        self._state_of = sa.select(t.c.state).where(t.c.trial_id == sa.bindparam("id"))
+        self._study_dist = (sa.select(params.c.distribution_json)
+                            .select_from(params.join(t, params.c.trial_id == t.c.trial_id))
+                            .where(t.c.study_id == sa.bindparam("study"),
+                                   params.c.param_name == sa.bindparam("name"))
+                            .limit(1))
+        self._insert_params = sa.insert(params)
+
+        def upsert(model: Any, keys: list[str], updated: list[str]) -> Any:
+            stmt = upsert_into(model.__table__)
+            return stmt.on_conflict_do_update(
+                index_elements=keys, set_={c: stmt.excluded[c] for c in updated})
+
+        self._upsert_attr = {
+            "user": upsert(models.TrialUserAttributeModel, ["trial_id", "key"], ["value_json"]),
+            "system": upsert(models.TrialSystemAttributeModel, ["trial_id", "key"],
+                             ["value_json"]),
+        }
+        self._upsert_value = upsert(models.TrialValueModel, ["trial_id", "objective"],
+                                    ["value", "value_type"])
+        beats = models.TrialHeartbeatModel.__table__
+        # The database's clock, as Optuna's heartbeat and its stale-trial check use.
+        beat = upsert_into(beats).values(trial_id=sa.bindparam("trial_id"),
+                                         heartbeat=sa.func.current_timestamp())
+        self._upsert_beat = beat.on_conflict_do_update(
+            index_elements=["trial_id"], set_={"heartbeat": sa.func.current_timestamp()})
+        # (study id, parameter name) -> the distribution the study has for it
+        self._dists: dict[tuple[int, str], Any] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _stored_now(self, which: int) -> tuple[datetime.datetime, Any]:
+        """``datetime.now()`` as Optuna's trial model returns it and as it stores it."""
+        key = self._date_keys[which]
+        name = ("datetime_start", "datetime_complete")[which]
+        with self._dates_lock:
+            setattr(self._dates, name, datetime.datetime.now())
+            return getattr(self._dates, name), getattr(self._dates, key)
+
+    def _internal_error(self, exc: Exception) -> Exception:
+        error = StorageInternalError("An exception is raised during the commit: "
+                                     f"{type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
+
+    # ------------------------------------------------------------------ create
+    def create_trial(self, study_id: int) -> FrozenTrial:
+        """Create a RUNNING trial in the study, numbered as Optuna numbers it.
+
+        Raises:
+            KeyError: no such study (Optuna's message).
+        """
+        start, stored = self._stored_now(0)
+        sa = self._sa
+        try:
+            with self._engine.begin() as conn:
+                # The study's row stays locked until the commit: the count below then sees
+                # every trial created before this one, by any process.
+                if conn.execute(self._lock_study, {"study": study_id}).first() is None:
+                    raise KeyError(f"No study with study_id {study_id} exists.")
+                trial_id, number = conn.execute(
+                    self._new_trial, {"study": study_id, "state": TrialState.RUNNING,
+                                      "start": stored}).one()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._internal_error(exc) from exc
+        return FrozenTrial(number=number, state=TrialState.RUNNING, value=None, values=None,
+                           datetime_start=start, datetime_complete=None, params={},
+                           distributions={}, user_attrs={}, system_attrs={},
+                           intermediate_values={}, trial_id=trial_id)
+
+    # ------------------------------------------------------------------ write
+    def write(self, ops: Sequence[tuple[Any, ...]],
+              finish: tuple[int, TrialState, Sequence[float] | None] | None = None) -> bool:
+        """Write ``ops`` (and end the trial ``finish`` names) in one transaction.
+
+        Args:
+            ops: ``("param", trial_id, name, internal_value, distribution)``,
+                ``("user" | "system", trial_id, key, value)`` or ``("beat", trial_id)``.
+            finish: ``(trial_id, state, values)``: a finishing state, written last with its
+                values and end time, as Optuna's ``set_trial_state_values`` does.
+
+        Returns:
+            False, with nothing written, on a conflict with a unique key (a parameter
+            written twice): the caller writes one by one through Optuna, which settles it
+            as Optuna does.
+
+        Raises:
+            UpdateFinishedTrialError: a parameter, attribute or end for a finished trial.
+            KeyError: no such trial.
+            ValueError: a parameter's distribution differs from the study's.
+        """
+        from optuna import distributions
+
+        sa = self._sa
+        ended = finish[0] if finish is not None else None
+        # Heartbeats need no check (Optuna's record_heartbeat writes without one); the
+        # trial that ends is checked by its state change, unless a parameter needs its study.
+        checked = {op[1] for op in ops if op[0] != "beat"
+                   and (op[1] != ended or op[0] == "param")}
+        try:
+            with self._engine.begin() as conn:
+                study_of: dict[int, int] = {}
+                if checked:
+                    rows = conn.execute(self._lock_trials, {"ids": sorted(checked)}).all()
+                    found = {row[0]: row for row in rows}
+                    for trial_id in sorted(checked):
+                        if trial_id not in found:
+                            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+                        self._rdb.check_trial_is_updatable(trial_id, found[trial_id][2])
+                        study_of[trial_id] = found[trial_id][1]
+                if finish is not None:
+                    # Checked and locked by the change itself: only a trial not yet
+                    # finished changes (its row stays locked until the commit).
+                    trial_id, state, values = finish
+                    _, complete = self._stored_now(1)
+                    changed = conn.execute(self._finish, {"id": trial_id, "state": state,
+                                                          "complete": complete}).rowcount
+                    if changed != 1:
+                        self._refuse(conn, trial_id)
+                params, attrs, beats = [], {"user": [], "system": []}, []
+                for kind, trial_id, *rest in ops:
+                    if kind == "param":
+                        name, value, dist = rest
+                        self._check_distribution(conn, study_of[trial_id], name, dist)
+                        params.append({"trial_id": trial_id, "param_name": name,
+                                       "param_value": value,
+                                       "distribution_json": distributions.distribution_to_json(
+                                           dist)})
+                    elif kind in attrs:
+                        key, value = rest
+                        attrs[kind].append({"trial_id": trial_id, "key": key,
+                                            "value_json": json.dumps(value)})
+                    else:
+                        beats.append({"trial_id": trial_id})
+                if params:
+                    conn.execute(self._insert_params, params)
+                for kind, rows in attrs.items():
+                    if rows:
+                        # One row per key: the last write of a key wins, as one by one.
+                        last = {(r["trial_id"], r["key"]): r for r in rows}
+                        conn.execute(self._upsert_attr[kind], list(last.values()))
+                for row in {b["trial_id"]: b for b in beats}.values():
+                    conn.execute(self._upsert_beat, row)
+                if finish is not None and finish[2]:
+                    stored = self._models.TrialValueModel.value_to_stored_repr
+                    conn.execute(self._upsert_value, [
+                        {"trial_id": finish[0], "objective": k,
+                         "value": stored(float(v))[0], "value_type": stored(float(v))[1]}
+                        for k, v in enumerate(finish[2])])
+        except sa.exc.IntegrityError:
+            return False
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._internal_error(exc) from exc
+        for kind, trial_id, *rest in ops:  # remembered only once they are stored
+            if kind == "param":
+                self._dists.setdefault((study_of[trial_id], rest[0]), rest[2])
+        return True
+
+    def _refuse(self, conn: Any, trial_id: int) -> None:
+        """Raise what Optuna raises for ending a trial that is not there or not running."""
+        row = conn.execute(self._state_of, {"id": trial_id}).first()
+        if row is None:
+            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+        self._rdb.check_trial_is_updatable(trial_id, row[0])
+        raise RuntimeError(f"trial {trial_id} could not be ended from state {row[0]}")
+
+    def _check_distribution(self, conn: Any, study_id: int, name: str, dist: Any) -> None:
+        """Optuna's check: a parameter keeps a compatible distribution across a study."""
+        from optuna import distributions
+
+        previous = self._dists.get((study_id, name))
+        if previous is None:
+            text = conn.execute(self._study_dist, {"study": study_id, "name": name}).scalar()
+            if text is None:
+                return
+            previous = self._dists[(study_id, name)] = distributions.json_to_distribution(text)
+        distributions.check_distribution_compatibility(previous, dist)
+
+
+class WriterRDBStorage(RDBStorage):
+    """Optuna's RDB storage, creating trials with :class:`RDBWriter` where it can.
+
+    Everything else is Optuna's. A trial from a template (an enqueued or retried one), a
+    database :class:`RDBWriter` does not write, or a creation the database refused (a
+    deadlock or timeout, which Optuna retries) is created by Optuna.
+    """
+
+    _writer: RDBWriter | None | bool = False  # False: not built yet
+
+    @property
+    def writer(self) -> RDBWriter | None:
+        """The writer for this storage's database (``None``: Optuna writes it all)."""
+        if self._writer is False:
+            try:
+                self._writer = RDBWriter(self)
+            except ValueError:
+                self._writer = None
+        return self._writer  # type: ignore[return-value]
+
+    def _create_new_trial(self, study_id: int,
+                          template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        writer = self.writer
+        if template_trial is None and writer is not None:
+            try:
+                return writer.create_trial(study_id)
+            except StorageInternalError:
+                pass  # rolled back: Optuna's own creation, with its retries
+        return super()._create_new_trial(study_id, template_trial)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_writer", None)  # holds the engine: rebuilt after unpickling
+        return state

@@ -1,0 +1,277 @@
+"""RDBWriter (panther.tuner.storage_writer): a worker's own trials written straight to
+Optuna's tables.
+
+What it must keep: the rows Optuna itself would write (read back with Optuna's own storage
+and compared field by field with a study Optuna wrote), unique trial numbers next to
+Optuna's own writers, and Optuna's refusals; what it saves is checked by counting
+statements.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import pickle
+import threading
+import uuid
+
+import optuna
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+# The `url` and `away_from_utc` fixtures come from storage_helpers (see conftest.py).
+from storage_helpers import counting, optuna_view
+
+from panther.tuner import storage as storage_mod
+from panther.tuner.storage import open_storage
+from panther.tuner.storage_view import write_batch
+from panther.tuner.storage_writer import RDBWriter, WriterRDBStorage
+
+D = optuna.distributions
+SPACE = {
+    "i": D.IntDistribution(1, 64),
+    "l": D.IntDistribution(1, 1024, log=True),
+    "f": D.FloatDistribution(-1.0, 1.0),
+    "s": D.FloatDistribution(0.0, 1.0, step=0.25),
+    "c": D.CategoricalDistribution(["a", "b", None, 3]),
+}
+STATE = optuna.trial.TrialState
+
+
+def plain_optuna(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's own storage on ``url``, as ``optuna.create_study(storage=url)`` builds it."""
+    with storage_mod.quiet_optuna():
+        return optuna.storages.RDBStorage(url, skip_compatibility_check=True)
+
+
+def comparable(trials: list) -> list[dict]:
+    """The trials' fields, without what differs between two studies by nature (ids) or by
+    the clock (dates: checked apart)."""
+    rows = []
+    for t in trials:
+        row = dict(vars(t))
+        for key in ("_trial_id", "_datetime_start", "datetime_start", "_datetime_complete",
+                    "datetime_complete"):
+            row.pop(key, None)
+        row["intermediate_values"] = repr(row["intermediate_values"])
+        row["has_start"] = t.datetime_start is not None
+        row["has_end"] = t.datetime_complete is not None
+        rows.append(row)
+    return rows
+
+
+def dates_near_now(trials: list, since: datetime.datetime) -> None:
+    """Every stored date is this machine's local time, between ``since`` and now."""
+    now = datetime.datetime.now() + datetime.timedelta(seconds=1)
+    for t in trials:
+        for when in (t.datetime_start, t.datetime_complete):
+            if when is not None:
+                assert since - datetime.timedelta(seconds=1) <= when <= now, (t.number, when)
+
+
+def scenario(study: optuna.Study, batched: bool) -> None:
+    """Trials in every state and every kind of value, as a worker and Optuna's API write them."""
+    block = (lambda: write_batch(study._storage)) if batched else \
+        (lambda: __import__("contextlib").nullcontext())
+    for k, value in enumerate([1.5, math.inf, -math.inf, 0.25]):
+        with block():
+            trial = study.ask(SPACE)
+        trial.storage.set_trial_system_attr(trial._trial_id, "owner", f"w{k}")
+        with block():
+            trial.set_user_attr("row", {"k": k, "list": [1, "x", None]})
+            trial.set_user_attr("row", {"k": k, "again": True})  # the last write wins
+            trial.set_user_attr("score", value if math.isfinite(value) else str(value))
+            study.tell(trial, value)
+    with block():
+        failed = study.ask(SPACE)
+        failed.set_user_attr("error", "boom")
+        study.tell(failed, state=STATE.FAIL)
+    pruned = study.ask(SPACE)
+    pruned.report(0.5, step=1)
+    pruned.report(float("nan"), step=2)
+    study.tell(pruned, state=STATE.PRUNED)
+    study.enqueue_trial({"i": 3, "l": 8, "f": 0.0, "s": 0.5, "c": None}, user_attrs={"retry": 1})
+    with block():
+        popped = study.ask(SPACE)  # the enqueued one: created by Optuna from its template
+        popped.set_user_attr("note", "popped")
+        study.tell(popped, 2.0)
+    with block():
+        study.ask(SPACE).set_user_attr("note", "left running")
+
+
+# ---------------------------------------------------------------- the rows equal Optuna's
+@pytest.mark.parametrize("batched", [False, True])
+def test_writes_equal_what_optuna_writes(url, away_from_utc, batched):
+    since = datetime.datetime.now()
+    view = open_storage(url, heartbeat_interval=60)
+    assert view._writer is not None
+    name = uuid.uuid4().hex[:8]
+    mine = optuna.create_study(storage=view, study_name=f"w-{name}",
+                               sampler=optuna.samplers.RandomSampler(seed=3))
+    theirs = optuna.create_study(storage=plain_optuna(url), study_name=f"o-{name}",
+                                 sampler=optuna.samplers.RandomSampler(seed=3))
+    scenario(mine, batched)
+    scenario(theirs, batched=False)
+    ours, optunas = optuna_view(url, mine._study_id), optuna_view(url, theirs._study_id)
+    assert comparable(ours) == comparable(optunas)
+    dates_near_now(ours, since)
+    # Multiple objectives: the values in objective order, infinities as Optuna stores them.
+    view_mo = optuna.create_study(storage=view, directions=["maximize", "minimize"])
+    plain_mo = optuna.create_study(storage=plain_optuna(url), directions=["maximize", "minimize"])
+    for study in (view_mo, plain_mo):
+        for values in ([1.0, 2.0], [math.inf, -3.0], [0.0, -math.inf]):
+            with write_batch(study._storage):
+                study.tell(study.ask(SPACE), values)
+    assert [t.values for t in optuna_view(url, view_mo._study_id)] == \
+        [t.values for t in optuna_view(url, plain_mo._study_id)]
+
+
+kinds = st.sampled_from(["complete", "fail", "prune", "running"])
+attrs = st.dictionaries(st.sampled_from(["a", "b", "c"]),
+                        st.one_of(st.integers(), st.text(max_size=4), st.none(),
+                                  st.lists(st.booleans(), max_size=2)), max_size=3)
+steps = st.lists(st.tuples(kinds, st.floats(allow_nan=False), attrs, attrs, st.booleans()),
+                 min_size=1, max_size=6)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=steps)
+def test_random_trials_are_stored_as_optuna_stores_them(tmp_path, steps):
+    url = f"sqlite:///{tmp_path / f'h-{uuid.uuid4().hex[:8]}.db'}"
+    view = open_storage(url)
+    mine = optuna.create_study(storage=view, sampler=optuna.samplers.RandomSampler(seed=0))
+    theirs = optuna.create_study(storage=plain_optuna(url),
+                                 sampler=optuna.samplers.RandomSampler(seed=0))
+    for study, is_view in ((mine, True), (theirs, False)):
+        for kind, value, first, then, batched in steps:
+            batch = write_batch(study._storage) if is_view and batched else None
+            if batch is not None:
+                batch.__enter__()
+            trial = study.ask(SPACE)
+            for key, attr in first.items():
+                trial.set_user_attr(key, attr)
+            for key, attr in then.items():
+                trial.storage.set_trial_system_attr(trial._trial_id, key, attr)
+            if kind == "complete":
+                study.tell(trial, value)
+            elif kind == "fail":
+                study.tell(trial, state=STATE.FAIL)
+            elif kind == "prune":
+                trial.report(value, step=0)
+                study.tell(trial, state=STATE.PRUNED)
+            if batch is not None:
+                batch.__exit__(None, None, None)
+    assert comparable(optuna_view(url, mine._study_id)) == \
+        comparable(optuna_view(url, theirs._study_id))
+
+
+# ---------------------------------------------------------------- numbers, refusals
+def test_trial_numbers_stay_unique_next_to_optunas_own_writers(url):
+    """Four writers at once on one study, two of them Optuna's own: every number once."""
+    name = f"n-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(storage=plain_optuna(url), study_name=name)
+    storages = [open_storage(url), open_storage(url), plain_optuna(url), plain_optuna(url)]
+    errors = []
+
+    def create(storage):
+        try:
+            study_id = storage.get_study_id_from_name(name)
+            for _ in range(15):
+                storage.create_new_trial(study_id)
+        except Exception as exc:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in storages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    trials = optuna_view(url, storages[2].get_study_id_from_name(name))
+    assert sorted(t.number for t in trials) == list(range(60))
+    # Numbers follow creation: trial ids and numbers are in the same order.
+    assert [t.number for t in sorted(trials, key=lambda t: t._trial_id)] == list(range(60))
+
+
+def test_writes_to_a_finished_or_missing_trial_are_refused_as_optuna_refuses_them(url):
+    view = open_storage(url)
+    study = optuna.create_study(storage=view, study_name=f"r-{uuid.uuid4().hex[:8]}")
+    trial = study.ask({"i": SPACE["i"]})
+    plain_optuna(url).set_trial_state_values(trial._trial_id, STATE.FAIL)  # another process
+    writer = view._writer
+    for ops, finish in (([("user", trial._trial_id, "late", 1)], None),
+                        ([("param", trial._trial_id, "j", 0.5, SPACE["f"])], None),
+                        ([("user", trial._trial_id, "late", 1)], (trial._trial_id, STATE.COMPLETE, [1.0]))):
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            writer.write(ops, finish)
+    stored = optuna_view(url, study._study_id)[0]
+    assert (stored.state, stored.user_attrs, stored.values) == (STATE.FAIL, {}, None)
+    assert "j" not in stored.params
+    with pytest.raises(KeyError):
+        writer.write([("user", 10**9, "x", 1)])
+    with pytest.raises(KeyError):
+        writer.write([], (10**9, STATE.COMPLETE, [1.0]))
+    with pytest.raises(KeyError):
+        writer.create_trial(10**9)
+
+
+def test_a_parameter_must_keep_its_distribution_as_optuna_requires(url):
+    view = open_storage(url)
+    study = optuna.create_study(storage=view, study_name=f"d-{uuid.uuid4().hex[:8]}")
+    study.tell(study.ask({"i": SPACE["i"]}), 1.0)
+    fresh = open_storage(url)  # knows nothing of the study: asks the database
+    other = fresh.create_new_trial(study._study_id)
+    with pytest.raises(ValueError, match="Cannot set different distribution kind"):
+        with write_batch(fresh):
+            fresh.set_trial_param(other, "i", 0.5, SPACE["f"])
+    fresh.set_trial_param(other, "i", 7, D.IntDistribution(1, 8))  # same kind: accepted
+    assert optuna_view(url, study._study_id)[1].params == {"i": 7}
+
+
+# ---------------------------------------------------------------- what it saves
+def test_a_trial_takes_half_the_statements(url):
+    """A worker's trial (asked with its first heartbeat, claimed, told with its result):
+    12 statements on the direct writer, 24 through Optuna's."""
+    view = open_storage(url, heartbeat_interval=60)
+    study = optuna.create_study(storage=view, study_name=f"s-{uuid.uuid4().hex[:8]}")
+    two = {"i": SPACE["i"], "f": SPACE["f"]}
+    study.tell(study.ask(two), 0.0)  # the distributions are known from here on
+
+    def one_trial():
+        with write_batch(view), view.last_read():  # as a worker asks (see worker.py)
+            trial = study.ask(two)
+            view.record_heartbeat(trial._trial_id)
+        view.set_trial_system_attr(trial._trial_id, "owner", "me")
+        with write_batch(view):
+            trial.set_user_attr("score", 1.0)
+            trial.set_user_attr("row", {"status": "ok"})
+            study.tell(trial, 1.0)
+
+    with counting(view) as direct:
+        one_trial()
+    view._writer = None  # the same view writing through Optuna's helpers
+    view.inner._backend._writer = None
+    with counting(view) as through_optuna:
+        one_trial()
+    # Of which the sampler's read of the study: 2 statements either way.
+    assert direct["statements"] <= 12 < 20 <= through_optuna["statements"], (direct, through_optuna)
+    assert direct["commits"] == through_optuna["commits"] == 4
+    a, b = (comparable([t])[0] for t in optuna_view(url, study._study_id)[1:3])
+    for row in (a, b):
+        del row["_number"], row["_params"]  # differ by nature (random parameters)
+    assert a == b
+
+
+def test_the_storage_pickles_and_other_databases_are_left_to_optuna(tmp_path):
+    with storage_mod.quiet_optuna():
+        rdb = WriterRDBStorage(f"sqlite:///{tmp_path / 'p.db'}")
+    assert rdb.writer is not None
+    again = pickle.loads(pickle.dumps(rdb))
+    assert isinstance(again.writer, RDBWriter) and again.writer is not rdb.writer
+
+    class Other:
+        engine = type("E", (), {"name": "mysql", "dialect": None})()
+
+    with pytest.raises(ValueError, match="not to mysql"):
+        RDBWriter(Other())
