@@ -214,6 +214,8 @@ def test_writes_to_a_finished_or_missing_trial_are_refused_as_optuna_refuses_the
         writer.write([], (10**9, STATE.COMPLETE, [1.0]))
     with pytest.raises(KeyError):
         writer.create_trial(10**9)
+    # The refused creation left nothing open: the next one works, numbered after the first.
+    assert writer.create_trial(study._study_id).number == 1
 
 
 def test_a_parameter_must_keep_its_distribution_as_optuna_requires(url):
@@ -256,7 +258,8 @@ def test_a_trial_takes_half_the_statements(url):
         one_trial()
     # Of which the sampler's read of the study: 2 statements either way.
     assert direct["statements"] <= 12 < 20 <= through_optuna["statements"], (direct, through_optuna)
-    assert direct["commits"] == through_optuna["commits"] == 4
+    # (On PostgreSQL the creation commits inside its one message, unseen by SQLAlchemy.)
+    assert direct["commits"] <= through_optuna["commits"] == 4
     a, b = (comparable([t])[0] for t in optuna_view(url, study._study_id)[1:3])
     for row in (a, b):
         del row["_number"], row["_params"]  # differ by nature (random parameters)

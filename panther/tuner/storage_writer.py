@@ -93,6 +93,25 @@ class RDBWriter:
                                    state=sa.bindparam("state"),
                                    datetime_start=sa.bindparam("start"))
                            .returning(t.c.trial_id, t.c.number))
+        # On PostgreSQL through psycopg2, the lock, the insert and the commit go to the
+        # server as one message (one round trip): the study's row is locked only while the
+        # server runs them, not across three round trips and this process's CPU (with many
+        # workers on a busy host, a worker paused while holding the lock stalls the others).
+        self._one_trip: str | None = None
+        if engine.name == "postgresql" and engine.driver == "psycopg2":
+            dialect = engine.dialect
+            insert = sa.insert(t).values(number=past, study_id=sa.bindparam("study"),
+                                         state=sa.bindparam("state"),
+                                         datetime_start=sa.bindparam("start")).inline()
+            # The new trial's id: the value this session's insert took from the trial ids'
+            # sequence (lastval() is per session, so other workers' inserts do not count),
+            # taken once in a subquery: compared directly, the volatile lastval() would be
+            # evaluated row by row, a scan of every trial of every study.
+            self._one_trip = "; ".join([
+                "BEGIN", str(self._lock_study.compile(dialect=dialect)),
+                str(insert.compile(dialect=dialect)), "COMMIT",
+                f"SELECT {t.c.trial_id.name}, {t.c.number.name} FROM {t.name} "
+                f"WHERE {t.c.trial_id.name} = (SELECT lastval())"])
         self._lock_trials = (sa.select(t.c.trial_id, t.c.study_id, t.c.state)
                              .where(t.c.trial_id.in_(sa.bindparam("ids", expanding=True)))
                              .with_for_update())
@@ -155,20 +174,44 @@ class RDBWriter:
         start, stored = self._stored_now(0)
         sa = self._sa
         try:
-            with self._engine.begin() as conn:
-                # The study's row stays locked until the commit: the count below then sees
-                # every trial created before this one, by any process.
-                if conn.execute(self._lock_study, {"study": study_id}).first() is None:
-                    raise KeyError(f"No study with study_id {study_id} exists.")
-                trial_id, number = conn.execute(
-                    self._new_trial, {"study": study_id, "state": TrialState.RUNNING,
-                                      "start": stored}).one()
+            if self._one_trip is not None:
+                trial_id, number = self._create_in_one_trip(study_id, stored)
+            else:
+                trial_id, number = self._create(study_id, stored)
         except sa.exc.SQLAlchemyError as exc:
             raise self._internal_error(exc) from exc
         return FrozenTrial(number=number, state=TrialState.RUNNING, value=None, values=None,
                            datetime_start=start, datetime_complete=None, params={},
                            distributions={}, user_attrs={}, system_attrs={},
                            intermediate_values={}, trial_id=trial_id)
+
+    def _create(self, study_id: int, stored: Any) -> tuple[int, int]:
+        with self._engine.begin() as conn:
+            # The study's row stays locked until the commit: the count below then sees
+            # every trial created before this one, by any process.
+            if conn.execute(self._lock_study, {"study": study_id}).first() is None:
+                raise KeyError(f"No study with study_id {study_id} exists.")
+            trial_id, number = conn.execute(
+                self._new_trial, {"study": study_id, "state": TrialState.RUNNING,
+                                  "start": stored}).one()
+        return trial_id, number
+
+    def _create_in_one_trip(self, study_id: int, stored: Any) -> tuple[int, int]:
+        sa = self._sa
+        with self._engine.connect() as conn:
+            # The statements carry their own BEGIN and COMMIT: the driver must not open a
+            # transaction around them.
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                row = conn.exec_driver_sql(self._one_trip, {
+                    "study": study_id, "state": TrialState.RUNNING.name, "start": stored}).one()
+            except sa.exc.DBAPIError as exc:
+                # An error skips the rest of the message and leaves the block open.
+                conn.exec_driver_sql("ROLLBACK")
+                if isinstance(exc, sa.exc.IntegrityError):  # no such study (its foreign key)
+                    raise KeyError(f"No study with study_id {study_id} exists.") from exc
+                raise
+        return row[0], row[1]
 
     # ------------------------------------------------------------------ write
     def write(self, ops: Sequence[tuple[Any, ...]],
