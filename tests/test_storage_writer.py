@@ -98,6 +98,13 @@ def scenario(study: optuna.Study, batched: bool) -> None:
         study.tell(popped, 2.0)
     with block():
         study.ask(SPACE).set_user_attr("note", "left running")
+    # Trials from templates: attributes only (as panther's leases), written by the direct
+    # writer; with parameters and values (Study.add_trial), left to Optuna.
+    lease = optuna.trial.create_trial(state=STATE.RUNNING, user_attrs={"u": [1, None]},
+                                      system_attrs={"lease": {"pid": 1, "host": "h"}, "beat": 2.5})
+    study._storage.create_new_trial(study._study_id, template_trial=lease)
+    study.add_trial(optuna.trial.create_trial(params={"i": 5}, distributions={"i": SPACE["i"]},
+                                              value=3.0, user_attrs={"added": True}))
 
 
 # ---------------------------------------------------------------- the rows equal Optuna's
@@ -278,3 +285,20 @@ def test_the_storage_pickles_and_other_databases_are_left_to_optuna(tmp_path):
 
     with pytest.raises(ValueError, match="not to mysql"):
         RDBWriter(Other())
+
+
+def test_a_lease_like_template_is_one_message_and_returned_as_optuna_returns_it(url):
+    view = open_storage(url)
+    plain = plain_optuna(url)
+    mine = optuna.create_study(storage=view, study_name=f"l-{uuid.uuid4().hex[:8]}")
+    theirs = optuna.create_study(storage=plain, study_name=f"k-{uuid.uuid4().hex[:8]}")
+    template = optuna.trial.create_trial(state=STATE.RUNNING,
+                                         system_attrs={"lease": {"id": "h:1"}, "beat": 1.0})
+    with counting(view) as counts:
+        trial_id = view.create_new_trial(mine._study_id, template_trial=template)
+    # PostgreSQL: lock, insert, attributes and commit in one message; SQLite: 4 statements.
+    assert counts["statements"] <= (1 if url.startswith("postgresql") else 4), counts
+    returned = view.get_trial(trial_id)  # the copy the creation returned
+    expected = plain.get_trial(plain.create_new_trial(theirs._study_id, template_trial=template))
+    assert comparable([returned]) == comparable([expected])
+    assert returned.datetime_start == optuna_view(url, mine._study_id)[0].datetime_start

@@ -22,12 +22,14 @@ What stays Optuna's:
   missing trial with its ``KeyError``, a parameter whose distribution differs from the
   study's earlier one with its ``ValueError``.
 
-Anything the writer does not cover (trials made from a template, databases other than
-PostgreSQL and SQLite, a conflict on a unique key) is written by Optuna as before.
+Anything the writer does not cover (trials made from a template with parameters or values,
+databases other than PostgreSQL and SQLite, a conflict on a unique key) is written by
+Optuna as before.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import threading
@@ -88,30 +90,39 @@ class RDBWriter:
                             .with_for_update())
         past = (sa.select(sa.func.count(t.c.trial_id))
                 .where(t.c.study_id == sa.bindparam("study")).scalar_subquery())
-        self._new_trial = (sa.insert(t)
-                           .values(number=past, study_id=sa.bindparam("study"),
-                                   state=sa.bindparam("state"),
-                                   datetime_start=sa.bindparam("start"))
-                           .returning(t.c.trial_id, t.c.number))
-        # On PostgreSQL through psycopg2, the lock, the insert and the commit go to the
+        new_trial = sa.insert(t).values(
+            number=past, study_id=sa.bindparam("study"), state=sa.bindparam("state"),
+            datetime_start=sa.bindparam("start"), datetime_complete=sa.bindparam("complete"))
+        self._new_trial = new_trial.returning(t.c.trial_id, t.c.number)
+        attr_tables = {"user": models.TrialUserAttributeModel.__table__,
+                       "system": models.TrialSystemAttributeModel.__table__}
+        self._insert_attr = {kind: sa.insert(table) for kind, table in attr_tables.items()}
+        # On PostgreSQL through psycopg2, the lock, the inserts and the commit go to the
         # server as one message (one round trip): the study's row is locked only while the
-        # server runs them, not across three round trips and this process's CPU (with many
-        # workers on a busy host, a worker paused while holding the lock stalls the others).
+        # server runs them, not across several round trips and this process's CPU (with
+        # many workers on a busy host, a worker paused while holding the lock stalls the
+        # others).
         self._one_trip: str | None = None
         if engine.name == "postgresql" and engine.driver == "psycopg2":
             dialect = engine.dialect
-            insert = sa.insert(t).values(number=past, study_id=sa.bindparam("study"),
-                                         state=sa.bindparam("state"),
-                                         datetime_start=sa.bindparam("start")).inline()
+            quote = dialect.identifier_preparer.quote
             # The new trial's id: the value this session's insert took from the trial ids'
-            # sequence (lastval() is per session, so other workers' inserts do not count),
-            # taken once in a subquery: compared directly, the volatile lastval() would be
-            # evaluated row by row, a scan of every trial of every study.
+            # sequence (per session, so other workers' inserts do not count), taken once in
+            # a subquery: compared directly, the volatile function would be evaluated row
+            # by row, a scan of every trial of every study.
+            new_id = (f"(SELECT currval(pg_get_serial_sequence('{t.name}', "
+                      f"'{t.c.trial_id.name}')))")
+            # A template's attributes, as two arrays (keys, JSON values), one row each.
+            attrs = [f"INSERT INTO {quote(table.name)} ({quote('trial_id')}, {quote('key')}, "
+                     f"{quote('value_json')}) SELECT {new_id}, k, v FROM "
+                     f"unnest(CAST(%({kind}_keys)s AS TEXT[]), "
+                     f"CAST(%({kind}_values)s AS TEXT[])) AS a(k, v)"
+                     for kind, table in attr_tables.items()]
             self._one_trip = "; ".join([
                 "BEGIN", str(self._lock_study.compile(dialect=dialect)),
-                str(insert.compile(dialect=dialect)), "COMMIT",
-                f"SELECT {t.c.trial_id.name}, {t.c.number.name} FROM {t.name} "
-                f"WHERE {t.c.trial_id.name} = (SELECT lastval())"])
+                str(new_trial.inline().compile(dialect=dialect)), *attrs, "COMMIT",
+                f"SELECT {quote(t.c.trial_id.name)}, {quote(t.c.number.name)} "
+                f"FROM {quote(t.name)} WHERE {quote(t.c.trial_id.name)} = {new_id}"])
         self._lock_trials = (sa.select(t.c.trial_id, t.c.study_id, t.c.state)
                              .where(t.c.trial_id.in_(sa.bindparam("ids", expanding=True)))
                              .with_for_update())
@@ -150,12 +161,14 @@ class RDBWriter:
         self._dists: dict[tuple[int, str], Any] = {}
 
     # ------------------------------------------------------------------ helpers
-    def _stored_now(self, which: int) -> tuple[datetime.datetime, Any]:
-        """``datetime.now()`` as Optuna's trial model returns it and as it stores it."""
+    def _stored(self, which: int, when: datetime.datetime | None) -> tuple[Any, Any]:
+        """A start (0) or end (1) date as Optuna's trial model returns it and stores it."""
+        if when is None:
+            return None, None
         key = self._date_keys[which]
         name = ("datetime_start", "datetime_complete")[which]
         with self._dates_lock:
-            setattr(self._dates, name, datetime.datetime.now())
+            setattr(self._dates, name, when)
             return getattr(self._dates, name), getattr(self._dates, key)
 
     def _internal_error(self, exc: Exception) -> Exception:
@@ -165,53 +178,88 @@ class RDBWriter:
         return error
 
     # ------------------------------------------------------------------ create
-    def create_trial(self, study_id: int) -> FrozenTrial:
-        """Create a RUNNING trial in the study, numbered as Optuna numbers it.
+    @staticmethod
+    def takes(template: FrozenTrial | None) -> bool:
+        """Whether :meth:`create_trial` creates a trial from ``template`` (``None``: a new
+        RUNNING trial). Templates with parameters or values (checked against the study's
+        distributions, stored in their own tables) are left to Optuna; those with
+        attributes only (panther's leases, Optuna's enqueued trials) are taken."""
+        return template is None or (not template.params and template.values is None
+                                    and not template.intermediate_values)
+
+    def create_trial(self, study_id: int, template: FrozenTrial | None = None) -> FrozenTrial:
+        """Create a trial in the study, numbered as Optuna numbers it: a RUNNING one, or
+        one like ``template`` (its state, dates and attributes; see :meth:`takes`).
 
         Raises:
             KeyError: no such study (Optuna's message).
+            ValueError: a template :meth:`takes` refuses.
         """
-        start, stored = self._stored_now(0)
+        if not self.takes(template):
+            raise ValueError("RDBWriter creates trials from templates without parameters "
+                             "or values; Optuna creates the others")
+        if template is None:
+            start, stored_start = self._stored(0, datetime.datetime.now())
+            state, stored_complete, attrs = TrialState.RUNNING, None, {"user": {}, "system": {}}
+        else:
+            start, stored_start = self._stored(0, template.datetime_start)
+            stored_complete = self._stored(1, template.datetime_complete)[1]
+            state = template.state
+            attrs = {"user": template.user_attrs, "system": template.system_attrs}
+        row = {"study": study_id, "state": state, "start": stored_start,
+               "complete": stored_complete}
+        texts = {kind: {key: json.dumps(value) for key, value in found.items()}
+                 for kind, found in attrs.items()}
         sa = self._sa
         try:
             if self._one_trip is not None:
-                trial_id, number = self._create_in_one_trip(study_id, stored)
+                trial_id, number = self._create_in_one_trip(row, texts)
             else:
-                trial_id, number = self._create(study_id, stored)
+                trial_id, number = self._create(row, texts)
         except sa.exc.SQLAlchemyError as exc:
             raise self._internal_error(exc) from exc
+        if template is not None:  # as Optuna returns it: the template, numbered
+            frozen = copy.deepcopy(template)
+            frozen.number, frozen.datetime_start, frozen._trial_id = number, start, trial_id
+            return frozen
         return FrozenTrial(number=number, state=TrialState.RUNNING, value=None, values=None,
                            datetime_start=start, datetime_complete=None, params={},
                            distributions={}, user_attrs={}, system_attrs={},
                            intermediate_values={}, trial_id=trial_id)
 
-    def _create(self, study_id: int, stored: Any) -> tuple[int, int]:
+    def _create(self, row: dict[str, Any], texts: dict[str, dict[str, str]]) -> tuple[int, int]:
         with self._engine.begin() as conn:
             # The study's row stays locked until the commit: the count below then sees
             # every trial created before this one, by any process.
-            if conn.execute(self._lock_study, {"study": study_id}).first() is None:
-                raise KeyError(f"No study with study_id {study_id} exists.")
-            trial_id, number = conn.execute(
-                self._new_trial, {"study": study_id, "state": TrialState.RUNNING,
-                                  "start": stored}).one()
+            if conn.execute(self._lock_study, {"study": row["study"]}).first() is None:
+                raise KeyError(f"No study with study_id {row['study']} exists.")
+            trial_id, number = conn.execute(self._new_trial, row).one()
+            for kind, found in texts.items():
+                if found:
+                    conn.execute(self._insert_attr[kind], [
+                        {"trial_id": trial_id, "key": key, "value_json": text}
+                        for key, text in found.items()])
         return trial_id, number
 
-    def _create_in_one_trip(self, study_id: int, stored: Any) -> tuple[int, int]:
+    def _create_in_one_trip(self, row: dict[str, Any],
+                            texts: dict[str, dict[str, str]]) -> tuple[int, int]:
         sa = self._sa
+        params = {**row, "state": row["state"].name}  # the driver's own values: no SQLAlchemy types
+        for kind, found in texts.items():
+            params[f"{kind}_keys"], params[f"{kind}_values"] = list(found), list(found.values())
         with self._engine.connect() as conn:
             # The statements carry their own BEGIN and COMMIT: the driver must not open a
             # transaction around them.
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
-                row = conn.exec_driver_sql(self._one_trip, {
-                    "study": study_id, "state": TrialState.RUNNING.name, "start": stored}).one()
+                found_row = conn.exec_driver_sql(self._one_trip, params).one()
             except sa.exc.DBAPIError as exc:
                 # An error skips the rest of the message and leaves the block open.
                 conn.exec_driver_sql("ROLLBACK")
                 if isinstance(exc, sa.exc.IntegrityError):  # no such study (its foreign key)
-                    raise KeyError(f"No study with study_id {study_id} exists.") from exc
+                    raise KeyError(f"No study with study_id {row['study']} exists.") from exc
                 raise
-        return row[0], row[1]
+        return found_row[0], found_row[1]
 
     # ------------------------------------------------------------------ write
     def write(self, ops: Sequence[tuple[Any, ...]],
@@ -257,7 +305,7 @@ class RDBWriter:
                     # Checked and locked by the change itself: only a trial not yet
                     # finished changes (its row stays locked until the commit).
                     trial_id, state, values = finish
-                    _, complete = self._stored_now(1)
+                    _, complete = self._stored(1, datetime.datetime.now())
                     changed = conn.execute(self._finish, {"id": trial_id, "state": state,
                                                           "complete": complete}).rowcount
                     if changed != 1:
@@ -325,9 +373,9 @@ class RDBWriter:
 class WriterRDBStorage(RDBStorage):
     """Optuna's RDB storage, creating trials with :class:`RDBWriter` where it can.
 
-    Everything else is Optuna's. A trial from a template (an enqueued or retried one), a
-    database :class:`RDBWriter` does not write, or a creation the database refused (a
-    deadlock or timeout, which Optuna retries) is created by Optuna.
+    Everything else is Optuna's. A trial from a template with parameters or values (see
+    :meth:`RDBWriter.takes`), a database :class:`RDBWriter` does not write, or a creation
+    the database refused (a deadlock or timeout, which Optuna retries) is created by Optuna.
     """
 
     _writer: RDBWriter | None | bool = False  # False: not built yet
@@ -345,9 +393,9 @@ class WriterRDBStorage(RDBStorage):
     def _create_new_trial(self, study_id: int,
                           template_trial: FrozenTrial | None = None) -> FrozenTrial:
         writer = self.writer
-        if template_trial is None and writer is not None:
+        if writer is not None and writer.takes(template_trial):
             try:
-                return writer.create_trial(study_id)
+                return writer.create_trial(study_id, template_trial)
             except StorageInternalError:
                 pass  # rolled back: Optuna's own creation, with its retries
         return super()._create_new_trial(study_id, template_trial)
