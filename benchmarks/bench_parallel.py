@@ -20,6 +20,11 @@ Reported per budget, storage and worker count:
 * ``storage_ms``: **the storage overhead per trial**: the time the workers spent inside
   calls to the storage (reads and writes, Optuna's own included; timed around each call
   by ``ProcessStorage``), summed over the workers, per evaluation;
+* ``startup_storage_ms``: the part of ``storage_ms`` spent before each worker's first
+  proposal (opening the storage, its lease, the checks, joining the studies): paid once
+  per worker, so it weighs less the longer the run;
+* ``startup_ms``: the longest time from the release to a worker's first proposal (the
+  start-up of every worker at once shares the machine's cores with the database server);
 * ``overhead_ms``: per evaluation, all of the workers' time not spent in the evaluation
   itself, ``(sum of worker wall times - evaluations x sleep) / evaluations``: the storage,
   the sampler, the tuner's bookkeeping, the start of each worker, waiting for other
@@ -117,6 +122,8 @@ def child(storage: str, study: str, budget: int, sleep: float, go: str) -> None:
     print(json.dumps({"start": start, "end": end, "evaluated": report.evaluated,
                       "free": report.free, "surplus": report.surplus,
                       "storage_s": report.storage_s, "waiting_s": report.waiting_s,
+                      "startup_s": report.startup_s or 0.0,
+                      "startup_storage_s": report.startup_storage_s or 0.0,
                       "cpu_s": cpu}), flush=True)
 
 
@@ -151,6 +158,8 @@ def run_workers(storage: str, n: int, budget: int, sleep: float) -> dict[str, An
             "free": sum(r["free"] for r in reports), "surplus": sum(r["surplus"] for r in reports),
             "overhead_ms": 1e3 * (busy - evaluated * sleep) / evaluated,
             "storage_ms": 1e3 * sum(r["storage_s"] for r in reports) / evaluated,
+            "startup_storage_ms": 1e3 * sum(r["startup_storage_s"] for r in reports) / evaluated,
+            "startup_ms": 1e3 * max(r["startup_s"] for r in reports),
             "waiting_ms": 1e3 * sum(r["waiting_s"] for r in reports) / evaluated}
 
 
@@ -244,7 +253,7 @@ def main() -> None:
                 rows.append(row)
                 print(f"budget {budget}, {name}: {n} worker(s) {row['wall_s']:.2f} s", flush=True)
     print_table(rows, ["budget", "storage", "workers", "wall_s", "efficiency", "overhead_ms",
-                       "storage_ms", "waiting_ms", "extra_ms", "worker_cpu_ms",
+                       "storage_ms", "startup_storage_ms", "startup_ms", "waiting_ms", "extra_ms", "worker_cpu_ms",
                        "optuna_ask_tell_ms", "evaluated", "free", "surplus"],
                 title=f"evaluations of {args.sleep} s; single-process in-memory overhead per "
                       "evaluation: " + ", ".join(f"{v:.1f} ms (budget {k})" for k, v in base_ms.items()))

@@ -173,6 +173,9 @@ def test_one_worker_then_finalize_equals_tune(tmp_path):
     storage = f"journal://{tmp_path}/run.log"
     report = app.build(storage, n_trials=4).run_worker(heartbeat_interval=1)
     assert report.ordinal == 0 and report.evaluated == 8 and report.retried == 0
+    # Start-up is part of the call, and its storage time part of the whole.
+    assert 0 < report.startup_s < report.wall_time_s
+    assert 0 < report.startup_storage_s < report.storage_s
     shared = app.build(storage, n_trials=4)
     shared.finalize()
     alone = app.build(None, n_trials=4)

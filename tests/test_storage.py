@@ -83,6 +83,11 @@ def test_unusable_files_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(StorageError, match="cannot connect") as info:
         check_storage(unreachable)
     assert "127.0.0.1:1" in str(info.value) and "pw" not in str(info.value)
+    # Opening it without the test connection (as a worker does) says the same.
+    with pytest.raises(StorageError, match="cannot connect to the database server") as info:
+        open_storage(check_storage(unreachable, connect=False))
+    assert "127.0.0.1:1" in str(info.value) and "pw" not in str(info.value)
+    assert "make postgres" in str(info.value)
 
 
 def test_bad_storage_fails_at_construction_before_the_baseline(tmp_path):

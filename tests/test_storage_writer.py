@@ -302,3 +302,33 @@ def test_a_lease_like_template_is_one_message_and_returned_as_optuna_returns_it(
     expected = plain.get_trial(plain.create_new_trial(theirs._study_id, template_trial=template))
     assert comparable([returned]) == comparable([expected])
     assert returned.datetime_start == optuna_view(url, mine._study_id)[0].datetime_start
+
+
+def test_stale_trials_are_found_as_optuna_finds_them(url):
+    """The one-statement stale check (storage_reader) against Optuna's own."""
+    import sqlalchemy
+
+    view = open_storage(url, heartbeat_interval=1, grace_period=30)
+    study = optuna.create_study(storage=view, study_name=f"st-{uuid.uuid4().hex[:8]}")
+    # `silent` never beats: never stale, by Optuna's rule.
+    old, fresh, silent, done = (study.ask(SPACE) for _ in range(4))
+    for trial in (old, fresh, done):
+        view.record_heartbeat(trial._trial_id)
+    study.tell(done, 1.0)
+    beats = sqlalchemy.Table("trial_heartbeats", sqlalchemy.MetaData(),
+                             autoload_with=view.inner._backend.engine)
+    with view.inner._backend.engine.begin() as conn:  # `old` last beat a minute ago
+        mine = beats.c.trial_id == old._trial_id
+        beat = conn.execute(sqlalchemy.select(beats.c.heartbeat).where(mine)).scalar()
+        if isinstance(beat, str):  # SQLite keeps the server's text
+            beat = datetime.datetime.fromisoformat(beat)
+        conn.execute(beats.update().where(mine)
+                     .values(heartbeat=beat - datetime.timedelta(seconds=60)))
+    with storage_mod.quiet_optuna():
+        theirs = optuna.storages.RDBStorage(url, skip_compatibility_check=True,
+                                            heartbeat_interval=1, grace_period=30)
+    assert view._get_stale_trial_ids(study._study_id) == \
+        theirs._get_stale_trial_ids(study._study_id) == [old._trial_id]
+    with counting(view) as counts:
+        view._get_stale_trial_ids(study._study_id)
+    assert counts["statements"] == 1  # Optuna's takes three

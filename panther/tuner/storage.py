@@ -192,14 +192,19 @@ def check_storage(url: Any, *, connect: bool = True) -> StorageSpec:
                 with engine.connect():
                     pass
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise StorageError(
-                    f"storage {spec.display!r}: cannot connect to the database server ({first}); "
-                    "check that it is running and the URL's host, port, user and password "
-                    "(for a local test server: make postgres)") from exc
+                raise _cannot_connect(spec, exc) from exc
             finally:
                 engine.dispose()
     return spec
+
+
+def _cannot_connect(spec: StorageSpec, exc: BaseException) -> StorageError:
+    """The error for a database server that refuses or does not answer a connection."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StorageError(
+        f"storage {spec.display!r}: cannot connect to the database server ({first}); "
+        "check that it is running and the URL's host, port, user and password "
+        "(for a local test server: make postgres)")
 
 
 def _check_file(spec: StorageSpec) -> None:
@@ -344,6 +349,12 @@ def open_storage(url: str | StorageSpec, *, heartbeat_interval: int | None = Non
             if not _is_db_race(exc):
                 break
             time.sleep(0.2 * (attempt + 1))
+    import sqlalchemy
+
+    if isinstance(last, sqlalchemy.exc.OperationalError) and spec.dialect != "sqlite":
+        # No server answered (callers that skipped check_storage's connection test get
+        # its message here, with one connection less).
+        raise _cannot_connect(spec, last.orig if last.orig is not None else last) from last
     first = str(last).strip().splitlines()[0] if last is not None and str(last).strip() else ""
     raise StorageError(f"storage {spec.display!r} cannot be opened: "
                        f"{type(last).__name__}: {first}") from last

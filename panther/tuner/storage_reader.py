@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["RDBReader", "READER_DIALECTS"]
 
@@ -63,6 +63,7 @@ class RDBReader:
         self._children_of = self._children_query()
         self._studies: dict[int, dict[str, Any]] = {}  # per study: trials, unfinished, last
         self._finished: dict[int, FrozenTrial] = {}  # trial id -> finished trial
+        self._stale: Any = None  # the stale-trial statement, built on first use
 
     def _distribution(self, text: str) -> Any:
         from optuna import distributions
@@ -178,6 +179,30 @@ class RDBReader:
                  num=i.c.intermediate_value, vtype=i.c.intermediate_value_type),
         ).subquery()
         return sa.select(*union.c).order_by(union.c.kind, union.c.ord)
+
+    def stale(self, study_id: int, grace_s: float) -> list[int]:
+        """Optuna's ``_get_stale_trial_ids`` in one statement: the study's RUNNING trials
+        whose last heartbeat is more than ``grace_s`` seconds older than the database's
+        clock (trials without a heartbeat are never stale)."""
+        import datetime
+
+        from optuna.storages._rdb import models
+
+        sa = self._sa
+        if self._stale is None:
+            t, h = self._trials, models.TrialHeartbeatModel.__table__
+            self._stale = (sa.select(t.c.trial_id, h.c.heartbeat, sa.func.now())
+                           .join(h, h.c.trial_id == t.c.trial_id)
+                           .where(t.c.study_id == sa.bindparam("study"),
+                                  t.c.state == TrialState.RUNNING)
+                           .order_by(t.c.trial_id))
+        with self._engine.connect() as conn:
+            rows = conn.execute(self._stale, {"study": study_id}).all()
+        grace = datetime.timedelta(seconds=grace_s)
+        # As Optuna compares them: the server's time without its zone, against the stored
+        # (zone-less) beat.
+        return [trial_id for trial_id, beat, now in rows
+                if now.replace(tzinfo=None) - beat > grace]
 
     def finished(self, trial_id: int) -> FrozenTrial | None:
         """A finished trial from an earlier read (finished trials never change)."""

@@ -550,6 +550,11 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
             self._call(self._inner.record_heartbeat, trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        reader, rdb = self._reader, self._rdb
+        if reader is not None and rdb is not None and rdb.heartbeat_interval is not None:
+            # Optuna's default grace period: twice the interval.
+            grace = rdb.grace_period if rdb.grace_period is not None else 2 * rdb.heartbeat_interval
+            return self._call(reader.stale, study_id, grace)
         return self._call(self._inner._get_stale_trial_ids, study_id)
 
     def get_heartbeat_interval(self) -> int | None:

@@ -42,6 +42,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,11 @@ class WorkerReport:
             this one may run, or the rest of the budget is being evaluated elsewhere).
         baseline_measured: whether this worker evaluated the original model (a run's
             first worker does; the others take its published accuracy).
+        startup_s: seconds from the call to this worker's first proposal (opening the
+            storage, the lease, the checks, joining the studies); ``None`` if it never
+            proposed.
+        startup_storage_s: of ``storage_s``, the seconds spent before that first proposal
+            (paid once per worker, however long the run).
     """
 
     worker: str
@@ -94,6 +100,8 @@ class WorkerReport:
     storage_s: float | None = None
     waiting_s: float = 0.0
     baseline_measured: bool = False
+    startup_s: float | None = None
+    startup_storage_s: float | None = None
 
 
 def _claimed(trial: Any) -> bool:
@@ -147,7 +155,9 @@ def _shared_storage(tuner: Any, storage: str | None) -> tuple[Any, Any]:
         raise ValueError(
             "workers need a storage URL they all open: pass storage='journal:///path/run.log' "
             "(one machine) or 'postgresql://...' (many machines), or give OptunaSearch(storage=...)")
-    spec = check_storage(url)
+    # No test connection: open_storage() connects right after, and says the same when no
+    # server answers (a new connection is a new server process: one less per worker).
+    spec = check_storage(url, connect=False)
     if not spec.shared:
         raise StorageError(f"storage {spec.display!r} lives in this process's memory; workers "
                            "need a file or a database server (journal:///path/run.log, "
@@ -304,8 +314,12 @@ class _Worker:
     """The loop of :func:`run_worker` over every group of the run."""
 
     def __init__(self, run: Any, search: Any, lease: Any, report: WorkerReport,
-                 poll_s: float, reap_s: float, run_study: Any = None) -> None:
+                 poll_s: float, reap_s: float, run_study: Any = None,
+                 started: float | None = None, storage_s: Callable[[], float] | None = None
+                 ) -> None:
         self.run = run
+        self.started = time.perf_counter() if started is None else started
+        self.storage_s = storage_s  # the storage's clock (seconds spent in it so far)
         self.run_study = run_study
         self.search = search
         self.lease = lease
@@ -394,6 +408,10 @@ class _Worker:
         from panther.tuner.storage_view import last_read, write_batch
         from panther.tuner.trials import cost_skip
 
+        if self.report.startup_s is None:  # the first step: start-up ends here
+            self.report.startup_s = time.perf_counter() - self.started
+            if self.storage_s is not None:
+                self.report.startup_storage_s = self.storage_s()
         work.reap(self.lease.run_name, self.reap_s, self.report)
         # Right after this worker's own trial, the read made when it was asked is recent
         # enough to decide whether to ask again (a stale "not full" costs at most one
@@ -619,7 +637,9 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
         resolve_baseline(run, run_study, lease, ordinal, report)
         with quiet_optuna():
             _Worker(run, search, lease, report, poll_s=poll_interval,
-                    reap_s=2.0 * interval, run_study=run_study).loop()
+                    reap_s=2.0 * interval, run_study=run_study, started=started,
+                    storage_s=None if seconds is None
+                    else (lambda: seconds() - storage_before)).loop()
     finally:
         if run is not None:
             run.restore_modes()
