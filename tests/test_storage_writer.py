@@ -332,3 +332,39 @@ def test_stale_trials_are_found_as_optuna_finds_them(url):
     with counting(view) as counts:
         view._get_stale_trial_ids(study._study_id)
     assert counts["statements"] == 1  # Optuna's takes three
+
+
+def test_a_beating_thread_and_the_batches_never_deadlock(url):
+    """A worker's lease thread beats for the trial its main thread is writing (the first
+    heartbeat of a new trial inside a batch): both write the heartbeat row, neither waits
+    on the other for good (the database would abort one)."""
+    view = open_storage(url, heartbeat_interval=60)
+    study = optuna.create_study(storage=view, study_name=f"dl-{uuid.uuid4().hex[:8]}")
+    current: list[int] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def beat():
+        while not stop.is_set():
+            if current:
+                try:
+                    view.record_heartbeat(current[-1])
+                except Exception as exc:  # noqa: BLE001 -- reported by the assertion below
+                    errors.append(exc)
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    try:
+        for _ in range(60):
+            with write_batch(view):
+                trial = study.ask(SPACE)
+                current.append(trial._trial_id)
+                view.record_heartbeat(trial._trial_id)
+            with write_batch(view):
+                trial.set_user_attr("score", 1.0)
+                study.tell(trial, 1.0)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert len(optuna_view(url, study._study_id)) == 60

@@ -18,8 +18,9 @@ What stays Optuna's:
   count of the study's earlier trials); :meth:`RDBWriter.create_trial` takes the same lock,
   so numbers stay unique when Optuna's writers and these write to one study at once.
 * **The checks.** A write to a finished trial is refused with Optuna's
-  ``UpdateFinishedTrialError`` (the trial's row locked, as Optuna's state change does), a
-  missing trial with its ``KeyError``, a parameter whose distribution differs from the
+  ``UpdateFinishedTrialError`` (an end changes only a trial not yet finished, under the
+  row lock its update takes, as Optuna's state change locks it), a missing trial with its
+  ``KeyError``, a parameter whose distribution differs from the
   study's earlier one with its ``ValueError``.
 
 Anything the writer does not cover (trials made from a template with parameters or values,
@@ -123,9 +124,12 @@ class RDBWriter:
                 str(new_trial.inline().compile(dialect=dialect)), *attrs, "COMMIT",
                 f"SELECT {quote(t.c.trial_id.name)}, {quote(t.c.number.name)} "
                 f"FROM {quote(t.name)} WHERE {quote(t.c.trial_id.name)} = {new_id}"])
-        self._lock_trials = (sa.select(t.c.trial_id, t.c.study_id, t.c.state)
-                             .where(t.c.trial_id.in_(sa.bindparam("ids", expanding=True)))
-                             .with_for_update())
+        # Read without a lock, as Optuna's own parameter and attribute writes check the
+        # state: a row lock held here while the heartbeat row is written could deadlock
+        # with this process's lease thread beating for the same trial (its heartbeat
+        # insert checks the trial's key).
+        self._trial_states = (sa.select(t.c.trial_id, t.c.study_id, t.c.state)
+                              .where(t.c.trial_id.in_(sa.bindparam("ids", expanding=True))))
         unfinished = [TrialState.RUNNING, TrialState.WAITING]
         self._finish = (sa.update(t)
                         .where(t.c.trial_id == sa.bindparam("id"), t.c.state.in_(unfinished))
@@ -294,7 +298,7 @@ class RDBWriter:
             with self._engine.begin() as conn:
                 study_of: dict[int, int] = {}
                 if checked:
-                    rows = conn.execute(self._lock_trials, {"ids": sorted(checked)}).all()
+                    rows = conn.execute(self._trial_states, {"ids": sorted(checked)}).all()
                     found = {row[0]: row for row in rows}
                     for trial_id in sorted(checked):
                         if trial_id not in found:
