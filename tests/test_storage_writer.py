@@ -368,3 +368,36 @@ def test_a_beating_thread_and_the_batches_never_deadlock(url):
         thread.join()
     assert not errors
     assert len(optuna_view(url, study._study_id)) == 60
+
+
+def test_a_study_attribute_recorded_once_keeps_the_first_value(url):
+    """Fingerprints: of processes recording theirs at once, the first stays, for all."""
+    name = f"fp-{uuid.uuid4().hex[:8]}"
+    study_id = plain_optuna(url).create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+    views = [open_storage(url) for _ in range(4)]
+    got: dict[int, object] = {}
+    barrier = threading.Barrier(len(views))
+
+    def record(k):
+        barrier.wait()
+        got[k] = views[k].study_attr_once(study_id, "fp", {"worker": k})
+
+    threads = [threading.Thread(target=record, args=(k,)) for k in range(len(views))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = plain_optuna(url).get_study_user_attrs(study_id)["fp"]
+    assert all(value == stored for value in got.values()), (got, stored)
+    with counting(views[0]) as counts:
+        assert views[0].study_attr_once(study_id, "fp", {"worker": "late"}) == stored
+    assert counts["statements"] == 2  # Optuna's read, write and read back take six or more
+    with pytest.raises(KeyError):
+        views[0].study_attr_once(10**9, "fp", 1)
+
+
+def test_a_study_attribute_once_on_a_journal_file(tmp_path):
+    view = open_storage(f"journal:{tmp_path / 'once.log'}")
+    study = optuna.create_study(storage=view)
+    assert view.study_attr_once(study._study_id, "fp", [1]) == [1]
+    assert view.study_attr_once(study._study_id, "fp", [2]) == [1]

@@ -54,7 +54,7 @@ from optuna.trial import FrozenTrial, TrialState
 from panther.tuner.storage_reader import READER_DIALECTS, RDBReader
 from panther.tuner.storage_writer import RDBWriter, WriterRDBStorage
 
-__all__ = ["ProcessStorage", "last_read", "write_batch"]
+__all__ = ["ProcessStorage", "last_read", "study_attr_once", "write_batch"]
 
 def _has_batch_helpers() -> bool:
     """Whether this Optuna's database storage has the per-write helpers that
@@ -334,6 +334,22 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         """Pass through."""
         self._call(self._inner.set_study_system_attr, study_id, key, value)
 
+    def study_attr_once(self, study_id: int, key: str, value: Any) -> Any:
+        """Store a study's user attribute unless it is stored already; return the stored one.
+
+        On a database (the direct writer), the first of several processes recording it at
+        once keeps it, in one transaction; elsewhere (a journal file) the attribute is read,
+        written when missing and read back, so two processes starting at the same moment
+        may each see its own.
+        """
+        if self._writer is not None:
+            return self._call(self._writer.study_attr_once, study_id, key, value)
+        stored = self.get_study_user_attrs(study_id)
+        if key in stored:
+            return stored[key]
+        self.set_study_user_attr(study_id, key, value)
+        return self.get_study_user_attrs(study_id).get(key, value)
+
     def get_study_id_from_name(self, study_name: str) -> int:
         """The study's id (remembered: a name keeps its id until the study is deleted)."""
         study_id = self._study_ids.get(study_name)
@@ -580,6 +596,20 @@ def write_batch(storage: Any) -> Any:
     """:meth:`ProcessStorage.write_batch` of ``storage``; a no-op block for any other storage."""
     return storage.write_batch() if isinstance(storage, ProcessStorage) \
         else contextlib.nullcontext()
+
+
+def study_attr_once(study: Any, key: str, value: Any) -> Any:
+    """Record a user attribute of an Optuna ``study`` unless it has one under ``key``;
+    return the stored value (see :meth:`ProcessStorage.study_attr_once`; another
+    storage is read, written when missing and read back)."""
+    storage = study._storage
+    if isinstance(storage, ProcessStorage):
+        return storage.study_attr_once(study._study_id, key, value)
+    stored = study.user_attrs
+    if key in stored:
+        return stored[key]
+    study.set_user_attr(key, value)
+    return study.user_attrs.get(key, value)
 
 
 def last_read(storage: Any) -> Any:

@@ -161,6 +161,16 @@ class RDBWriter:
                                          heartbeat=sa.func.current_timestamp())
         self._upsert_beat = beat.on_conflict_do_update(
             index_elements=["trial_id"], set_={"heartbeat": sa.func.current_timestamp()})
+        study_attrs = models.StudyUserAttributeModel.__table__
+        self._study_attr_once = upsert_into(study_attrs).on_conflict_do_nothing(
+            index_elements=["study_id", "key"])
+        # The study (no row: no such study; SQLite does not enforce the foreign key) and
+        # its stored value for the key.
+        self._study_attr = (sa.select(studies.c.study_id, study_attrs.c.value_json)
+                            .select_from(studies.outerjoin(study_attrs, sa.and_(
+                                study_attrs.c.study_id == studies.c.study_id,
+                                study_attrs.c.key == sa.bindparam("key"))))
+                            .where(studies.c.study_id == sa.bindparam("study")))
         # (study id, parameter name) -> the distribution the study has for it
         self._dists: dict[tuple[int, str], Any] = {}
 
@@ -352,6 +362,32 @@ class RDBWriter:
             if kind == "param":
                 self._dists.setdefault((study_of[trial_id], rest[0]), rest[2])
         return True
+
+    def study_attr_once(self, study_id: int, key: str, value: Any) -> Any:
+        """Store a study's user attribute unless it is stored already; return the stored one.
+
+        Of several processes recording the same key at once, the first one's value stays
+        (Optuna's ``set_study_user_attr`` would let the last one overwrite it), and every
+        one of them gets it back.
+
+        Raises:
+            KeyError: no such study (Optuna's message).
+        """
+        sa = self._sa
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(self._study_attr_once, {"study_id": study_id, "key": key,
+                                                     "value_json": json.dumps(value)})
+                # The stored one: this insert's, or the earlier one it left in place.
+                row = conn.execute(self._study_attr, {"study": study_id, "key": key}).first()
+                if row is None:  # rolled back with the insert
+                    raise KeyError(f"No study with study_id {study_id} exists.")
+                text = row[1]
+        except sa.exc.IntegrityError as exc:  # the study's foreign key
+            raise KeyError(f"No study with study_id {study_id} exists.") from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._internal_error(exc) from exc
+        return json.loads(text)
 
     def _refuse(self, conn: Any, trial_id: int) -> None:
         """Raise what Optuna raises for ending a trial that is not there or not running."""

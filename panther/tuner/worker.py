@@ -194,14 +194,12 @@ def _run_study(storage_obj: Any, run_name: str) -> Any:
 
 def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display: str) -> None:
     from panther.tuner.fingerprint import FINGERPRINT_ATTR, check_fingerprint
+    from panther.tuner.storage_view import study_attr_once
 
     where = f"tuning run {run_study.study_name!r} in storage {display!r}"
-    stored = run_study.user_attrs  # one read: every access asks the storage
-    check_fingerprint(stored.get(FINGERPRINT_ATTR), fingerprint, where)
-    if FINGERPRINT_ATTR not in stored:
-        run_study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
-        # Two workers may record theirs at once; the stored one decides for both.
-        check_fingerprint(run_study.user_attrs.get(FINGERPRINT_ATTR), fingerprint, where)
+    # The first process to record one decides for all (two may start at once).
+    check_fingerprint(study_attr_once(run_study, FINGERPRINT_ATTR, fingerprint), fingerprint,
+                      where)
 
 
 # ---------------------------------------------------------------------- one group

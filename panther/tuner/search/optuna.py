@@ -511,17 +511,15 @@ class OptunaSearch(SearchAlgorithm):
 
     def _check_fingerprint(self) -> None:
         from panther.tuner.fingerprint import FINGERPRINT_ATTR, check_fingerprint
+        from panther.tuner.storage_view import study_attr_once
 
         if self.fingerprint is None:
             return
         study = self._study
         where = f"study {study.study_name!r} in storage {self.storage!r}"
-        stored = study.user_attrs  # one read: every access asks the storage
-        check_fingerprint(stored.get(FINGERPRINT_ATTR), self.fingerprint, where)
-        if FINGERPRINT_ATTR not in stored:
-            study.set_user_attr(FINGERPRINT_ATTR, self.fingerprint)
-            # Two processes may record theirs at once: the stored one decides for both.
-            check_fingerprint(study.user_attrs.get(FINGERPRINT_ATTR), self.fingerprint, where)
+        # The first process to record one decides for all (two may start at once).
+        check_fingerprint(study_attr_once(study, FINGERPRINT_ATTR, self.fingerprint),
+                          self.fingerprint, where)
 
     def _resume(self, lease: Any = None) -> None:
         optuna = _optuna()
