@@ -307,3 +307,18 @@ def test_a_result_and_its_end_are_one_transaction_like_optunas_tell(url):
     assert stored[failed.number].state == optuna.trial.TrialState.FAIL
     assert stored[failed.number].user_attrs == {"error": "boom"}
     assert stored[taken.number].user_attrs == {} and stored[taken.number].values is None
+
+
+def test_a_study_this_process_made_or_found_is_read_without_checking_it_exists(url):
+    view = open_storage(url)
+    study = optuna.create_study(storage=view, study_name=f"e-{uuid.uuid4().hex[:8]}")
+    with counting(view) as counts:
+        assert view.get_all_trials(study._study_id) == []
+    assert counts["statements"] == 1  # the trials only: no existence check, no children
+    other = open_storage(url)  # knows the study by its name only
+    other.get_study_id_from_name(study.study_name)
+    with counting(other) as counts:
+        other.get_all_trials(study._study_id)
+    assert counts["statements"] == 1
+    with pytest.raises(KeyError):  # an id it never saw is checked, as Optuna checks it
+        open_storage(url).get_all_trials(10**9)

@@ -78,14 +78,21 @@ class RDBReader:
         setattr(self._dates, self._date_keys[1], complete)
         return self._dates.datetime_start, self._dates.datetime_complete
 
-    def read(self, study_id: int) -> list[FrozenTrial]:
-        """Every trial of the study, in number order (finished ones from the last reads)."""
+    def read(self, study_id: int, exists: bool = False) -> list[FrozenTrial]:
+        """Every trial of the study, in number order (finished ones from the last reads).
+
+        ``exists``: the caller knows the study exists (it has just created it or found it
+        by name), so a first read need not check (an unknown id raises ``KeyError``, as
+        Optuna's read does, otherwise).
+        """
         import json
 
         sa, models = self._sa, self._models
         known = self._studies.get(study_id)
         with self._engine.connect() as conn:
-            if known is None:
+            if known is None and exists:
+                known = {"trials": {}, "unfinished": set(), "last": -1}
+            elif known is None:
                 studies = models.StudyModel.__table__
                 found = conn.execute(sa.select(studies.c.study_id)
                                      .where(studies.c.study_id == study_id)).first()

@@ -317,8 +317,11 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
     # ------------------------------------------------------------------ studies
     def create_new_study(self, directions: Sequence[StudyDirection],
                          study_name: str | None = None) -> int:
-        """Pass through."""
-        return self._call(self._inner.create_new_study, directions, study_name)
+        """Create the study (and remember its name)."""
+        study_id = self._call(self._inner.create_new_study, directions, study_name)
+        if study_name is not None:
+            self._study_ids[study_name] = study_id
+        return study_id
 
     def delete_study(self, study_id: int) -> None:
         """Delete the study (and forget its name)."""
@@ -503,7 +506,10 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         if reader is not None:
             try:
                 with self._lock:
-                    return reader.read(study_id)
+                    # A study this process created or found by name exists: its first
+                    # read need not check (delete_study forgets it; one that another
+                    # process deletes meanwhile reads as empty instead of missing).
+                    return reader.read(study_id, exists=study_id in self._study_ids.values())
             except KeyError:
                 raise  # no such study: as Optuna says it
             except Exception as exc:  # noqa: BLE001 -- see RDBReader: fall back to Optuna
