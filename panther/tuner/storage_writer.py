@@ -155,6 +155,21 @@ class RDBWriter:
         }
         self._upsert_value = upsert(models.TrialValueModel, ["trial_id", "objective"],
                                     ["value", "value_type"])
+
+        def guarded(model: Any) -> Any:
+            # One attribute, written only while its trial is not finished: the check and
+            # the write in one statement (no row written: finished, or no such trial).
+            table = model.__table__
+            stmt = upsert_into(table).from_select(
+                ["trial_id", "key", "value_json"],
+                sa.select(t.c.trial_id, sa.bindparam("key", type_=table.c.key.type),
+                          sa.bindparam("value_json", type_=table.c.value_json.type))
+                .where(t.c.trial_id == sa.bindparam("id"), t.c.state.in_(unfinished)))
+            return stmt.on_conflict_do_update(index_elements=["trial_id", "key"],
+                                              set_={"value_json": stmt.excluded.value_json})
+
+        self._guarded_attr = {"user": guarded(models.TrialUserAttributeModel),
+                              "system": guarded(models.TrialSystemAttributeModel)}
         beats = models.TrialHeartbeatModel.__table__
         # The database's clock, as Optuna's heartbeat and its stale-trial check use.
         beat = upsert_into(beats).values(trial_id=sa.bindparam("trial_id"),
@@ -299,6 +314,8 @@ class RDBWriter:
         from optuna import distributions
 
         sa = self._sa
+        if finish is None and len(ops) == 1 and ops[0][0] in self._guarded_attr:
+            return self._write_attr(*ops[0])  # a claim, a lease's beat: one statement
         ended = finish[0] if finish is not None else None
         # Heartbeats need no check (Optuna's record_heartbeat writes without one); the
         # trial that ends is checked by its state change, unless a parameter needs its study.
@@ -363,6 +380,20 @@ class RDBWriter:
                 self._dists.setdefault((study_of[trial_id], rest[0]), rest[2])
         return True
 
+    def _write_attr(self, kind: str, trial_id: int, key: str, value: Any) -> bool:
+        sa = self._sa
+        try:
+            with self._engine.begin() as conn:
+                written = conn.execute(self._guarded_attr[kind], {
+                    "id": trial_id, "key": key, "value_json": json.dumps(value)}).rowcount
+                if written != 1:
+                    self._refuse(conn, trial_id)
+        except sa.exc.IntegrityError:
+            return False
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._internal_error(exc) from exc
+        return True
+
     def study_attr_once(self, study_id: int, key: str, value: Any) -> Any:
         """Store a study's user attribute unless it is stored already; return the stored one.
 
@@ -390,12 +421,12 @@ class RDBWriter:
         return json.loads(text)
 
     def _refuse(self, conn: Any, trial_id: int) -> None:
-        """Raise what Optuna raises for ending a trial that is not there or not running."""
+        """Raise what Optuna raises for a write to a trial that is not there or finished."""
         row = conn.execute(self._state_of, {"id": trial_id}).first()
         if row is None:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         self._rdb.check_trial_is_updatable(trial_id, row[0])
-        raise RuntimeError(f"trial {trial_id} could not be ended from state {row[0]}")
+        raise RuntimeError(f"trial {trial_id} in state {row[0]} was not written")
 
     def _check_distribution(self, conn: Any, study_id: int, name: str, dist: Any) -> None:
         """Optuna's check: a parameter keeps a compatible distribution across a study."""
