@@ -5,7 +5,7 @@ transaction of several SQL statements. Measured on PostgreSQL (``benchmarks/
 bench_parallel.py``), a worker sent about 55 statements in 14 transactions per trial
 (each also testing its connection first), most of them reads of data the worker already
 had; with this view (and connections tested only after sitting idle, see
-:func:`~panther.tuner.storage.open_storage`), about 25 statements in 6 transactions.
+:func:`~panther.tuner.storage.open_storage`), 11 statements in 5 transactions.
 :class:`ProcessStorage` wraps the storage :func:`open_storage
 <panther.tuner.storage.open_storage>` builds and sends fewer, with the same results:
 
@@ -21,9 +21,13 @@ had; with this view (and connections tested only after sitting idle, see
   definitions (:class:`~panther.tuner.storage_reader.RDBReader`) instead of Optuna's ORM objects, and, like Optuna's
   own cache, only the trials unfinished or new since the last read are read again; a read
   is compared with Optuna's in the tests, field by field.
+* **Direct writes.** On PostgreSQL and SQLite, this process's own trials are written
+  straight to Optuna's tables (:class:`~panther.tuner.storage_writer.RDBWriter`: the rows
+  Optuna writes, with fewer statements; elsewhere, and for anything it does not cover,
+  through Optuna's own per-write helpers).
 * **Batches** (:meth:`ProcessStorage.write_batch`): a new trial's parameters and first
   heartbeat go in one transaction, and a result's attributes with the trial's end in
-  another, with Optuna's own per-write helpers, before anything the process does next.
+  another, before anything the process does next.
 * **Reads reused on request** (:meth:`ProcessStorage.last_read`): where a step would read
   what it read a moment ago (Optuna's ask looking for WAITING trials right after the
   worker's own read).
