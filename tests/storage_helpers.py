@@ -7,17 +7,22 @@ import os
 import time
 from collections import Counter
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import optuna
 import pytest
-import sqlalchemy
 
-from panther.tuner import storage as storage_mod
-from panther.tuner.storage import StorageError, check_storage
-from panther.tuner.storage_view import ProcessStorage
+# Registered for every test (conftest.py), including the native ones that run where Optuna
+# is not installed (the minimum-torch environment, a GPU machine): Optuna, SQLAlchemy and
+# panther's tuner are imported only when a storage test uses these helpers.
+if TYPE_CHECKING:
+    import optuna
+
+    from panther.tuner.storage_view import ProcessStorage
 
 
 def _postgres() -> str | None:
+    from panther.tuner.storage import StorageError, check_storage
+
     url = os.environ.get("PANTHER_TEST_POSTGRES_URL")
     if not url:
         return None
@@ -44,6 +49,8 @@ def url(request, tmp_path):
 @contextmanager
 def counting(storage: ProcessStorage):
     """Count the SQL statements and commits ``storage`` sends within the block."""
+    import sqlalchemy
+
     counts: Counter[str] = Counter()
     engine = storage.inner._backend.engine
 
@@ -64,7 +71,11 @@ def counting(storage: ProcessStorage):
 
 def optuna_view(url: str, study_id: int) -> list[optuna.trial.FrozenTrial]:
     """The trials as Optuna's own storage reads them (a fresh, uncached one)."""
-    with storage_mod.quiet_optuna():
+    import optuna
+
+    from panther.tuner.storage import quiet_optuna
+
+    with quiet_optuna():
         rdb = optuna.storages.RDBStorage(url, skip_compatibility_check=True)
     try:
         return rdb.get_all_trials(study_id, deepcopy=False)
