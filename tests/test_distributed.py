@@ -204,6 +204,29 @@ def test_joining_with_another_model_is_refused(tmp_path):
         changed.run_worker(heartbeat_interval=1)
 
 
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_workers_starting_at_once_agree_on_the_first_ones_fingerprint(tmp_path, kind):
+    """Worker A took its lease first but has not recorded the run's fingerprint yet when
+    worker B, with another model, checks (both starting at once): B is refused, though
+    it checks first, on a journal file too (which cannot write only-if-absent)."""
+    from panther.tuner.fingerprint import tuner_fingerprint
+
+    storage = f"journal://{tmp_path}/run.log" if kind == "journal" else postgres_url()
+    study = f"race-{uuid.uuid4().hex[:8]}"  # a fresh run (the server outlives the test)
+    first = app.build(storage, study=study, n_trials=1)
+    lease = Lease(open_storage(storage), f"{study}#run", role="worker",
+                  fingerprint=tuner_fingerprint(first)).acquire()
+    try:
+        other = app.build(storage, study=study, n_trials=1)
+        with torch.no_grad():
+            other.model[0].weight.add_(1.0)
+        with pytest.raises(FingerprintMismatch, match="model weights"):
+            other.run_worker(heartbeat_interval=1)
+    finally:
+        lease.release()
+    assert first.run_worker(heartbeat_interval=1).evaluated > 0  # A's run goes on
+
+
 def test_finalize_waits_for_or_refuses_live_workers(tmp_path):
     storage = f"journal://{tmp_path}/run.log"
     app.build(storage, n_trials=1).run_worker(heartbeat_interval=1)

@@ -76,6 +76,8 @@ WAITING_SUFFIX = "|waiting"
 _LEASE_ATTR = "panther_lease"
 _BEAT_ATTR = "panther_beat"
 _CURRENT_ATTR = "panther_current"
+# A worker's fingerprint of its run, on its lease: the first lease's decides the run's.
+_FINGERPRINT_ATTR = "panther_fingerprint"
 #: User attribute of a re-enqueued trial: the number of the stale trial it retries.
 RETRY_ATTR = "panther_retry_of"
 _RDB_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
@@ -527,6 +529,8 @@ class LeaseInfo:
         grace: seconds without a beat after which a process on another host counts as dead.
         current: ``[study name, trial number]`` the process is evaluating, or ``None``.
         state: the lease trial's Optuna state name (``"RUNNING"`` while held).
+        fingerprint: the run's fingerprint as the process computed it (workers record it
+            on their lease; ``None`` for other roles).
     """
 
     id: str
@@ -541,6 +545,7 @@ class LeaseInfo:
     proc_start: str | None
     current: list[Any] | None
     state: str
+    fingerprint: Any = None
 
     def describe(self) -> str:
         """``"worker pid 123 on host-a (started 12:00:01, last beat 2 s ago)"``."""
@@ -584,8 +589,21 @@ def _leases(storage: Any, run_name: str) -> list[LeaseInfo]:
             started=float(record["started"]),
             beat=float(trial.system_attrs.get(_BEAT_ATTR, record["started"])),
             grace=float(record.get("grace", 30.0)), proc_start=record.get("proc_start"),
-            current=trial.system_attrs.get(_CURRENT_ATTR), state=trial.state.name))
+            current=trial.system_attrs.get(_CURRENT_ATTR), state=trial.state.name,
+            fingerprint=trial.system_attrs.get(_FINGERPRINT_ATTR)))
     return out
+
+
+def first_lease_fingerprint(storage: Any, run_name: str) -> Any:
+    """The fingerprint on the run's lowest-numbered lease that has one (``None``: none).
+
+    Lease numbers follow creation, and a process that created a lease sees every lease
+    created before it: so every worker, whenever it looks, finds the same first one. That
+    makes it the fingerprint of record for a run, even for workers that start at the same
+    moment on a storage without a conditional write (a journal file).
+    """
+    with_fp = [lease for lease in _leases(storage, run_name) if lease.fingerprint is not None]
+    return min(with_fp, key=lambda lease: lease.number).fingerprint if with_fp else None
 
 
 def live_leases(storage: Any, run_name: str, *, exclude: str | None = None) -> list[LeaseInfo]:
@@ -642,11 +660,14 @@ class Lease:
             ``"finalize"``.
         interval: seconds between beats.
         grace: seconds without a beat after which other hosts count this process dead.
+        fingerprint: this process's fingerprint of the run, recorded on the lease (see
+            :func:`first_lease_fingerprint`).
     """
 
     def __init__(self, storage: Any, run_name: str, role: str = "worker", interval: float = 5.0,
-                 grace: float | None = None) -> None:
+                 grace: float | None = None, fingerprint: Any = None) -> None:
         self.storage = storage
+        self.fingerprint = fingerprint
         self.run_name = run_name
         self.role = role
         self.interval = float(interval)
@@ -669,8 +690,11 @@ class Lease:
         record = {"id": self.id, "pid": os.getpid(), "host": socket.gethostname(),
                   "role": self.role, "started": now, "grace": self.grace,
                   "proc_start": _proc_start(os.getpid())}
+        attrs = {_LEASE_ATTR: record, _BEAT_ATTR: now}
+        if self.fingerprint is not None:
+            attrs[_FINGERPRINT_ATTR] = self.fingerprint
         template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
-                                             system_attrs={_LEASE_ATTR: record, _BEAT_ATTR: now})
+                                             system_attrs=attrs)
         self._trial_id = self.storage.create_new_trial(study_id, template_trial=template)
         self.number = self.storage.get_trial_number_from_id(self._trial_id)
         self._thread = threading.Thread(target=self._beat_loop, name="panther-lease", daemon=True)

@@ -192,14 +192,25 @@ def _run_study(storage_obj: Any, run_name: str) -> Any:
     return optuna.load_study(study_name=run_name, storage=storage_obj)
 
 
-def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display: str) -> None:
+def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display: str,
+                           run_name: str) -> None:
+    """Refuse to join a run made for another model or config.
+
+    The run's fingerprint of record is the one stored on its study; a fresh run has none
+    yet, and takes the one on its first worker's lease (see
+    :func:`~panther.tuner.storage.first_lease_fingerprint`), which every worker finds the
+    same, however many start at once.
+    """
     from panther.tuner.fingerprint import FINGERPRINT_ATTR, check_fingerprint
-    from panther.tuner.storage_view import study_attr_once
+    from panther.tuner.storage import first_lease_fingerprint
+    from panther.tuner.storage_view import last_read, study_attr_once
 
     where = f"tuning run {run_study.study_name!r} in storage {display!r}"
-    # The first process to record one decides for all (two may start at once).
-    check_fingerprint(study_attr_once(run_study, FINGERPRINT_ATTR, fingerprint), fingerprint,
-                      where)
+    with last_read(run_study._storage):  # the leases were read a moment ago
+        first = first_lease_fingerprint(run_study._storage, run_name)
+    stored = study_attr_once(run_study, FINGERPRINT_ATTR, first if first is not None
+                             else fingerprint)
+    check_fingerprint(stored, fingerprint, where)
 
 
 # ---------------------------------------------------------------------- one group
@@ -612,13 +623,14 @@ def run_worker(tuner: Any, storage: str | None = None, *, device: Any = None,
     seconds = getattr(storage_obj, "seconds", None)
     storage_before = seconds() if seconds is not None else 0.0
     run_name = run_study_name(source.study_name)
-    lease = Lease(storage_obj, run_name, role="worker", interval=interval, grace=grace).acquire()
+    lease = Lease(storage_obj, run_name, role="worker", interval=interval, grace=grace,
+                  fingerprint=fingerprint).acquire()
     run = None
     try:
         others = live_leases(storage_obj, run_name)
         check_no_conflict(lease, repr(spec.display), others)
         run_study = _run_study(storage_obj, run_name)
-        _check_run_fingerprint(run_study, fingerprint, spec.display)
+        _check_run_fingerprint(run_study, fingerprint, spec.display, run_name)
         ordinal = sum(1 for other in others
                       if other.role == "worker" and other.number < lease.number)
         report = WorkerReport(worker=lease.id, ordinal=ordinal)
@@ -704,7 +716,7 @@ def finalize(tuner: Any, storage: str | None = None, *, wait: bool = False,
     try:
         run_study = _run_study_or_none(storage_obj, run_name)
         if run_study is not None:
-            _check_run_fingerprint(run_study, fingerprint, spec.display)
+            _check_run_fingerprint(run_study, fingerprint, spec.display, run_name)
         search = _clone_search(source, spec, storage_obj, 0)
         search.use_lease(lease)
         search.fingerprint = fingerprint
