@@ -401,3 +401,18 @@ def test_a_study_attribute_once_on_a_journal_file(tmp_path):
     study = optuna.create_study(storage=view)
     assert view.study_attr_once(study._study_id, "fp", [1]) == [1]
     assert view.study_attr_once(study._study_id, "fp", [2]) == [1]
+
+
+def test_the_one_message_creation_leaves_pooled_connections_transactional(url):
+    """The creation runs its own BEGIN/COMMIT with the driver in autocommit (PostgreSQL):
+    a connection it returns to the pool must be back to transactions, or a later batch
+    would be written statement by statement."""
+    view = open_storage(url)
+    study = optuna.create_study(storage=view, study_name=f"ac-{uuid.uuid4().hex[:8]}")
+    for _ in range(3):
+        view._writer.create_trial(study._study_id)
+    engine = view.inner._backend.engine
+    with engine.connect() as conn:
+        assert conn.get_isolation_level() != "AUTOCOMMIT"
+        if url.startswith("postgresql"):
+            assert conn.connection.driver_connection.autocommit is False
