@@ -208,15 +208,13 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
 
         Returns None (nothing written) where that does not apply: a state that does not
         finish the trial, no database, or, without the direct writer, no batch or no
-        Optuna helpers; the caller then writes as usual. The state change is Optuna's ``set_trial_state_values`` for a
-        finishing state: lock the trial's row, check it is still running, store the
-        values, the state and the end time.
+        Optuna helpers; the caller then writes as usual. The state change is Optuna's
+        ``set_trial_state_values`` for a finishing state: lock the trial's row, check it
+        is still running, store the values, the state and the end time.
         """
         queue = getattr(self._clock, "queue", None)
-        if not queue and self._writer is None:
-            return None
         if (not state.is_finished() or self._rdb is None or trial_id not in self._own
-                or (self._writer is None and not _BATCH_HELPERS)):
+                or (self._writer is None and (not queue or not _BATCH_HELPERS))):
             return None
         ops = list(queue or ())
         if queue:
@@ -251,9 +249,7 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         Returns False (nothing written) where that is not possible: not a database, an
         Optuna without these helpers, or a conflict the one-by-one writes handle.
         """
-        if self._writer is not None:
-            return self._writer.write(ops)
-        if self._rdb is None or not _BATCH_HELPERS or len(ops) < 2:
+        if self._writer is None and (self._rdb is None or not _BATCH_HELPERS or len(ops) < 2):
             return False
         return self._write_in_one(ops)
 
@@ -351,11 +347,7 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         """
         if self._writer is not None:
             return self._call(self._writer.study_attr_once, study_id, key, value)
-        stored = self.get_study_user_attrs(study_id)
-        if key in stored:
-            return stored[key]
-        self.set_study_user_attr(study_id, key, value)
-        return self.get_study_user_attrs(study_id).get(key, value)
+        return _attr_once_by_reading(self, study_id, key, value)
 
     def get_study_id_from_name(self, study_name: str) -> int:
         """The study's id (remembered: a name keeps its id until the study is deleted)."""
@@ -615,11 +607,17 @@ def study_attr_once(study: Any, key: str, value: Any) -> Any:
     storage = study._storage
     if isinstance(storage, ProcessStorage):
         return storage.study_attr_once(study._study_id, key, value)
-    stored = study.user_attrs
+    return _attr_once_by_reading(storage, study._study_id, key, value)
+
+
+def _attr_once_by_reading(storage: BaseStorage, study_id: int, key: str, value: Any) -> Any:
+    """Read the study's attribute, write it when missing, read it back (a storage without
+    a conditional write: another process writing at the same moment may win)."""
+    stored = storage.get_study_user_attrs(study_id)
     if key in stored:
         return stored[key]
-    study.set_user_attr(key, value)
-    return study.user_attrs.get(key, value)
+    storage.set_study_user_attr(study_id, key, value)
+    return storage.get_study_user_attrs(study_id).get(key, value)
 
 
 def last_read(storage: Any) -> Any:

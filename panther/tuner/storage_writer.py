@@ -74,9 +74,9 @@ class RDBWriter:
         self._rdb = rdb
         self._engine = engine
         self._models = models
-        t = self._trials = models.TrialModel.__table__
+        t = models.TrialModel.__table__
         studies = models.StudyModel.__table__
-        params = self._params = models.TrialParamModel.__table__
+        params = models.TrialParamModel.__table__
         # Optuna's trial model converts dates to what it stores (naive UTC in Optuna 5,
         # local time before): let one transient model object convert them, through the
         # attributes it maps to the columns.
