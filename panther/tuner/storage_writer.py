@@ -368,9 +368,9 @@ class RDBWriter:
                 if finish is not None and finish[2]:
                     stored = self._models.TrialValueModel.value_to_stored_repr
                     conn.execute(self._upsert_value, [
-                        {"trial_id": finish[0], "objective": k,
-                         "value": stored(float(v))[0], "value_type": stored(float(v))[1]}
-                        for k, v in enumerate(finish[2])])
+                        {"trial_id": finish[0], "objective": k, "value": number,
+                         "value_type": kind}
+                        for k, (number, kind) in enumerate(stored(float(v)) for v in finish[2])])
         except sa.exc.IntegrityError:
             return False
         except sa.exc.SQLAlchemyError as exc:
