@@ -37,6 +37,9 @@ Reported per budget, storage and worker count:
   server's is not counted);
 * ``optuna_ask_tell_ms``: one bare Optuna ``ask`` + ``tell`` on the same storage, with
   Optuna's own storage object, measured alone.
+* ``free``, ``surplus``, ``redrawn``: proposals answered without an evaluation (cached),
+  given up past the budget, and given up because another worker was evaluating the same
+  configuration at that moment (see ``WorkerReport``).
 
 Targets (issue 13): efficiency >= 90% at 4 workers and >= 80% at 8 on both storages,
 storage overhead (``storage_ms``) < 20 ms per trial at 8 workers.
@@ -120,7 +123,7 @@ def child(storage: str, study: str, budget: int, sleep: float, go: str) -> None:
     end = time.time()
     cpu = time.process_time() - cpu
     print(json.dumps({"start": start, "end": end, "evaluated": report.evaluated,
-                      "free": report.free, "surplus": report.surplus,
+                      "free": report.free, "surplus": report.surplus, "redrawn": report.redrawn,
                       "storage_s": report.storage_s, "waiting_s": report.waiting_s,
                       "startup_s": report.startup_s or 0.0,
                       "startup_storage_s": report.startup_storage_s or 0.0,
@@ -156,6 +159,7 @@ def run_workers(storage: str, n: int, budget: int, sleep: float) -> dict[str, An
     return {"workers": n, "wall_s": wall, "evaluated": evaluated,
             "worker_cpu_ms": 1e3 * sum(r["cpu_s"] for r in reports) / evaluated,
             "free": sum(r["free"] for r in reports), "surplus": sum(r["surplus"] for r in reports),
+            "redrawn": sum(r["redrawn"] for r in reports),
             "overhead_ms": 1e3 * (busy - evaluated * sleep) / evaluated,
             "storage_ms": 1e3 * sum(r["storage_s"] for r in reports) / evaluated,
             "startup_storage_ms": 1e3 * sum(r["startup_storage_s"] for r in reports) / evaluated,
@@ -254,7 +258,7 @@ def main() -> None:
                 print(f"budget {budget}, {name}: {n} worker(s) {row['wall_s']:.2f} s", flush=True)
     print_table(rows, ["budget", "storage", "workers", "wall_s", "efficiency", "overhead_ms",
                        "storage_ms", "startup_storage_ms", "startup_ms", "waiting_ms", "extra_ms", "worker_cpu_ms",
-                       "optuna_ask_tell_ms", "evaluated", "free", "surplus"],
+                       "optuna_ask_tell_ms", "evaluated", "free", "surplus", "redrawn"],
                 title=f"evaluations of {args.sleep} s; single-process in-memory overhead per "
                       "evaluation: " + ", ".join(f"{v:.1f} ms (budget {k})" for k, v in base_ms.items()))
     targets = {}

@@ -345,3 +345,99 @@ def test_a_worker_measures_the_original_model_when_the_first_one_died(tmp_path):
     report = json.loads(out.strip().splitlines()[-1])
     assert report["ordinal"] == 1 and report["baseline_measured"] is True
     check_shared_run(storage, "dist", 7)
+
+
+# ---- a proposal another worker is evaluating ------------------------------------------
+class _Scripted(optuna.samplers.BaseSampler):
+    """Proposes ``low_rank`` values from a list, in order (one per trial)."""
+
+    def __init__(self, values: list[int]) -> None:
+        self.values = list(values)
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.values.pop(0)
+
+
+def test_a_proposal_evaluated_elsewhere_is_redrawn_then_waited_for(tmp_path):
+    """Another worker evaluates low_rank=2. This worker's sampler proposes 2, 2, 2, then 4:
+    the first two proposals are given up for new ones at once (no idle wait); the third,
+    past ``_REDRAWS`` in a row, is waited for. The other evaluation then fails, so this
+    worker evaluates 2 itself, then 4 (the budget: 2)."""
+    import threading
+
+    from torch import nn
+
+    from panther.tuner import Int, LayerConfig, OptunaSearch, SKAutoTuner
+    from panther.tuner import worker as worker_mod
+    from panther.tuner.fingerprint import tuner_fingerprint
+    from panther.tuner.storage import run_study_name
+
+    assert worker_mod._REDRAWS == 2
+    storage = f"journal://{tmp_path}/run.log"
+    search = OptunaSearch(n_trials=2, sampler=_Scripted([2, 2, 2, 4]), study_name="redraw",
+                          storage=storage, load_if_exists=True)
+    torch.manual_seed(0)
+    tuner = SKAutoTuner(nn.Sequential(nn.Linear(32, 32)),
+                        LayerConfig(["0"], {"low_rank": Int(1, 8)}, copy_weights=False),
+                        lambda model: 1.0, search_algorithm=search, verify=False,
+                        skip_costlier=False)
+    # The other worker: a live lease of this run and its claimed RUNNING trial of low_rank=2.
+    opened = open_storage(storage)
+    other = Lease(opened, run_study_name("redraw"), fingerprint=tuner_fingerprint(tuner)).acquire()
+    group = optuna.create_study(storage=opened, study_name="redraw/0", direction="maximize")
+    template = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING, params={"low_rank": 2},
+        distributions={"low_rank": optuna.distributions.IntDistribution(1, 8)},
+        system_attrs={OWNER_ATTR: other.id})
+    theirs = opened.create_new_trial(group._study_id, template_trial=template)
+
+    def fail_theirs_once_waited_for() -> None:
+        # Once this worker has given up two proposals, its third one waits: then the
+        # other worker's evaluation fails.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            trials = open_storage(storage).get_all_trials(group._study_id)
+            if len(trials) >= 4:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        open_storage(storage).set_trial_state_values(theirs, optuna.trial.TrialState.FAIL)
+
+    thread = threading.Thread(target=fail_theirs_once_waited_for)
+    thread.start()
+    try:
+        report = tuner.run_worker(storage, heartbeat_interval=1, poll_interval=0.02)
+    finally:
+        thread.join()
+        other.release()
+    assert (report.evaluated, report.redrawn) == (2, 2)
+    trials = study_trials(storage, "redraw", "0")
+    assert [(t.params["low_rank"], t.state.name) for t in trials] == [
+        (2, "FAIL"), (2, "FAIL"), (2, "FAIL"), (2, "COMPLETE"), (4, "COMPLETE")]
+    for given_up in trials[1:3]:
+        assert "a new one was proposed" in given_up.user_attrs["panther_error"]
+    assert [t.number for t in evaluated_trials(trials)] == [3, 4]
+
+
+def test_the_last_round_is_read_afresh():
+    """After its own trial a worker reuses the read made when it asked, except when the
+    budget left is at most one evaluation per running trial: then a stale "not full" would
+    cost a proposal given up at the end of the run."""
+    from panther.tuner import worker as worker_mod
+
+    state = optuna.trial.TrialState
+    done = optuna.trial.create_trial(state=state.COMPLETE, value=1.0)
+    running = optuna.trial.create_trial(state=state.RUNNING)
+    work = worker_mod._GroupWork.__new__(worker_mod._GroupWork)
+    work.budget = 8
+    assert work.last_round([done] * 4 + [running] * 2)  # 2 left, 2 running
+    assert not work.last_round([done] * 3 + [running] * 2)  # 3 left, 2 running
+    assert work.last_round([done] * 8)
+    work.budget = None  # no budget: the run ends when the space is used up
+    assert not work.last_round([done] * 4 + [running] * 2)

@@ -22,8 +22,11 @@ How workers share a run
 * **Free proposals stay free.** A proposal whose configuration is already completed in the
   study (by any worker) is answered from it (``"cached"``), one the cost model skips is
   ``"skipped"``; neither claims budget. A configuration another worker is evaluating
-  right now is waited for and then answered from its result: a configuration recorded
-  complete is never evaluated twice.
+  right now is given up (FAIL, not counted) and a new one proposed, since waiting would
+  idle this worker for up to a whole evaluation while the other worker's result teaches
+  the sampler anyway; after ``_REDRAWS`` such proposals in a row (a small space nearly
+  used up) the worker waits for that result instead. A configuration recorded complete is
+  never evaluated twice.
 * **Crashes.** A killed worker's RUNNING trial is found stale (journal storage: its
   lease; RDB: Optuna's heartbeat) by the other workers, marked FAIL and enqueued again,
   so the next worker to ask evaluates it; its completed trials are kept. Restarting a
@@ -61,6 +64,10 @@ DEVICE_ENV = "PANTHER_DEVICE"
 #: ``OWNER_ATTR`` system attribute): one write says both "evaluated here" and "by whom".
 #: Error text of a trial given up because other workers used the budget up.
 _SURPLUS = "not evaluated: the group's evaluation budget was taken by other workers"
+#: Proposals in a row a worker gives up because another worker is evaluating the same
+#: configuration, before it waits for that result instead: a large space almost always
+#: has something new to propose, a small one nearly used up may only repeat itself.
+_REDRAWS = 2
 
 
 @dataclass
@@ -73,6 +80,8 @@ class WorkerReport:
         evaluated: evaluations this worker ran (the user's functions were called).
         free: proposals it answered without evaluating (cached or skipped).
         surplus: claims it gave up because other workers had taken the budget.
+        redrawn: proposals it gave up for new ones because another worker was evaluating
+            the same configuration at that moment.
         retried: stale trials of dead workers it found, failed and re-enqueued.
         groups: per group key, this worker's evaluations there.
         wall_time_s: seconds the call took.
@@ -94,6 +103,7 @@ class WorkerReport:
     evaluated: int = 0
     free: int = 0
     surplus: int = 0
+    redrawn: int = 0
     retried: int = 0
     groups: dict[str, int] = field(default_factory=dict)
     wall_time_s: float = 0.0
@@ -110,6 +120,19 @@ def _claimed(trial: Any) -> bool:
 
     owner = trial.system_attrs.get(OWNER_ATTR)
     return isinstance(owner, str) and not owner.endswith(WAITING_SUFFIX)
+
+
+def _twin(trial: Any, key: Any, running: list[Any]) -> Any:
+    """The running trial of ``trial``'s configuration (``key``) that ``trial`` must defer to.
+
+    That is a claimed one (being evaluated), or a lower-numbered one still deciding: of two
+    workers proposing a configuration at once, the later one defers. ``None`` if there is
+    none.
+    """
+    from panther.tuner.search.base import params_key
+
+    return next((t for t in running if params_key(t.params) == key
+                 and (_claimed(t) or t.number < trial.number)), None)
 
 
 # ---------------------------------------------------------------------- set-up helpers
@@ -236,6 +259,7 @@ class _GroupWork:
         self.size = finite_space_size(group.space)
         self.finished = False
         self.just_ran = False
+        self.redrawn = 0  # proposals given up in a row for being evaluated elsewhere
         self.last_trials: list[Any] = []
         self._last_reap = time.monotonic()  # initialize() has just reaped (see search.reaped)
 
@@ -307,6 +331,17 @@ class _GroupWork:
             return
         self._last_reap = now
         report.retried += len(reap_stale_trials(self.study, run_name, retry=True))
+
+    def last_round(self, trials: list[Any]) -> bool:
+        """Whether ``trials`` leave at most one more evaluation per running trial.
+
+        The running trials stand for the workers busy when ``trials`` were read, so this
+        is the run's last round: every worker's next proposal may be past the budget.
+        """
+        if self.budget is None:
+            return False
+        running = sum(t.state.name == "RUNNING" for t in trials)
+        return self.budget - self.counts(trials)["evaluated"] - running <= running
 
     def done(self, trials: list[Any]) -> bool:
         """Whether the group needs no more evaluations from anyone."""
@@ -423,9 +458,10 @@ class _Worker:
                 self.report.startup_storage_s = self.storage_s()
         work.reap(self.lease.run_name, self.reap_s, self.report)
         # Right after this worker's own trial, the read made when it was asked is recent
-        # enough to decide whether to ask again (a stale "not full" costs at most one
-        # proposal given up at the end); otherwise look at the study now.
-        recent = work.just_ran
+        # enough to decide whether to ask again, except in the last round: there a stale
+        # "not full" would cost a proposal, a claim and a give-up (at the very end of the
+        # run, where it delays the last worker), and a fresh read costs one statement.
+        recent = work.just_ran and not work.last_round(work.last_trials)
         trials = work.last_trials if recent else work.sync()
         work.just_ran = False
         if work.done(trials):
@@ -451,6 +487,13 @@ class _Worker:
             key = params_key(params)
             # One fresh read after asking: trials created before this one are all in it.
             running = self._others_running(work, trial, work.sync())
+            twin = _twin(trial, key, running)
+            if twin is not None and key not in work.state.seen and work.redrawn < _REDRAWS:
+                work.redrawn += 1
+                self.report.redrawn += 1
+                self._give_up(work, params, f"not evaluated: trial {twin.number} evaluates the "
+                              "same configuration elsewhere; a new one was proposed instead")
+                return "ran"
             if not self._await_duplicate(work, trial, key, running):
                 self._give_up(work, params, "the same configuration is being evaluated elsewhere")
                 return "full"
@@ -483,6 +526,7 @@ class _Worker:
                              "another worker while this one stalled; its result is dropped")
             work.known.add(trial.number)
             work.just_ran = True
+            work.redrawn = 0
             if work.state.evaluated > before:
                 took = time.time() - began
                 self.eval_s = took if self.eval_s is None else 0.7 * self.eval_s + 0.3 * took
@@ -516,20 +560,13 @@ class _Worker:
         Returns False when that takes so long that the trial is better given up (the
         other worker's result will teach the sampler anyway).
         """
-        from panther.tuner.search.base import params_key
         from panther.tuner.storage import OWNER_ATTR, WAITING_SUFFIX
 
         deadline = time.monotonic() + max(30.0, 4 * self.lease.grace)
         rounds = 0
         tagged = False
         while time.monotonic() < deadline:
-            if key in work.state.seen:
-                return True
-            # Wait for a claimed evaluation of it, or for a lower-numbered trial of it that is
-            # still deciding (of two workers proposing it at once, the later one waits).
-            if not any(params_key(t.params) == key
-                       and (_claimed(t) or t.number < trial.number)
-                       for t in running):
+            if key in work.state.seen or _twin(trial, key, running) is None:
                 return True
             if not tagged:
                 # Waiting may take a whole evaluation: say whose trial this is, unclaimed, so
