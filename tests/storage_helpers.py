@@ -48,7 +48,8 @@ def url(request, tmp_path):
 
 @contextmanager
 def counting(storage: ProcessStorage):
-    """Count the SQL statements and commits ``storage`` sends within the block."""
+    """Count the SQL statements and commits ``storage`` sends within the block (a write
+    outside a transaction counts as one commit)."""
     import sqlalchemy
 
     counts: Counter[str] = Counter()
@@ -56,6 +57,11 @@ def counting(storage: ProcessStorage):
 
     def statement(conn, cursor, text, *args):
         counts["statements"] += 1
+        # A write in the driver's autocommit mode (storage_reader.autocommit) commits on its
+        # own, unseen by SQLAlchemy's commit event.
+        if getattr(conn.connection.dbapi_connection, "autocommit", False) \
+                and not text.lstrip().upper().startswith("SELECT"):
+            counts["commits"] += 1
 
     def commit(conn):
         counts["commits"] += 1

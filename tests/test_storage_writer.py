@@ -416,3 +416,46 @@ def test_the_one_message_creation_leaves_pooled_connections_transactional(url):
         assert conn.get_isolation_level() != "AUTOCOMMIT"
         if url.startswith("postgresql"):
             assert conn.connection.driver_connection.autocommit is False
+
+
+def test_reads_and_one_statement_writes_open_no_transaction_on_postgresql(url):
+    """psycopg2 sends BEGIN before a transaction's first statement and SQLAlchemy ends each
+    checkout with ROLLBACK or COMMIT: two round trips more each. Reads, claims, beats and
+    the one-message creation run in the driver's autocommit mode instead (nothing is left
+    open after any of their statements); a batch is still one transaction; the pooled
+    connection goes back in its default mode."""
+    import sqlalchemy
+
+    if not url.startswith("postgresql"):
+        pytest.skip("psycopg2's autocommit mode; SQLite keeps a transaction per read")
+    from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+
+    view = open_storage(url, heartbeat_interval=60)
+    study = optuna.create_study(storage=view, study_name=f"a-{uuid.uuid4().hex[:8]}")
+    engine = view.inner._backend.engine
+    after: list[tuple[str, bool]] = []
+
+    def note(conn, cursor, text, *args):
+        status = conn.connection.dbapi_connection.info.transaction_status
+        after.append((" ".join(text.split())[:40], status == TRANSACTION_STATUS_IDLE))
+
+    sqlalchemy.event.listen(engine, "after_cursor_execute", note)
+    try:
+        trial = study.ask({"i": SPACE["i"]})  # the one-message creation, then a batch
+        after.clear()
+        view.get_all_trials(study._study_id)  # a read
+        view.set_trial_system_attr(trial._trial_id, "owner", "me")  # a claim
+        view.record_heartbeat(trial._trial_id)
+        alone = list(after)
+        after.clear()
+        with write_batch(view):
+            trial.set_user_attr("score", 1.0)
+            study.tell(trial, 1.0)
+        batch = list(after)
+    finally:
+        sqlalchemy.event.remove(engine, "after_cursor_execute", note)
+    assert alone and all(idle for _, idle in alone), alone
+    assert batch and not any(idle for _, idle in batch), batch  # inside its transaction
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is False
+    assert optuna_view(url, study._study_id)[0].user_attrs == {"score": 1.0}

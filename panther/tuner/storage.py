@@ -281,6 +281,9 @@ def _ping_idle_connections(engine: Any) -> None:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
+            # The driver began a transaction for the test: end it, so the checkout starts
+            # idle (storage_reader.autocommit switches the driver's mode, which needs that).
+            dbapi_connection.rollback()
         except Exception as exc:
             raise sqlalchemy.exc.DisconnectionError(f"stale connection: {exc}") from exc
 

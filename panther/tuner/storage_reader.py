@@ -3,14 +3,46 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["RDBReader", "READER_DIALECTS"]
+__all__ = ["RDBReader", "READER_DIALECTS", "autocommit"]
 
 #: Databases whose tables :class:`RDBReader` reads directly (others read through Optuna).
 READER_DIALECTS = ("postgresql", "sqlite")
+
+
+@contextlib.contextmanager
+def autocommit(engine: Any) -> Iterator[Any]:
+    """A connection of ``engine`` whose statements each commit on their own (psycopg2).
+
+    In its default mode psycopg2 sends ``BEGIN`` before a connection's first statement, and
+    SQLAlchemy ends every checkout with a ``ROLLBACK`` or ``COMMIT``: two round trips more
+    around each read or one-statement write, the largest part of a trial's round trips.
+    PostgreSQL's default isolation (READ COMMITTED) gives each statement its own snapshot
+    inside a transaction too, so reads see the same data without one. The driver's own
+    ``autocommit`` flag is switched for the checkout and back (a client-side flag: no
+    round trip; SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` would send a ``SET`` when
+    the connection goes back to the pool). Other drivers get one transaction, committed at
+    the end (SQLite's keeps a read's statements on one snapshot).
+    """
+    if engine.driver != "psycopg2":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        raw.autocommit = True
+        try:
+            yield conn
+        finally:
+            try:
+                raw.autocommit = False
+            except Exception:  # a connection that broke meanwhile: the pool replaces it
+                conn.invalidate()
 
 
 class RDBReader:
@@ -89,7 +121,7 @@ class RDBReader:
 
         sa, models = self._sa, self._models
         known = self._studies.get(study_id)
-        with self._engine.connect() as conn:
+        with autocommit(self._engine) as conn:
             if known is None and exists:
                 known = {"trials": {}, "unfinished": set(), "last": -1}
             elif known is None:
@@ -203,7 +235,7 @@ class RDBReader:
                            .where(t.c.study_id == sa.bindparam("study"),
                                   t.c.state == TrialState.RUNNING)
                            .order_by(t.c.trial_id))
-        with self._engine.connect() as conn:
+        with autocommit(self._engine) as conn:
             rows = conn.execute(self._stale, {"study": study_id}).all()
         grace = datetime.timedelta(seconds=grace_s)
         # As Optuna compares them: the server's time without its zone, against the stored

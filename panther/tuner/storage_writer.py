@@ -41,6 +41,8 @@ from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from panther.tuner.storage_reader import autocommit
+
 __all__ = ["RDBWriter", "WRITER_DIALECTS", "WriterRDBStorage"]
 
 #: Databases :class:`RDBWriter` writes to directly (others are written by Optuna).
@@ -276,10 +278,9 @@ class RDBWriter:
         params = {**row, "state": row["state"].name}  # the driver's own values: no SQLAlchemy types
         for kind, found in texts.items():
             params[f"{kind}_keys"], params[f"{kind}_values"] = list(found), list(found.values())
-        with self._engine.connect() as conn:
+        with autocommit(self._engine) as conn:
             # The statements carry their own BEGIN and COMMIT: the driver must not open a
             # transaction around them.
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 found_row = conn.exec_driver_sql(self._one_trip, params).one()
             except sa.exc.DBAPIError as exc:
@@ -321,8 +322,10 @@ class RDBWriter:
         # trial that ends is checked by its state change, unless a parameter needs its study.
         checked = {op[1] for op in ops if op[0] != "beat"
                    and (op[1] != ended or op[0] == "param")}
+        # A lone heartbeat is one statement: it commits on its own (no BEGIN and COMMIT).
+        alone = finish is None and not checked and len(ops) == 1
         try:
-            with self._engine.begin() as conn:
+            with autocommit(self._engine) if alone else self._engine.begin() as conn:
                 study_of: dict[int, int] = {}
                 if checked:
                     rows = conn.execute(self._trial_states, {"ids": sorted(checked)}).all()
@@ -383,7 +386,8 @@ class RDBWriter:
     def _write_attr(self, kind: str, trial_id: int, key: str, value: Any) -> bool:
         sa = self._sa
         try:
-            with self._engine.begin() as conn:
+            # One statement: it commits on its own (no BEGIN and COMMIT round trips).
+            with autocommit(self._engine) as conn:
                 written = conn.execute(self._guarded_attr[kind], {
                     "id": trial_id, "key": key, "value_json": json.dumps(value)}).rowcount
                 if written != 1:
@@ -406,7 +410,8 @@ class RDBWriter:
         """
         sa = self._sa
         try:
-            with self._engine.begin() as conn:
+            # The insert commits on its own, then the read sees what is stored.
+            with autocommit(self._engine) as conn:
                 conn.execute(self._study_attr_once, {"study_id": study_id, "key": key,
                                                      "value_json": json.dumps(value)})
                 # The stored one: this insert's, or the earlier one it left in place.
