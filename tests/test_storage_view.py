@@ -322,3 +322,49 @@ def test_a_study_this_process_made_or_found_is_read_without_checking_it_exists(u
     assert counts["statements"] == 1
     with pytest.raises(KeyError):  # an id it never saw is checked, as Optuna checks it
         open_storage(url).get_all_trials(10**9)
+
+
+def test_a_known_study_s_name_and_directions_are_read_once(url):
+    """Directions never change and a name keeps its id: a view reads them once (a worker
+    joining a run loads two studies, each of which Optuna would look up three times)."""
+    view = open_storage(url)
+    name = f"d-{uuid.uuid4().hex[:8]}"
+    made = optuna.create_study(storage=view, study_name=name, directions=["maximize", "minimize"])
+    with counting(view) as counts:  # it made the study: nothing to read
+        assert optuna.load_study(study_name=name, storage=view).directions == made.directions
+        assert view.get_study_name_from_id(made._study_id) == name
+    assert counts["statements"] == 0
+    other = open_storage(url)  # another process's view, knowing nothing yet
+    with counting(other) as first:
+        assert optuna.load_study(study_name=name, storage=other).directions == made.directions
+    with counting(other) as again:
+        optuna.load_study(study_name=name, storage=other)
+        assert other.get_study_name_from_id(made._study_id) == name
+    assert first["statements"] > 0 and again["statements"] == 0
+    other.delete_study(made._study_id)  # forgotten with the study
+    with pytest.raises(KeyError):
+        other.get_study_id_from_name(name)
+    with pytest.raises(KeyError):
+        other.get_study_directions(made._study_id)
+
+
+def test_joining_an_existing_study_loads_it_without_trying_to_create_it(url, monkeypatch):
+    """OptunaSearch with load_if_exists looks the study up first: Optuna's create_study
+    would insert it first, and that insert fails (or waits, while another process's
+    creation of the same name is still open) for every worker but the first."""
+    from panther.tuner import Int, OptunaSearch
+
+    name = f"j-{uuid.uuid4().hex[:8]}"
+    first = OptunaSearch(n_trials=2, study_name=name, storage=url, load_if_exists=True,
+                         direction="minimize")
+    first.initialize({"x": Int(1, 4)})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the existing study was created again")
+
+    monkeypatch.setattr(ProcessStorage, "create_new_study", refuse)
+    second = OptunaSearch(n_trials=2, study_name=name, storage=open_storage(url),
+                          load_if_exists=True, direction="minimize")
+    second.initialize({"x": Int(1, 4)})
+    assert second.study._study_id == first.study._study_id
+    assert second.study.direction == optuna.study.StudyDirection.MINIMIZE

@@ -391,7 +391,9 @@ def test_a_study_attribute_recorded_once_keeps_the_first_value(url):
     assert all(value == stored for value in got.values()), (got, stored)
     with counting(views[0]) as counts:
         assert views[0].study_attr_once(study_id, "fp", {"worker": "late"}) == stored
-    assert counts["statements"] == 2  # Optuna's read, write and read back take six or more
+    # Optuna's read, write and read back take six or more; psycopg2 sends the insert and
+    # the read in one message.
+    assert counts["statements"] == (1 if url.startswith("postgresql") else 2)
     with pytest.raises(KeyError):
         views[0].study_attr_once(10**9, "fp", 1)
 

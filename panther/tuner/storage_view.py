@@ -116,6 +116,7 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         self._clock = threading.local()
         self._last: dict[int, list[FrozenTrial]] = {}  # study id -> its trials, as last read
         self._study_ids: dict[str, int] = {}  # study name -> id
+        self._directions: dict[int, list[StudyDirection]] = {}  # study id -> its directions
 
     # ------------------------------------------------------------------ accounting
     def seconds(self) -> float:
@@ -321,12 +322,14 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         study_id = self._call(self._inner.create_new_study, directions, study_name)
         if study_name is not None:
             self._study_ids[study_name] = study_id
+        self._directions[study_id] = list(directions)
         return study_id
 
     def delete_study(self, study_id: int) -> None:
         """Delete the study (and forget its name)."""
         self._call(self._inner.delete_study, study_id)
         self._study_ids = {name: i for name, i in self._study_ids.items() if i != study_id}
+        self._directions.pop(study_id, None)
         self._last.pop(study_id, None)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
@@ -358,12 +361,19 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         return study_id
 
     def get_study_name_from_id(self, study_id: int) -> str:
-        """Pass through."""
+        """The study's name (from the names this process looked up or created, else read)."""
+        for name, known in self._study_ids.items():
+            if known == study_id:
+                return name
         return self._call(self._inner.get_study_name_from_id, study_id)
 
     def get_study_directions(self, study_id: int) -> list[StudyDirection]:
-        """Pass through."""
-        return self._call(self._inner.get_study_directions, study_id)
+        """The study's directions (remembered: they never change)."""
+        directions = self._directions.get(study_id)
+        if directions is None:
+            directions = self._call(self._inner.get_study_directions, study_id)
+            self._directions[study_id] = list(directions)
+        return list(directions)
 
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
         """Pass through."""

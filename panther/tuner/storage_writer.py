@@ -188,6 +188,15 @@ class RDBWriter:
                                 study_attrs.c.study_id == studies.c.study_id,
                                 study_attrs.c.key == sa.bindparam("key"))))
                             .where(studies.c.study_id == sa.bindparam("study")))
+        # On psycopg2 both go in one message (one round trip): the server runs them as one
+        # implicit transaction, and the read, a statement after the insert, sees the row
+        # that a concurrent insert of the same key (which this one waited for) committed.
+        self._attr_once_trip: str | None = None
+        if self._one_trip is not None:
+            dialect = engine.dialect
+            insert = self._study_attr_once.compile(dialect=dialect,
+                                                   column_keys=["study_id", "key", "value_json"])
+            self._attr_once_trip = f"{insert}; {self._study_attr.compile(dialect=dialect)}"
         # (study id, parameter name) -> the distribution the study has for it
         self._dists: dict[tuple[int, str], Any] = {}
 
@@ -409,13 +418,17 @@ class RDBWriter:
             KeyError: no such study (Optuna's message).
         """
         sa = self._sa
+        row_values = {"study_id": study_id, "key": key, "value_json": json.dumps(value)}
         try:
             # The insert commits on its own, then the read sees what is stored.
             with autocommit(self._engine) as conn:
-                conn.execute(self._study_attr_once, {"study_id": study_id, "key": key,
-                                                     "value_json": json.dumps(value)})
-                # The stored one: this insert's, or the earlier one it left in place.
-                row = conn.execute(self._study_attr, {"study": study_id, "key": key}).first()
+                if self._attr_once_trip is not None:
+                    row = conn.exec_driver_sql(self._attr_once_trip,
+                                               {**row_values, "study": study_id}).first()
+                else:
+                    conn.execute(self._study_attr_once, row_values)
+                    # The stored one: this insert's, or the earlier one it left in place.
+                    row = conn.execute(self._study_attr, {"study": study_id, "key": key}).first()
                 if row is None:  # rolled back with the insert
                     raise KeyError(f"No study with study_id {study_id} exists.")
                 text = row[1]

@@ -134,6 +134,17 @@ def _heartbeat_on(storage: Any) -> bool:
 _CHECKED: dict[tuple[str, str], Any] = {}
 
 
+def _exists(storage: Any, study_name: str | None) -> bool:
+    """Whether ``storage`` (a storage object; ``None``: in memory) holds ``study_name``."""
+    if storage is None or study_name is None:
+        return False
+    try:
+        storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return False
+    return True
+
+
 def _checked(url: str) -> Any:
     """:func:`panther.tuner.storage.check_storage` once per URL (errors are not cached)."""
     import os
@@ -492,14 +503,23 @@ class OptunaSearch(SearchAlgorithm):
                 # Experimental-feature warnings (brute force, GP) are noise here.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 sampler = self._build_sampler()
-                self._study = optuna.create_study(
-                    storage=self._resolved_storage(),
-                    sampler=sampler,
-                    pruner=self._build_pruner(),
-                    study_name=self.study_name,
-                    load_if_exists=self.load_if_exists,
-                    **kwargs,
-                )
+                storage = self._resolved_storage()
+                if self.load_if_exists and _exists(storage, self.study_name):
+                    # Joining or resuming: load it. (Creating it first, as create_study
+                    # does, costs a failed insert, which waits while another process's
+                    # creation of the same name is still open.)
+                    self._study = optuna.load_study(
+                        study_name=self.study_name, storage=storage, sampler=sampler,
+                        pruner=self._build_pruner())
+                else:
+                    self._study = optuna.create_study(
+                        storage=storage,
+                        sampler=sampler,
+                        pruner=self._build_pruner(),
+                        study_name=self.study_name,
+                        load_if_exists=self.load_if_exists,
+                        **kwargs,
+                    )
         except optuna.exceptions.DuplicatedStudyError as exc:
             raise ValueError(
                 f"a study named {self.study_name!r} already exists in {self.storage!r}; pass "
