@@ -108,8 +108,12 @@ def child(storage: str, study: str, budget: int, sleep: float, go: str) -> None:
 
     torch.set_num_threads(1)
     tuner = build_tuner(storage, study, budget, sleep)
-    # Imports the worker makes lazily (Optuna, SQLAlchemy, the database driver) belong to
-    # process start-up, not to the run: make them now.
+    # Imports the worker makes lazily (Optuna, SQLAlchemy, the database driver, NumPy's
+    # random module for the sampler, the fingerprint) belong to process start-up, not to
+    # the run: make them now.
+    import numpy.random  # noqa: F401
+
+    import panther.tuner.fingerprint  # noqa: F401
     import panther.tuner.worker  # noqa: F401
     from panther.tuner.storage import open_storage
 

@@ -199,6 +199,40 @@ class RDBWriter:
             self._attr_once_trip = f"{insert}; {self._study_attr.compile(dialect=dialect)}"
         # (study id, parameter name) -> the distribution the study has for it
         self._dists: dict[tuple[int, str], Any] = {}
+        self._study_of: dict[int, int] = {}  # trials this writer created -> their study
+        # On psycopg2 a batch goes to the server as one message too: BEGIN, its statements
+        # and COMMIT (psycopg2 would send BEGIN and COMMIT as round trips of their own, and
+        # each row of a many-row upsert as another). The checks are statements of the
+        # message that fail (a division by zero) when a trial is finished or missing; the
+        # block is then rolled back and the trial's state read to raise Optuna's error.
+        self._batch_sql: dict[str, str] | None = None
+        if self._one_trip is not None:
+            dialect = engine.dialect
+            quote = dialect.identifier_preparer.quote
+            tid, state = quote(t.c.trial_id.name), quote(t.c.state.name)
+            open_states = ", ".join(f"'{s.name}'" for s in unfinished)
+
+            def compiled(stmt: Any, keys: list[str] | None = None) -> str:
+                return str(stmt.compile(dialect=dialect, column_keys=keys))
+
+            self._batch_sql = {
+                # Every trial in %(ids)s exists and is unfinished (%(n)s of them).
+                "check": (f"SELECT 1 / (CASE WHEN (SELECT count(*) FROM {quote(t.name)} "
+                          f"WHERE {tid} IN %(ids)s AND {state} IN ({open_states})) = %(n)s "
+                          "THEN 1 ELSE 0 END)"),
+                # The trial ends only if unfinished (and its row stays locked till COMMIT).
+                "finish": (f"WITH changed AS (UPDATE {quote(t.name)} SET {state} = %(state)s, "
+                           f"{quote(t.c.datetime_complete.name)} = %(complete)s WHERE "
+                           f"{tid} = %(id)s AND {state} IN ({open_states}) RETURNING {tid}) "
+                           "SELECT 1 / (SELECT count(*) FROM changed)"),
+                "param": compiled(self._insert_params, ["trial_id", "param_name",
+                                                        "param_value", "distribution_json"]),
+                **{f"attr:{kind}": compiled(stmt, ["trial_id", "key", "value_json"])
+                   for kind, stmt in self._upsert_attr.items()},
+                "beat": compiled(self._upsert_beat),
+                "value": compiled(self._upsert_value, ["trial_id", "objective", "value",
+                                                       "value_type"]),
+            }
 
     # ------------------------------------------------------------------ helpers
     def _stored(self, which: int, when: datetime.datetime | None) -> tuple[Any, Any]:
@@ -258,6 +292,7 @@ class RDBWriter:
                 trial_id, number = self._create(row, texts)
         except sa.exc.SQLAlchemyError as exc:
             raise self._internal_error(exc) from exc
+        self._study_of[trial_id] = study_id
         if template is not None:  # as Optuna returns it: the template, numbered
             frozen = copy.deepcopy(template)
             frozen.number, frozen.datetime_start, frozen._trial_id = number, start, trial_id
@@ -333,6 +368,10 @@ class RDBWriter:
                    and (op[1] != ended or op[0] == "param")}
         # A lone heartbeat is one statement: it commits on its own (no BEGIN and COMMIT).
         alone = finish is None and not checked and len(ops) == 1
+        if not alone and self._batch_sql is not None:
+            message = self._one_message(ops, finish, checked)
+            if message is not None:
+                return self._write_in_one_trip(ops, finish, checked, *message)
         try:
             with autocommit(self._engine) if alone else self._engine.begin() as conn:
                 study_of: dict[int, int] = {}
@@ -392,6 +431,81 @@ class RDBWriter:
                 self._dists.setdefault((study_of[trial_id], rest[0]), rest[2])
         return True
 
+    def _one_message(self, ops: Sequence[tuple[Any, ...]],
+                     finish: tuple[int, TrialState, Sequence[float] | None] | None,
+                     checked: set[int]) -> tuple[str, dict[str, Any]] | None:
+        """The batch as one message (SQL text, parameters), or ``None`` when a parameter's
+        study or earlier distribution is not known here (the check needs a read first)."""
+        import re
+
+        from optuna import distributions
+
+        sql = self._batch_sql
+        assert sql is not None
+        parts, values = ["BEGIN"], {}
+
+        def add(kind: str, row: dict[str, Any]) -> None:
+            # Each statement's placeholders get the statement's number: one namespace.
+            n = len(parts)
+            parts.append(re.sub(r"%\((\w+)\)s", rf"%(\1_{n})s", sql[kind]))
+            values.update({f"{key}_{n}": value for key, value in row.items()})
+
+        for kind, trial_id, *rest in ops:
+            if kind == "param":
+                study = self._study_of.get(trial_id)
+                if study is None or (study, rest[0]) not in self._dists:
+                    return None
+                distributions.check_distribution_compatibility(self._dists[(study, rest[0])],
+                                                               rest[2])
+        if checked:
+            add("check", {"ids": tuple(sorted(checked)), "n": len(checked)})
+        if finish is not None:
+            add("finish", {"id": finish[0], "state": finish[1].name,
+                           "complete": self._stored(1, datetime.datetime.now())[1]})
+        last: dict[tuple[str, int, str], dict[str, Any]] = {}  # the last write of a key wins
+        beats: list[int] = []
+        for kind, trial_id, *rest in ops:
+            if kind == "param":
+                name, value, dist = rest
+                add("param", {"trial_id": trial_id, "param_name": name, "param_value": value,
+                              "distribution_json": distributions.distribution_to_json(dist)})
+            elif kind in ("user", "system"):
+                last[(kind, trial_id, rest[0])] = {"trial_id": trial_id, "key": rest[0],
+                                                   "value_json": json.dumps(rest[1])}
+            elif trial_id not in beats:
+                beats.append(trial_id)
+        for (kind, _, _), row in last.items():
+            add(f"attr:{kind}", row)
+        for trial_id in beats:
+            add("beat", {"trial_id": trial_id})
+        if finish is not None and finish[2]:
+            stored = self._models.TrialValueModel.value_to_stored_repr
+            for k, (number, vtype) in enumerate(stored(float(v)) for v in finish[2]):
+                add("value", {"trial_id": finish[0], "objective": k, "value": number,
+                              "value_type": vtype.name})
+        parts.append("COMMIT")
+        return "; ".join(parts), values
+
+    def _write_in_one_trip(self, ops: Sequence[tuple[Any, ...]],
+                           finish: tuple[int, TrialState, Sequence[float] | None] | None,
+                           checked: set[int], text: str, values: dict[str, Any]) -> bool:
+        sa = self._sa
+        with autocommit(self._engine) as conn:
+            try:
+                conn.exec_driver_sql(text, values)
+            except sa.exc.DBAPIError as exc:
+                # An error skips the rest of the message and leaves the block open.
+                conn.exec_driver_sql("ROLLBACK")
+                if isinstance(exc, sa.exc.IntegrityError):
+                    return False  # a unique key: settled one by one through Optuna
+                if getattr(exc.orig, "pgcode", None) == "22012":  # a check failed
+                    for trial_id in [*sorted(checked), *([finish[0]] if finish else [])]:
+                        self._check_updatable(conn, trial_id)
+                raise self._internal_error(exc) from exc
+            except sa.exc.SQLAlchemyError as exc:
+                raise self._internal_error(exc) from exc
+        return True
+
     def _write_attr(self, kind: str, trial_id: int, key: str, value: Any) -> bool:
         sa = self._sa
         try:
@@ -438,13 +552,19 @@ class RDBWriter:
             raise self._internal_error(exc) from exc
         return json.loads(text)
 
-    def _refuse(self, conn: Any, trial_id: int) -> None:
-        """Raise what Optuna raises for a write to a trial that is not there or finished."""
+    def _check_updatable(self, conn: Any, trial_id: int) -> TrialState:
+        """Raise what Optuna raises for a write to a trial that is not there or finished;
+        return the state of one that is not."""
         row = conn.execute(self._state_of, {"id": trial_id}).first()
         if row is None:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         self._rdb.check_trial_is_updatable(trial_id, row[0])
-        raise RuntimeError(f"trial {trial_id} in state {row[0]} was not written")
+        return row[0]
+
+    def _refuse(self, conn: Any, trial_id: int) -> None:
+        """Raise what Optuna raises for a write to a trial that is not there or finished."""
+        state = self._check_updatable(conn, trial_id)
+        raise RuntimeError(f"trial {trial_id} in state {state} was not written")
 
     def _check_distribution(self, conn: Any, study_id: int, name: str, dist: Any) -> None:
         """Optuna's check: a parameter keeps a compatible distribution across a study."""
