@@ -309,3 +309,18 @@ def test_tune_with_a_relative_storage_path(tmp_path, monkeypatch):
     tuner.tune()
     assert (tmp_path / "run.log").exists()
     assert isinstance(open_storage("journal:run.log").inner, optuna.storages.JournalStorage)
+
+
+def test_a_reap_with_nothing_running_reads_the_study_only(tmp_path):
+    """No RUNNING trial, nothing to judge: no heartbeat and no lease is read (a run's first
+    reap, which every worker makes on joining)."""
+    from storage_helpers import counting
+
+    from panther.tuner.storage import reap_stale_trials
+
+    view = open_storage(f"sqlite:///{tmp_path}/run.db", heartbeat_interval=5)
+    study = optuna.create_study(storage=view, study_name="quiet/0")
+    study.tell(study.ask(), 1.0)
+    with counting(view) as counts:
+        assert reap_stale_trials(study, "quiet#run") == []
+    assert counts["statements"] == 2  # the study's trials and their children: one read

@@ -368,3 +368,17 @@ def test_joining_an_existing_study_loads_it_without_trying_to_create_it(url, mon
     second.initialize({"x": Int(1, 4)})
     assert second.study._study_id == first.study._study_id
     assert second.study.direction == optuna.study.StudyDirection.MINIMIZE
+
+
+def test_study_directions_are_read_as_optuna_reads_them(url):
+    view = open_storage(url)
+    for directions in (["minimize"], ["maximize", "minimize", "maximize"]):
+        study = optuna.create_study(storage=url, study_name=f"r-{uuid.uuid4().hex[:8]}",
+                                    directions=directions)
+        fresh = open_storage(url)
+        with counting(fresh) as counts:
+            got = fresh.get_study_directions(study._study_id)
+        assert got == optuna.storages.RDBStorage(url).get_study_directions(study._study_id)
+        assert counts["statements"] == 1
+    with pytest.raises(KeyError):
+        view.get_study_directions(10**9)

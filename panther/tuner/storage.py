@@ -784,7 +784,8 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
     callback), and trials of processes on other hosts are left to it: it judges them by the
     database's clock, not by clocks of different machines. Untagged trials younger than
     ``min_age`` seconds are skipped (their worker may not have tagged them yet), and
-    trials of live processes are never touched. Leases of dead processes are closed too.
+    trials of live processes are never touched. Leases of dead processes are closed too
+    (by a reap that finds some trial RUNNING: without one, nothing else is read).
     ``mine``: this process's lease id, whose RUNNING trials are left over from an
     interrupted search of this same process (call it only when none is being evaluated).
 
@@ -799,6 +800,10 @@ def reap_stale_trials(study: Any, run_name: str, *, retry: bool = True,
     reaped: list[int] = []
     heartbeat = is_heartbeat_enabled(storage)
     trials = study.get_trials(deepcopy=False)
+    if not any(t.state == state.RUNNING for t in trials):
+        # Nothing to judge (a run's first reap, mostly): no heartbeat or lease is read.
+        # Leases of dead processes are then closed by a later reap.
+        return reaped
     # Optuna's own check first, when its heartbeat says some trial is stale (asked first, as
     # one query, so a reap that finds nothing reads the study only once).
     if heartbeat and storage._get_stale_trial_ids(study._study_id):

@@ -96,6 +96,7 @@ class RDBReader:
         self._studies: dict[int, dict[str, Any]] = {}  # per study: trials, unfinished, last
         self._finished: dict[int, FrozenTrial] = {}  # trial id -> finished trial
         self._stale: Any = None  # the stale-trial statement, built on first use
+        self._directions: Any = None  # the study-directions statement, built on first use
 
     def _distribution(self, text: str) -> Any:
         from optuna import distributions
@@ -242,6 +243,26 @@ class RDBReader:
         # (zone-less) beat.
         return [trial_id for trial_id, beat, now in rows
                 if now.replace(tzinfo=None) - beat > grace]
+
+    def directions(self, study_id: int) -> list[Any]:
+        """Optuna's ``get_study_directions`` in one statement (its ORM takes two).
+
+        Raises:
+            KeyError: no such study (Optuna's message).
+        """
+        sa, models = self._sa, self._models
+        if self._directions is None:
+            studies = models.StudyModel.__table__
+            d = models.StudyDirectionModel.__table__
+            self._directions = (sa.select(d.c.direction)
+                                .select_from(studies.outerjoin(d, d.c.study_id == studies.c.study_id))
+                                .where(studies.c.study_id == sa.bindparam("study"))
+                                .order_by(d.c.objective))
+        with autocommit(self._engine) as conn:
+            rows = conn.execute(self._directions, {"study": study_id}).all()
+        if not rows:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return [row[0] for row in rows if row[0] is not None]
 
     def finished(self, trial_id: int) -> FrozenTrial | None:
         """A finished trial from an earlier read (finished trials never change)."""

@@ -371,7 +371,9 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         """The study's directions (remembered: they never change)."""
         directions = self._directions.get(study_id)
         if directions is None:
-            directions = self._call(self._inner.get_study_directions, study_id)
+            read = self._inner.get_study_directions if self._reader is None \
+                else self._reader.directions
+            directions = self._call(read, study_id)
             self._directions[study_id] = list(directions)
         return list(directions)
 
