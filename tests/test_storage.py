@@ -324,3 +324,14 @@ def test_a_reap_with_nothing_running_reads_the_study_only(tmp_path):
     with counting(view) as counts:
         assert reap_stale_trials(study, "quiet#run") == []
     assert counts["statements"] == 2  # the study's trials and their children: one read
+
+
+def test_psycopg2_engines_skip_the_hstore_lookup():
+    """Optuna stores no hstore: psycopg2's type lookup would cost every worker's first
+    connection a transaction of its own. Other drivers do not take the setting."""
+    from panther.tuner.storage import _engine_kwargs, parse_storage_url
+
+    for url in ("postgresql://u:p@h/db", "postgresql+psycopg2://u:p@h/db"):
+        assert _engine_kwargs(parse_storage_url(url))["use_native_hstore"] is False
+    assert "use_native_hstore" not in _engine_kwargs(parse_storage_url("postgresql+pg8000://u:p@h/db"))
+    assert "use_native_hstore" not in _engine_kwargs(parse_storage_url("sqlite:///x.db"))

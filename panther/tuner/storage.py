@@ -230,9 +230,18 @@ def _check_file(spec: StorageSpec) -> None:
 
 
 def _connect_timeout(spec: StorageSpec) -> dict[str, Any]:
-    if spec.dialect == "postgresql":
-        return {"connect_args": {"connect_timeout": 10}}
-    return {}
+    """Engine settings for a database server: a connection timeout, and (psycopg2) no
+    hstore lookup."""
+    if spec.dialect != "postgresql":
+        return {}
+    kwargs: dict[str, Any] = {"connect_args": {"connect_timeout": 10}}
+    from sqlalchemy.engine import make_url
+
+    if make_url(spec.url).get_driver_name() == "psycopg2":
+        # Optuna stores no hstore: skip psycopg2's lookup of that type on the first
+        # connection (a transaction of its own, three round trips at every worker's start).
+        kwargs["use_native_hstore"] = False
+    return kwargs
 
 
 def _engine_kwargs(spec: StorageSpec) -> dict[str, Any]:
