@@ -189,8 +189,11 @@ def plain_optuna_ms(storage: Any, n: int = 40) -> float:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna's own storage object, as optuna.create_study(storage=url) would build it (not
-    # the view panther's processes use, which saves reads).
-    study = optuna.create_study(storage=open_storage(storage).inner, study_name=f"plain-{uuid.uuid4().hex[:8]}",
+    # the view panther's processes use, which saves reads, nor its direct writer): for a
+    # journal file, with panther's lock (Optuna's default lock file polls).
+    inner = (open_storage(storage).inner if storage.startswith("journal")
+             else optuna.storages.RDBStorage(storage))
+    study = optuna.create_study(storage=inner, study_name=f"plain-{uuid.uuid4().hex[:8]}",
                                 sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
     space = {"low_rank": optuna.distributions.IntDistribution(1, 64),
              "num_terms": optuna.distributions.IntDistribution(1, 3)}

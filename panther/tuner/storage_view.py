@@ -5,7 +5,9 @@ transaction of several SQL statements. Measured on PostgreSQL (``benchmarks/
 bench_parallel.py``), a worker sent about 55 statements in 14 transactions per trial
 (each also testing its connection first), most of them reads of data the worker already
 had; with this view (and connections tested only after sitting idle, see
-:func:`~panther.tuner.storage.open_storage`), 11 statements in 5 transactions.
+:func:`~panther.tuner.storage.open_storage`), 4 messages to the server (on psycopg2: see
+:mod:`~panther.tuner.storage_writer` and :func:`~panther.tuner.storage_reader.autocommit`),
+plus a read of the study in two statements.
 :class:`ProcessStorage` wraps the storage :func:`open_storage
 <panther.tuner.storage.open_storage>` builds and sends fewer, with the same results:
 
@@ -27,7 +29,9 @@ had; with this view (and connections tested only after sitting idle, see
   through Optuna's own per-write helpers).
 * **Batches** (:meth:`ProcessStorage.write_batch`): a new trial's parameters and first
   heartbeat go in one transaction, and a result's attributes with the trial's end in
-  another, before anything the process does next.
+  another, before anything the process does next (on psycopg2, each one message).
+* **Studies remembered.** A study's id (by name) and directions never change: they are
+  read once.
 * **Reads reused on request** (:meth:`ProcessStorage.last_read`): where a step would read
   what it read a moment ago (Optuna's ask looking for WAITING trials right after the
   worker's own read).

@@ -7,7 +7,13 @@ round trip and CPU for the ORM objects. A worker's trial (created, its parameter
 first heartbeat, its claim, its result and end) took 24 statements on PostgreSQL that way.
 :class:`RDBWriter` writes the same rows with SQLAlchemy Core on Optuna's own table
 definitions, with upserts on the unique keys Optuna's schema already has, so a trial
-takes about half the statements, and the CPU of building ORM objects is gone.
+takes about half the statements, and the CPU of building ORM objects is gone. On
+PostgreSQL through psycopg2 each of those writes is also one message to the server: the
+creation and a batch (parameters and first heartbeat; a result and the trial's end) carry
+their own ``BEGIN`` and ``COMMIT`` with their checks inside, and a claim or a beat runs in
+the driver's autocommit mode, so a trial's writes take 4 round trips (the driver would
+otherwise add a ``BEGIN`` and a ``COMMIT`` round trip to each transaction, and one per row
+of a many-row upsert).
 
 What stays Optuna's:
 
