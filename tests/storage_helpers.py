@@ -59,7 +59,8 @@ def counting(storage: ProcessStorage):
         counts["statements"] += 1
         # A write in the driver's autocommit mode (storage_reader.autocommit) commits on its
         # own, unseen by SQLAlchemy's commit event.
-        if getattr(conn.connection.dbapi_connection, "autocommit", False) \
+        # (``is True``: Python 3.12's sqlite3 has an ``autocommit`` of -1 by default.)
+        if getattr(conn.connection.dbapi_connection, "autocommit", False) is True \
                 and not text.lstrip().upper().startswith("SELECT"):
             counts["commits"] += 1
 

@@ -501,3 +501,52 @@ def test_batches_of_known_parameters_refuse_and_settle_as_optuna_does(url):
     assert (stored[finished.number].params, stored[finished.number].user_attrs) == ({}, {})
     assert (stored[twice.number].params, stored[twice.number].user_attrs) == ({"i": 1},
                                                                               {"after": True})
+
+
+def test_a_batch_on_a_connection_the_server_closed_fails_as_optuna_fails(url):
+    """The server ends the connection (a restart) just before a one-message batch: the
+    write raises Optuna's StorageInternalError, nothing is left half-done, and the pool
+    replaces the connection for the next write."""
+    import sqlalchemy
+
+    if not url.startswith("postgresql"):
+        pytest.skip("one-message batches are psycopg2's")
+    view = open_storage(url)
+    study = optuna.create_study(storage=view, study_name=f"x-{uuid.uuid4().hex[:8]}")
+    trial = study.ask()
+    engine = view.inner._backend.engine
+    engine.dispose()  # one pooled connection from here on: the one the server will close
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    admin.dispose()
+    batch = ([("user", trial._trial_id, "score", 1.0)], (trial._trial_id, STATE.COMPLETE, [1.0]))
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        view._writer.write(*batch)
+    assert optuna_view(url, study._study_id)[0].state == STATE.RUNNING
+    assert view._writer.write(*batch) is True
+    stored = optuna_view(url, study._study_id)[0]
+    assert (stored.state, stored.user_attrs, stored.values) == (STATE.COMPLETE, {"score": 1.0}, [1.0])
+
+
+def test_a_connection_returned_with_a_block_open_is_dropped_from_the_pool(url):
+    """A one-message transaction interrupted half-way (a signal) would leave its block open
+    on the server while the driver, in autocommit mode, believes the connection idle: such
+    a connection is not handed to the next user."""
+    from panther.tuner.storage_reader import autocommit
+
+    if not url.startswith("postgresql"):
+        pytest.skip("psycopg2's autocommit mode")
+    engine = open_storage(url).inner._backend.engine
+    engine.dispose()
+    with autocommit(engine) as conn:
+        before = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        conn.exec_driver_sql("BEGIN")  # ... and no COMMIT: interrupted
+    with autocommit(engine) as conn:
+        after = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        assert conn.connection.dbapi_connection.get_transaction_status() == 0  # idle
+    assert after != before
+    with autocommit(engine) as conn:  # a clean one is kept
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == after

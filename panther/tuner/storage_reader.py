@@ -15,6 +15,10 @@ __all__ = ["RDBReader", "READER_DIALECTS", "autocommit"]
 READER_DIALECTS = ("postgresql", "sqlite")
 
 
+#: psycopg2's ``TRANSACTION_STATUS_IDLE``: no transaction open on the server.
+_IDLE = 0
+
+
 @contextlib.contextmanager
 def autocommit(engine: Any) -> Iterator[Any]:
     """A connection of ``engine`` whose statements each commit on their own (psycopg2).
@@ -26,8 +30,9 @@ def autocommit(engine: Any) -> Iterator[Any]:
     inside a transaction too, so reads see the same data without one. The driver's own
     ``autocommit`` flag is switched for the checkout and back (a client-side flag: no
     round trip; SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` would send a ``SET`` when
-    the connection goes back to the pool). Other drivers get one transaction, committed at
-    the end (SQLite's keeps a read's statements on one snapshot).
+    the connection goes back to the pool). A connection that comes back with a server-side
+    block still open (a message interrupted half-way) is dropped from the pool. Other
+    drivers get one transaction, committed at the end.
     """
     if engine.driver != "psycopg2":
         with engine.begin() as conn:
@@ -40,9 +45,12 @@ def autocommit(engine: Any) -> Iterator[Any]:
             yield conn
         finally:
             try:
+                idle = raw.get_transaction_status() == _IDLE
                 raw.autocommit = False
-            except Exception:  # a connection that broke meanwhile: the pool replaces it
-                conn.invalidate()
+            except Exception:  # noqa: BLE001 -- a connection that broke meanwhile
+                idle = False
+            if not idle and not conn.invalidated:  # broken, or a block left open:
+                conn.invalidate()  # the pool replaces it
 
 
 class RDBReader:

@@ -335,7 +335,7 @@ class RDBWriter:
                 found_row = conn.exec_driver_sql(self._one_trip, params).one()
             except sa.exc.DBAPIError as exc:
                 # An error skips the rest of the message and leaves the block open.
-                conn.exec_driver_sql("ROLLBACK")
+                _end_block(conn)
                 if isinstance(exc, sa.exc.IntegrityError):  # no such study (its foreign key)
                     raise KeyError(f"No study with study_id {row['study']} exists.") from exc
                 raise
@@ -461,8 +461,11 @@ class RDBWriter:
                 study = self._study_of.get(trial_id)
                 if study is None or (study, rest[0]) not in self._dists:
                     return None
-                distributions.check_distribution_compatibility(self._dists[(study, rest[0])],
-                                                               rest[2])
+                try:
+                    distributions.check_distribution_compatibility(
+                        self._dists[(study, rest[0])], rest[2])
+                except ValueError:
+                    return None  # refused by the other path, after the trial's own checks
         if checked:
             add("check", {"ids": tuple(sorted(checked)), "n": len(checked)})
         if finish is not None:
@@ -501,15 +504,21 @@ class RDBWriter:
                 conn.exec_driver_sql(text, values)
             except sa.exc.DBAPIError as exc:
                 # An error skips the rest of the message and leaves the block open.
-                conn.exec_driver_sql("ROLLBACK")
+                if not _end_block(conn):
+                    raise self._internal_error(exc) from exc
                 if isinstance(exc, sa.exc.IntegrityError):
                     return False  # a unique key: settled one by one through Optuna
                 if getattr(exc.orig, "pgcode", None) == "22012":  # a check failed
-                    for trial_id in [*sorted(checked), *([finish[0]] if finish else [])]:
-                        self._check_updatable(conn, trial_id)
+                    try:
+                        for trial_id in [*sorted(checked), *([finish[0]] if finish else [])]:
+                            self._check_updatable(conn, trial_id)
+                    except sa.exc.SQLAlchemyError as again:
+                        raise self._internal_error(again) from again
                 raise self._internal_error(exc) from exc
             except sa.exc.SQLAlchemyError as exc:
                 raise self._internal_error(exc) from exc
+        if finish is not None:
+            self._study_of.pop(finish[0], None)  # finished: written no more
         return True
 
     def _write_attr(self, kind: str, trial_id: int, key: str, value: Any) -> bool:
@@ -540,7 +549,8 @@ class RDBWriter:
         sa = self._sa
         row_values = {"study_id": study_id, "key": key, "value_json": json.dumps(value)}
         try:
-            # The insert commits on its own, then the read sees what is stored.
+            # The read, a statement after the insert, sees what is stored: the insert's row,
+            # or the row of a concurrent insert of the key that this one waited for.
             with autocommit(self._engine) as conn:
                 if self._attr_once_trip is not None:
                     row = conn.exec_driver_sql(self._attr_once_trip,
@@ -583,6 +593,21 @@ class RDBWriter:
                 return
             previous = self._dists[(study_id, name)] = distributions.json_to_distribution(text)
         distributions.check_distribution_compatibility(previous, dist)
+
+
+def _end_block(conn: Any) -> bool:
+    """Roll back the block a failed one-message transaction left open; False (and the
+    connection dropped from the pool) when the connection itself is gone."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if conn.invalidated:  # lost with the error: the server ended the block with it
+        return False
+    try:
+        conn.exec_driver_sql("ROLLBACK")
+    except SQLAlchemyError:
+        conn.invalidate()
+        return False
+    return True
 
 
 class WriterRDBStorage(RDBStorage):

@@ -487,17 +487,20 @@ class _Worker:
             key = params_key(params)
             # One fresh read after asking: trials created before this one are all in it.
             running = self._others_running(work, trial, work.sync())
+            skipped = cost_skip(self.run, work.group, params) is not None
             twin = _twin(trial, key, running)
-            if twin is not None and key not in work.state.seen and work.redrawn < _REDRAWS:
+            if twin is not None and not skipped and key not in work.state.seen \
+                    and work.redrawn < _REDRAWS:
                 work.redrawn += 1
                 self.report.redrawn += 1
                 self._give_up(work, params, f"not evaluated: trial {twin.number} evaluates the "
                               "same configuration elsewhere; a new one was proposed instead")
                 return "ran"
+            work.redrawn = 0  # this proposal is kept: the run of redrawn ones ends
             if not self._await_duplicate(work, trial, key, running):
                 self._give_up(work, params, "the same configuration is being evaluated elsewhere")
                 return "full"
-            free = key in work.state.seen or cost_skip(self.run, work.group, params) is not None
+            free = key in work.state.seen or skipped
             if not free:
                 trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.lease.id)
                 if not self._await_claim(work, trial, running):
@@ -526,7 +529,6 @@ class _Worker:
                              "another worker while this one stalled; its result is dropped")
             work.known.add(trial.number)
             work.just_ran = True
-            work.redrawn = 0
             if work.state.evaluated > before:
                 took = time.time() - began
                 self.eval_s = took if self.eval_s is None else 0.7 * self.eval_s + 0.3 * took
