@@ -432,7 +432,7 @@ def test_reads_and_one_statement_writes_open_no_transaction_on_postgresql(url):
     import sqlalchemy
 
     if not url.startswith("postgresql"):
-        pytest.skip("psycopg2's autocommit mode; SQLite keeps a transaction per read")
+        pytest.skip("psycopg2's autocommit mode (PostgreSQL only)")
     from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
     view = open_storage(url, heartbeat_interval=60)
