@@ -382,3 +382,16 @@ def test_study_directions_are_read_as_optuna_reads_them(url):
         assert counts["statements"] == 1
     with pytest.raises(KeyError):
         view.get_study_directions(10**9)
+
+
+def test_a_study_is_found_by_name_as_optuna_finds_it(url):
+    name = f"n-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(storage=url, study_name=name)
+    fresh = open_storage(url)
+    with counting(fresh) as counts:
+        assert fresh.get_study_id_from_name(name) == study._study_id
+    assert counts["statements"] == 1
+    assert fresh.get_study_id_from_name(name) == \
+        optuna.storages.RDBStorage(url).get_study_id_from_name(name)
+    with pytest.raises(KeyError):
+        fresh.get_study_id_from_name(f"{name}-missing")

@@ -105,6 +105,7 @@ class RDBReader:
         self._finished: dict[int, FrozenTrial] = {}  # trial id -> finished trial
         self._stale: Any = None  # the stale-trial statement, built on first use
         self._directions: Any = None  # the study-directions statement, built on first use
+        self._study_by_name: Any = None  # the study-id-by-name statement, built on first use
 
     def _distribution(self, text: str) -> Any:
         from optuna import distributions
@@ -251,6 +252,23 @@ class RDBReader:
         # (zone-less) beat.
         return [trial_id for trial_id, beat, now in rows
                 if now.replace(tzinfo=None) - beat > grace]
+
+    def study_id(self, name: str) -> int:
+        """Optuna's ``get_study_id_from_name`` in one statement, without its ORM session.
+
+        Raises:
+            KeyError: no study of that name (Optuna's message).
+        """
+        sa, models = self._sa, self._models
+        if self._study_by_name is None:
+            studies = models.StudyModel.__table__
+            self._study_by_name = (sa.select(studies.c.study_id)
+                                   .where(studies.c.study_name == sa.bindparam("name")))
+        with autocommit(self._engine) as conn:
+            found = conn.execute(self._study_by_name, {"name": name}).scalar()
+        if found is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return found
 
     def directions(self, study_id: int) -> list[Any]:
         """Optuna's ``get_study_directions`` in one statement (its ORM takes two).

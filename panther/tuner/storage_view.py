@@ -360,7 +360,9 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         """The study's id (remembered: a name keeps its id until the study is deleted)."""
         study_id = self._study_ids.get(study_name)
         if study_id is None:
-            study_id = self._call(self._inner.get_study_id_from_name, study_name)
+            read = self._inner.get_study_id_from_name if self._reader is None \
+                else self._reader.study_id
+            study_id = self._call(read, study_name)
             self._study_ids[study_name] = study_id
         return study_id
 
