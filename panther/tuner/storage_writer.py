@@ -377,7 +377,9 @@ class RDBWriter:
         if not alone and self._batch_sql is not None:
             message = self._one_message(ops, finish, checked)
             if message is not None:
-                return self._write_in_one_trip(ops, finish, checked, *message)
+                ended_id = [] if finish is None else [finish[0]]
+                return self._write_in_one_trip([*sorted(checked), *ended_id], ended_id,
+                                               *message)
         try:
             with autocommit(self._engine) if alone else self._engine.begin() as conn:
                 study_of: dict[int, int] = {}
@@ -495,9 +497,10 @@ class RDBWriter:
         parts.append("COMMIT")
         return "; ".join(parts), values
 
-    def _write_in_one_trip(self, ops: Sequence[tuple[Any, ...]],
-                           finish: tuple[int, TrialState, Sequence[float] | None] | None,
-                           checked: set[int], text: str, values: dict[str, Any]) -> bool:
+    def _write_in_one_trip(self, guarded: list[int], ended: list[int], text: str,
+                           values: dict[str, Any]) -> bool:
+        """Send a message of :meth:`_one_message`; ``guarded``: the trials its checks
+        cover, in their order; ``ended``: the trial it ends (if any)."""
         sa = self._sa
         with autocommit(self._engine) as conn:
             try:
@@ -510,15 +513,15 @@ class RDBWriter:
                     return False  # a unique key: settled one by one through Optuna
                 if getattr(exc.orig, "pgcode", None) == "22012":  # a check failed
                     try:
-                        for trial_id in [*sorted(checked), *([finish[0]] if finish else [])]:
+                        for trial_id in guarded:
                             self._check_updatable(conn, trial_id)
                     except sa.exc.SQLAlchemyError as again:
                         raise self._internal_error(again) from again
                 raise self._internal_error(exc) from exc
             except sa.exc.SQLAlchemyError as exc:
                 raise self._internal_error(exc) from exc
-        if finish is not None:
-            self._study_of.pop(finish[0], None)  # finished: written no more
+        for trial_id in ended:
+            self._study_of.pop(trial_id, None)  # finished: written no more
         return True
 
     def _write_attr(self, kind: str, trial_id: int, key: str, value: Any) -> bool:
