@@ -435,9 +435,45 @@ def test_the_last_round_is_read_afresh():
     done = optuna.trial.create_trial(state=state.COMPLETE, value=1.0)
     running = optuna.trial.create_trial(state=state.RUNNING)
     work = worker_mod._GroupWork.__new__(worker_mod._GroupWork)
+    work._complete, work._counted = {}, (None, {})  # counts()' memo (no run needed here)
     work.budget = 8
     assert work.last_round([done] * 4 + [running] * 2)  # 2 left, 2 running
     assert not work.last_round([done] * 3 + [running] * 2)  # 3 left, 2 running
     assert work.last_round([done] * 8)
     work.budget = None  # no budget: the run ends when the space is used up
     assert not work.last_round([done] * 4 + [running] * 2)
+
+
+def test_group_counts_are_exact_across_reads():
+    """counts() remembers what each completed trial adds and the last read's answer; the
+    figures must equal a count from scratch on every read, old or new."""
+    from panther.tuner import worker as worker_mod
+    from panther.tuner.search.optuna import EVALUATED_ATTR, EXTRA_ATTR
+
+    state = optuna.trial.TrialState
+    dist = {"r": optuna.distributions.IntDistribution(1, 8)}
+
+    def trial(number, st, r=1, cached=False):
+        attrs = {}
+        if cached:
+            attrs = {EVALUATED_ATTR: False, EXTRA_ATTR: {"panther_row": {"status": "cached"}}}
+        t = optuna.trial.create_trial(state=st, value=1.0 if st == state.COMPLETE else None,
+                                      params={"r": r} if st != state.RUNNING else {},
+                                      distributions=dist if st != state.RUNNING else {},
+                                      user_attrs=attrs)
+        t.number = number
+        return t
+
+    work = worker_mod._GroupWork.__new__(worker_mod._GroupWork)
+    work._complete, work._counted = {}, (None, {})
+    first = [trial(0, state.COMPLETE, 1), trial(1, state.COMPLETE, 1, cached=True),
+             trial(2, state.RUNNING), trial(3, state.FAIL, 2)]
+    assert work.counts(first) == {"evaluated": 1, "proposals": 3, "handled": 1}
+    answer = work.counts(first)
+    answer["evaluated"] = 99  # a caller's change must not reach the next answer
+    assert work.counts(first)["evaluated"] == 1
+    # A newer read: the running trial completed, two more trials
+    second = first[:2] + [trial(2, state.COMPLETE, 3), first[3], trial(4, state.COMPLETE, 1),
+                          trial(5, state.RUNNING)]
+    assert work.counts(second) == {"evaluated": 3, "proposals": 5, "handled": 2}
+    assert work.counts(first) == {"evaluated": 1, "proposals": 3, "handled": 1}  # an older read

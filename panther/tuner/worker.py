@@ -236,6 +236,17 @@ def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display:
     check_fingerprint(stored, fingerprint, where)
 
 
+def _completed_entry(trial: Any) -> tuple[bool, Any]:
+    """What a COMPLETE trial adds to :meth:`_GroupWork.counts`: whether it was evaluated,
+    and the configuration it handled (``None`` for a cached answer, which handles none)."""
+    from panther.tuner.search.base import params_key
+    from panther.tuner.search.optuna import EXTRA_ATTR, _was_evaluated
+
+    row = (trial.user_attrs.get(EXTRA_ATTR) or {}).get("panther_row") or {}
+    key = None if row.get("status") == "cached" else params_key(trial.params)
+    return bool(_was_evaluated(trial.user_attrs)), key
+
+
 # ---------------------------------------------------------------------- one group
 class _GroupWork:
     """A worker's view of one group's shared study."""
@@ -261,6 +272,8 @@ class _GroupWork:
         self.just_ran = False
         self.redrawn = 0  # proposals given up in a row for being evaluated elsewhere
         self.last_trials: list[Any] = []
+        self._complete: dict[int, tuple[bool, Any]] = {}  # see counts()
+        self._counted: tuple[Any, dict[str, Any]] = (None, {})  # the last read counted
         self._last_reap = time.monotonic()  # initialize() has just reaped (see search.reaped)
 
     @property
@@ -302,25 +315,35 @@ class _GroupWork:
         return trials
 
     def counts(self, trials: list[Any]) -> dict[str, Any]:
-        """Global counts of the group: evaluations, proposals, handled configurations."""
+        """Global counts of the group: evaluations, proposals, handled configurations.
+
+        A step asks this of the same read several times, and every read holds every trial
+        of the study: the answer is kept for the last read, and what a completed trial
+        adds (it never changes again) is worked out once per trial, so a step stays cheap
+        in a run of thousands of trials.
+        """
         import optuna
 
-        from panther.tuner.search.base import params_key
-        from panther.tuner.search.optuna import EXTRA_ATTR, _was_evaluated
-
-        state = optuna.trial.TrialState
+        if trials is self._counted[0]:
+            return dict(self._counted[1])
+        complete, running = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+        memo = self._complete
         evaluated = proposals = 0
         handled = set()
         for t in trials:
-            if t.state == state.COMPLETE:
+            if t.state == complete:
                 proposals += 1
-                evaluated += _was_evaluated(t.user_attrs)
-                row = (t.user_attrs.get(EXTRA_ATTR) or {}).get("panther_row") or {}
-                if row.get("status") != "cached":
-                    handled.add(params_key(t.params))
-            elif t.state == state.RUNNING:
+                entry = memo.get(t.number)
+                if entry is None:
+                    entry = memo[t.number] = _completed_entry(t)
+                evaluated += entry[0]
+                if entry[1] is not None:
+                    handled.add(entry[1])
+            elif t.state == running:
                 proposals += 1
-        return {"evaluated": evaluated, "proposals": proposals, "handled": len(handled)}
+        result = {"evaluated": evaluated, "proposals": proposals, "handled": len(handled)}
+        self._counted = (trials, result)
+        return dict(result)
 
     def reap(self, run_name: str, interval: float, report: WorkerReport) -> None:
         """Fail and re-enqueue the trials of dead workers (at most every ``interval`` s)."""
