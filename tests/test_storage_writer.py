@@ -238,6 +238,48 @@ def test_a_parameter_must_keep_its_distribution_as_optuna_requires(url):
     assert optuna_view(url, study._study_id)[1].params == {"i": 7}
 
 
+def test_a_parameter_new_here_is_guarded_in_the_message_not_read_first(url):
+    """A worker's first trial: its parameters' distributions are new to the process. On
+    psycopg2 the batch is still one message, guarded: it goes through when the study holds
+    no other distribution for the parameter; a compatible other one (another range) is
+    settled the checked way and accepted; an incompatible one is refused as Optuna refuses
+    it, with nothing written."""
+    view = open_storage(url, heartbeat_interval=60)
+    study = optuna.create_study(storage=view, study_name=f"g-{uuid.uuid4().hex[:8]}")
+    first = study.ask()
+    with counting(view) as counts:
+        with write_batch(view):
+            view.set_trial_param(first._trial_id, "i", 3, SPACE["i"])
+            view.set_trial_param(first._trial_id, "c", 1, SPACE["c"])  # internal: "b"
+            view.record_heartbeat(first._trial_id)
+    if url.startswith("postgresql"):
+        assert counts["statements"] == 1, counts
+    # Another process, knowing nothing of the study's distributions:
+    fresh = open_storage(url)
+    wider = fresh.create_new_trial(study._study_id)
+    with write_batch(fresh):  # the same kind with another range: Optuna accepts it
+        fresh.set_trial_param(wider, "i", 100, D.IntDistribution(1, 128))
+        fresh.set_trial_param(wider, "f", 0.5, SPACE["f"])  # new to the study
+    wrong = fresh.create_new_trial(study._study_id)
+    with pytest.raises(ValueError, match="Cannot set different distribution kind"):
+        with write_batch(fresh):
+            fresh.set_trial_param(wrong, "f", 0.5, SPACE["f"])
+            fresh.set_trial_param(wrong, "c", 1.0, SPACE["f"])  # categorical in the study
+    third = fresh.create_new_trial(study._study_id)
+    with counting(fresh) as counts:  # what the checked way learned is not read again
+        with write_batch(fresh):
+            fresh.set_trial_param(third, "i", 5, D.IntDistribution(1, 128))
+            fresh.set_trial_user_attr(third, "after", 1)  # (a batch of one is Optuna's)
+    if url.startswith("postgresql"):
+        assert counts["statements"] == 1, counts
+    stored = {t.number: t for t in optuna_view(url, study._study_id)}
+    assert stored[first.number].params == {"i": 3, "c": "b"}
+    assert stored[1].params == {"i": 100, "f": 0.5}
+    assert stored[2].params == {}  # nothing of the refused batch
+    assert (stored[3].params, stored[3].user_attrs) == ({"i": 5}, {"after": 1})
+    assert stored[3].distributions["i"] == D.IntDistribution(1, 128)
+
+
 # ---------------------------------------------------------------- what it saves
 def test_a_trial_takes_half_the_statements(url):
     """A worker's trial (asked with its first heartbeat, claimed, told with its result):

@@ -222,6 +222,17 @@ class RDBWriter:
                 return str(stmt.compile(dialect=dialect, column_keys=keys))
 
             self._batch_sql = {
+                # No trial of the study has the parameter with another distribution: a
+                # parameter new to this process needs no read first. Anything else fails
+                # (a text that is no integer: SQLSTATE 22P02, told apart from the checks'
+                # 22012) and the batch goes the checked way, which tells compatible from
+                # incompatible as Optuna does.
+                "dist": (f"SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM {quote(params.name)} "
+                         f"JOIN {quote(t.name)} ON {quote(params.name)}.{tid} = "
+                         f"{quote(t.name)}.{tid} WHERE {quote(t.name)}.{quote(t.c.study_id.name)}"
+                         f" = %(study)s AND {quote(params.c.param_name.name)} = %(name)s AND "
+                         f"{quote(params.c.distribution_json.name)} <> %(dist)s) "
+                         "THEN 'another distribution' ELSE '1' END AS INTEGER)"),
                 # Every trial in %(ids)s exists and is unfinished (%(n)s of them).
                 "check": (f"SELECT 1 / (CASE WHEN (SELECT count(*) FROM {quote(t.name)} "
                           f"WHERE {tid} IN %(ids)s AND {state} IN ({open_states})) = %(n)s "
@@ -378,8 +389,11 @@ class RDBWriter:
             message = self._one_message(ops, finish, checked)
             if message is not None:
                 ended_id = [] if finish is None else [finish[0]]
-                return self._write_in_one_trip([*sorted(checked), *ended_id], ended_id,
-                                               *message)
+                written = self._write_in_one_trip([*sorted(checked), *ended_id], ended_id,
+                                                  *message)
+                if written is not None:
+                    return written
+                # A parameter the study has with another distribution: the checked way
         try:
             with autocommit(self._engine) if alone else self._engine.begin() as conn:
                 study_of: dict[int, int] = {}
@@ -441,9 +455,14 @@ class RDBWriter:
 
     def _one_message(self, ops: Sequence[tuple[Any, ...]],
                      finish: tuple[int, TrialState, Sequence[float] | None] | None,
-                     checked: set[int]) -> tuple[str, dict[str, Any]] | None:
+                     checked: set[int]) -> tuple[str, dict[str, Any], list[Any]] | None:
         """The batch as one message (SQL text, parameters), or ``None`` when a parameter's
-        study or earlier distribution is not known here (the check needs a read first)."""
+        study is not known here, or its distribution differs from the one this process has
+        seen in the study (the checked way raises Optuna's error, or settles it).
+
+        A parameter whose study's distribution this process has not seen yet is guarded
+        in the message (``dist``): it goes through when the study has no other one.
+        """
         import re
 
         from optuna import distributions
@@ -458,11 +477,15 @@ class RDBWriter:
             parts.append(re.sub(r"%\((\w+)\)s", rf"%(\1_{n})s", sql[kind]))
             values.update({f"{key}_{n}": value for key, value in row.items()})
 
+        new: list[tuple[int, str, Any]] = []  # parameters new here: (study, name, dist)
         for kind, trial_id, *rest in ops:
             if kind == "param":
                 study = self._study_of.get(trial_id)
-                if study is None or (study, rest[0]) not in self._dists:
+                if study is None:
                     return None
+                if (study, rest[0]) not in self._dists:
+                    new.append((study, rest[0], rest[2]))
+                    continue
                 try:
                     distributions.check_distribution_compatibility(
                         self._dists[(study, rest[0])], rest[2])
@@ -470,6 +493,9 @@ class RDBWriter:
                     return None  # refused by the other path, after the trial's own checks
         if checked:
             add("check", {"ids": tuple(sorted(checked)), "n": len(checked)})
+        for study, name, dist in new:
+            add("dist", {"study": study, "name": name,
+                         "dist": distributions.distribution_to_json(dist)})
         if finish is not None:
             add("finish", {"id": finish[0], "state": finish[1].name,
                            "complete": self._stored(1, datetime.datetime.now())[1]})
@@ -495,12 +521,18 @@ class RDBWriter:
                 add("value", {"trial_id": finish[0], "objective": k, "value": number,
                               "value_type": vtype.name})
         parts.append("COMMIT")
-        return "; ".join(parts), values
+        return "; ".join(parts), values, new
 
     def _write_in_one_trip(self, guarded: list[int], ended: list[int], text: str,
-                           values: dict[str, Any]) -> bool:
+                           values: dict[str, Any],
+                           new: list[tuple[int, str, Any]]) -> bool | None:
         """Send a message of :meth:`_one_message`; ``guarded``: the trials its checks
-        cover, in their order; ``ended``: the trial it ends (if any)."""
+        cover, in their order; ``ended``: the trial it ends (if any); ``new``: the
+        parameters it guards, remembered once written.
+
+        Returns :meth:`write`'s answer, or ``None`` (nothing written) when a guarded
+        parameter has another distribution in the study: the checked way decides.
+        """
         sa = self._sa
         with autocommit(self._engine) as conn:
             try:
@@ -511,6 +543,8 @@ class RDBWriter:
                     raise self._internal_error(exc) from exc
                 if isinstance(exc, sa.exc.IntegrityError):
                     return False  # a unique key: settled one by one through Optuna
+                if getattr(exc.orig, "pgcode", None) == "22P02" and new:
+                    return None  # a parameter's distribution differs: see write()
                 if getattr(exc.orig, "pgcode", None) == "22012":  # a check failed
                     try:
                         for trial_id in guarded:
@@ -522,6 +556,8 @@ class RDBWriter:
                 raise self._internal_error(exc) from exc
         for trial_id in ended:
             self._study_of.pop(trial_id, None)  # finished: written no more
+        for study, name, dist in new:  # the study has no other: compatible from now on
+            self._dists.setdefault((study, name), dist)
         return True
 
     def _write_attr(self, kind: str, trial_id: int, key: str, value: Any) -> bool:
