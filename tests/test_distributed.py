@@ -477,3 +477,34 @@ def test_group_counts_are_exact_across_reads():
                           trial(5, state.RUNNING)]
     assert work.counts(second) == {"evaluated": 3, "proposals": 5, "handled": 2}
     assert work.counts(first) == {"evaluated": 1, "proposals": 3, "handled": 1}  # an older read
+
+
+def test_a_joining_worker_reads_each_group_study_once_before_its_first_trial(tmp_path, monkeypatch):
+    """Joining reads the study (reaping dead workers' trials, resuming completed ones); the
+    first proposal decides on that read instead of reading again twice (for the budget,
+    then in Optuna's ask)."""
+    from panther.tuner.storage_view import ProcessStorage
+
+    storage = f"journal://{tmp_path}/run.log"
+    app.build(storage, n_trials=1).run_worker(heartbeat_interval=1)  # the studies exist
+    events: list[tuple[str, int]] = []
+    read_all, create = ProcessStorage._read_all, ProcessStorage.create_new_trial
+
+    def reading(self, study_id):
+        events.append(("read", study_id))
+        return read_all(self, study_id)
+
+    def creating(self, study_id, template_trial=None):
+        events.append(("create", study_id))
+        return create(self, study_id, template_trial)
+
+    monkeypatch.setattr(ProcessStorage, "_read_all", reading)
+    monkeypatch.setattr(ProcessStorage, "create_new_trial", creating)
+    report = app.build(storage, n_trials=2).run_worker(heartbeat_interval=1)
+    assert report.evaluated == 2  # one more per group
+    groups = {study_id for kind, study_id in events if kind == "create"} - {
+        events[0][1]}  # the run study (its lease) is created first
+    assert len(groups) == 2, events
+    for study_id in groups:
+        mine = [kind for kind, sid in events if sid == study_id]
+        assert mine.index("create") == 1, (study_id, mine)  # one read, then the trial

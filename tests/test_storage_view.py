@@ -340,7 +340,8 @@ def test_a_known_study_s_name_and_directions_are_read_once(url):
     with counting(other) as again:
         optuna.load_study(study_name=name, storage=other)
         assert other.get_study_name_from_id(made._study_id) == name
-    assert first["statements"] > 0 and again["statements"] == 0
+    # One statement: the study's id by its name comes with its directions.
+    assert first["statements"] == 1 and again["statements"] == 0
     other.delete_study(made._study_id)  # forgotten with the study
     with pytest.raises(KeyError):
         other.get_study_id_from_name(name)
@@ -386,10 +387,14 @@ def test_study_directions_are_read_as_optuna_reads_them(url):
 
 def test_a_study_is_found_by_name_as_optuna_finds_it(url):
     name = f"n-{uuid.uuid4().hex[:8]}"
-    study = optuna.create_study(storage=url, study_name=name)
+    study = optuna.create_study(storage=url, study_name=name,
+                                directions=["maximize", "minimize", "maximize"])
     fresh = open_storage(url)
     with counting(fresh) as counts:
         assert fresh.get_study_id_from_name(name) == study._study_id
+        # read in the same statement, in objective order
+        assert fresh.get_study_directions(study._study_id) == \
+            optuna.storages.RDBStorage(url).get_study_directions(study._study_id)
     assert counts["statements"] == 1
     assert fresh.get_study_id_from_name(name) == \
         optuna.storages.RDBStorage(url).get_study_id_from_name(name)

@@ -360,9 +360,13 @@ class ProcessStorage(BaseStorage, BaseHeartbeat):
         """The study's id (remembered: a name keeps its id until the study is deleted)."""
         study_id = self._study_ids.get(study_name)
         if study_id is None:
-            read = self._inner.get_study_id_from_name if self._reader is None \
-                else self._reader.study_id
-            study_id = self._call(read, study_name)
+            if self._reader is None:
+                study_id = self._call(self._inner.get_study_id_from_name, study_name)
+            else:
+                # The directions come in the same statement: load_study asks them next.
+                study_id, directions = self._call(self._reader.study_id, study_name)
+                if directions:  # (a study has some; without any, they are read when asked)
+                    self._directions.setdefault(study_id, list(directions))
             self._study_ids[study_name] = study_id
         return study_id
 

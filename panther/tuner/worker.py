@@ -269,12 +269,18 @@ class _GroupWork:
         self.cap = None if self.budget is None else search_loop.PROPOSALS_PER_EVALUATION * self.budget
         self.size = finite_space_size(group.space)
         self.finished = False
-        self.just_ran = False
         self.redrawn = 0  # proposals given up in a row for being evaluated elsewhere
-        self.last_trials: list[Any] = []
         self._complete: dict[int, tuple[bool, Any]] = {}  # see counts()
         self._counted: tuple[Any, dict[str, Any]] = (None, {})  # the last read counted
         self._last_reap = time.monotonic()  # initialize() has just reaped (see search.reaped)
+        # Joining has just read the study (initialize): the first step decides on that
+        # read, as a step right after this worker's own trial decides on the read made
+        # when it was asked (``fresh_read``; two statements less at every worker's start).
+        from panther.tuner.storage_view import last_read
+
+        with last_read(self.study._storage):
+            self.last_trials: list[Any] = self.study.get_trials(deepcopy=False)
+        self.fresh_read = True
 
     @property
     def study(self) -> Any:
@@ -480,13 +486,14 @@ class _Worker:
             if self.storage_s is not None:
                 self.report.startup_storage_s = self.storage_s()
         work.reap(self.lease.run_name, self.reap_s, self.report)
-        # Right after this worker's own trial, the read made when it was asked is recent
-        # enough to decide whether to ask again, except in the last round: there a stale
-        # "not full" would cost a proposal, a claim and a give-up (at the very end of the
-        # run, where it delays the last worker), and a fresh read costs one statement.
-        recent = work.just_ran and not work.last_round(work.last_trials)
+        # Right after this worker's own trial (or its joining), the read made when it was
+        # asked is recent enough to decide whether to ask again, except in the last round:
+        # there a stale "not full" would cost a proposal, a claim and a give-up (at the
+        # very end of the run, where it delays the last worker), and a fresh read costs
+        # one statement.
+        recent = work.fresh_read and not work.last_round(work.last_trials)
         trials = work.last_trials if recent else work.sync()
-        work.just_ran = False
+        work.fresh_read = False
         if work.done(trials):
             return "finished"
         if work.budget is not None and work.counts(trials)["evaluated"] + sum(
@@ -551,7 +558,7 @@ class _Worker:
                 self.run.log(f"[{work.group.key}] trial {trial.number} was taken over by "
                              "another worker while this one stalled; its result is dropped")
             work.known.add(trial.number)
-            work.just_ran = True
+            work.fresh_read = True
             if work.state.evaluated > before:
                 took = time.time() - began
                 self.eval_s = took if self.eval_s is None else 0.7 * self.eval_s + 0.3 * took
