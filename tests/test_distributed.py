@@ -265,35 +265,53 @@ def test_workers_need_a_shared_storage_and_a_real_device():
 
 def test_waiting_worker_wakes_when_the_awaited_trial_should_end(monkeypatch):
     """A worker waiting for others' claims backs off, but not past the expected end of the
-    first awaited evaluation (its start + this worker's own evaluation time)."""
+    first awaited evaluation: its start plus the time the study's recent evaluations took
+    from creation to result (else this worker's own), and a little more."""
     import datetime
     import types
 
     from panther.tuner import worker as worker_mod
+    from panther.tuner.search.optuna import EVALUATED_ATTR
     from panther.tuner.storage import OWNER_ATTR, WAITING_SUFFIX
 
     slept: list[float] = []
     monkeypatch.setattr(worker_mod.time, "sleep", slept.append)
     monkeypatch.setattr(worker_mod.time, "time", lambda: 1000.0)
     w = worker_mod._Worker(None, None, None, None, poll_s=0.02, reap_s=10.0)
+    margin = worker_mod._WAKE_MARGIN_S
+
+    def stamp(t: float) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(t)
 
     def running(start: float, owner: str) -> types.SimpleNamespace:
-        when = datetime.datetime.fromtimestamp(start, tz=datetime.UTC)
-        return types.SimpleNamespace(datetime_start=when, system_attrs={OWNER_ATTR: owner})
+        return types.SimpleNamespace(datetime_start=stamp(start), system_attrs={OWNER_ATTR: owner})
 
-    w._expect([running(999.9, "h:1:a")])
-    assert w.wake is None  # no evaluation time of its own yet: plain back-off
+    def done(start: float, took: float, evaluated: bool = True) -> types.SimpleNamespace:
+        state = optuna.trial.TrialState.COMPLETE
+        return types.SimpleNamespace(state=state, datetime_start=stamp(start),
+                                     datetime_complete=stamp(start + took),
+                                     user_attrs={} if evaluated else {EVALUATED_ATTR: False})
+
+    w._expect([running(999.9, "h:1:a")], [])
+    assert w.wake is None  # no evaluation time known yet: plain back-off
     w._sleep(4)
     w.eval_s = 0.2
     # The unclaimed (waiting) trial started earlier but is not evaluated: it does not count.
     w._expect([running(999.5, "h:2:b" + WAITING_SUFFIX), running(999.9, "h:1:a"),
-               running(999.95, "h:3:c")])
+               running(999.95, "h:3:c")], [])
     assert w.wake == pytest.approx(1000.1)
     w._sleep(4)
     w._sleep(4)  # the hint is used once
     w.wake = 999.0  # already overdue: poll at the base interval
     w._sleep(4)
-    assert slept == pytest.approx([0.16, 0.1, 0.16, 0.02])
+    # Due sooner than the base interval: look just after then.
+    w.wake = 1000.01
+    w._sleep(1)
+    assert slept == pytest.approx([0.16, 0.1 + margin, 0.16, 0.02, 0.01 + margin])
+    # The study's recent evaluations (median, cached answers left out) come first.
+    study = [done(10.0, 0.3), done(20.0, 0.5), done(30.0, 0.4), done(40.0, 5.0, evaluated=False)]
+    w._expect([running(999.9, "h:1:a")], study)
+    assert w.wake == pytest.approx(1000.3)
 
 
 # ---- the original model is measured once per run ----------------------------------------

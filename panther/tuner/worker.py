@@ -43,6 +43,7 @@ import dataclasses
 import math
 import os
 import random
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -68,6 +69,9 @@ _SURPLUS = "not evaluated: the group's evaluation budget was taken by other work
 #: configuration, before it waits for that result instead: a large space almost always
 #: has something new to propose, a small one nearly used up may only repeat itself.
 _REDRAWS = 2
+#: How long after a trial should have ended a worker waiting for it looks (its result is
+#: written a moment after the evaluation: a look just before would find it still running).
+_WAKE_MARGIN_S = 0.005
 
 
 @dataclass
@@ -236,6 +240,21 @@ def _check_run_fingerprint(run_study: Any, fingerprint: dict[str, Any], display:
     check_fingerprint(stored, fingerprint, where)
 
 
+def _recent_duration(trials: list[Any], last: int = 8) -> float | None:
+    """The median time from creation to result of the last ``last`` evaluations among
+    ``trials`` (seconds; ``None`` without any)."""
+    from panther.tuner.search.optuna import _was_evaluated
+
+    took = []
+    for t in reversed(trials):
+        if t.state.name == "COMPLETE" and t.datetime_start is not None \
+                and t.datetime_complete is not None and _was_evaluated(t.user_attrs):
+            took.append((t.datetime_complete - t.datetime_start).total_seconds())
+            if len(took) == last:
+                break
+    return statistics.median(took) if took else None
+
+
 def _completed_entry(trial: Any) -> tuple[bool, Any]:
     """What a COMPLETE trial adds to :meth:`_GroupWork.counts`: whether it was evaluated,
     and the configuration it handled (``None`` for a cached answer, which handles none)."""
@@ -400,7 +419,8 @@ class _Worker:
         self.poll_s = poll_s
         self.reap_s = reap_s
         self.works: dict[str, _GroupWork] = {}
-        self.eval_s: float | None = None  # this worker's recent evaluation time (a moving mean)
+        # this worker's recent time from a trial's creation to its result (a moving mean)
+        self.eval_s: float | None = None
         self.wake: float | None = None  # when a trial that blocks this worker should end (epoch s)
 
     def _work(self, group: Any) -> _GroupWork:
@@ -448,24 +468,34 @@ class _Worker:
         evaluations of a run are noticed soon after they finish."""
         delay = self.poll_s * min(8, 2 ** max(0, rounds - 1))
         if self.wake is not None:
-            delay = min(delay, max(self.poll_s, self.wake - time.time()))
+            until = self.wake - time.time()
+            # Look just after then, even sooner than ``poll_s`` (at the end of a run every
+            # idle worker waits for the last trials: a whole ``poll_s`` late, the run ends
+            # that much later); once a trial is overdue, at the plain pace.
+            delay = min(delay, until + _WAKE_MARGIN_S if until > 0 else self.poll_s)
             self.wake = None
         time.sleep(delay)
         if self.report is not None:
             self.report.waiting_s += delay
 
-    def _expect(self, trials: list[Any]) -> None:
+    def _expect(self, trials: list[Any], study: list[Any]) -> None:
         """Note when the first of ``trials`` (RUNNING, evaluated elsewhere) should end.
 
-        Estimated from its start and this worker's own evaluation time; only shortens the
-        next wait (on a host with another clock it is merely less useful).
+        Estimated from its start (its creation) and the time the study's recent
+        evaluations took from creation to result (``study``: the trials as last read; both
+        ends of a trial are stamped by the worker that ran it, so other hosts' clocks do
+        not enter), else this worker's own; only shortens the next wait (a host with
+        another clock merely makes it less useful).
         """
-        if self.eval_s is None:
+        took = _recent_duration(study)
+        if took is None:
+            took = self.eval_s
+        if took is None:
             return
         starts = [t.datetime_start.timestamp() for t in trials
                   if t.datetime_start is not None and _claimed(t)]
         if starts:
-            self.wake = min(starts) + self.eval_s
+            self.wake = min(starts) + took
 
     def _group_step(self, work: _GroupWork) -> str:
         """Propose and handle one trial of ``work``'s group.
@@ -499,7 +529,7 @@ class _Worker:
         if work.budget is not None and work.counts(trials)["evaluated"] + sum(
                 t.state.name == "RUNNING" and _claimed(t) for t in trials) \
                 >= work.budget:
-            self._expect([t for t in trials if t.state.name == "RUNNING"])
+            self._expect([t for t in trials if t.state.name == "RUNNING"], trials)
             return "full"  # the rest of the budget is being evaluated elsewhere right now
         if work.search.is_finished():
             return "finished"  # this worker's own view: every point of the space was told
@@ -511,6 +541,7 @@ class _Worker:
                 params = work.search.get_next_params()
             if params is None:
                 return "finished"
+            asked = time.time()  # the trial was created a moment ago (see _expect)
             trial = work.search._pending[-1][0]  # the Optuna trial just asked
             self.lease.set_current(work.study.study_name, trial.number, trial._trial_id)
         try:
@@ -538,7 +569,6 @@ class _Worker:
                     self.report.surplus += 1
                     return "full"
             before = work.state.evaluated
-            began = time.time()
             try:
                 search_loop._answer(self.run, work.state, dict(params))
             except MeasureBaselineFirst:
@@ -560,7 +590,7 @@ class _Worker:
             work.known.add(trial.number)
             work.fresh_read = True
             if work.state.evaluated > before:
-                took = time.time() - began
+                took = time.time() - asked
                 self.eval_s = took if self.eval_s is None else 0.7 * self.eval_s + 0.3 * took
                 self.report.evaluated += 1
                 self.report.groups[work.group.key] = self.report.groups.get(work.group.key, 0) + 1
@@ -635,7 +665,7 @@ class _Worker:
                 return True
             if done + claimed >= work.budget:
                 return False
-            self._expect(lower)
+            self._expect(lower, trials if trials is not None else work.last_trials)
             rounds += 1
             self._sleep(rounds)
             work.reap(self.lease.run_name, self.reap_s, self.report)
