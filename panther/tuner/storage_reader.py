@@ -104,8 +104,8 @@ class RDBReader:
         self._studies: dict[int, dict[str, Any]] = {}  # per study: trials, unfinished, last
         self._finished: dict[int, FrozenTrial] = {}  # trial id -> finished trial
         self._stale: Any = None  # the stale-trial statement, built on first use
-        self._directions: Any = None  # the study-directions statement, built on first use
-        self._study_by_name: Any = None  # the study-id-by-name statement, built on first use
+        # a study's id and directions by one of its columns (see _study_rows)
+        self._study_statements: dict[str, Any] = {}
 
     def _distribution(self, text: str) -> Any:
         from optuna import distributions
@@ -253,6 +253,29 @@ class RDBReader:
         return [trial_id for trial_id, beat, now in rows
                 if now.replace(tzinfo=None) - beat > grace]
 
+    def _study_rows(self, column: str, value: Any) -> list[Any]:
+        """``(study id, direction)`` rows of the study whose ``column`` is ``value``, in
+        objective order (one statement, built on first use).
+
+        Raises:
+            KeyError: no such study (Optuna's message).
+        """
+        sa, models = self._sa, self._models
+        statement = self._study_statements.get(column)
+        if statement is None:
+            studies = models.StudyModel.__table__
+            d = models.StudyDirectionModel.__table__
+            statement = self._study_statements[column] = (
+                sa.select(studies.c.study_id, d.c.direction)
+                .select_from(studies.outerjoin(d, d.c.study_id == studies.c.study_id))
+                .where(studies.c[column] == sa.bindparam("key"))
+                .order_by(d.c.objective))
+        with autocommit(self._engine) as conn:
+            rows = conn.execute(statement, {"key": value}).all()
+        if not rows:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return rows
+
     def study_id(self, name: str) -> tuple[int, list[Any]]:
         """Optuna's ``get_study_id_from_name`` in one statement, without its ORM session,
         with the study's directions (which every caller asks next: one round trip less).
@@ -263,19 +286,7 @@ class RDBReader:
         Raises:
             KeyError: no study of that name (Optuna's message).
         """
-        sa, models = self._sa, self._models
-        if self._study_by_name is None:
-            studies = models.StudyModel.__table__
-            d = models.StudyDirectionModel.__table__
-            self._study_by_name = (
-                sa.select(studies.c.study_id, d.c.direction)
-                .select_from(studies.outerjoin(d, d.c.study_id == studies.c.study_id))
-                .where(studies.c.study_name == sa.bindparam("name"))
-                .order_by(d.c.objective))
-        with autocommit(self._engine) as conn:
-            rows = conn.execute(self._study_by_name, {"name": name}).all()
-        if not rows:
-            raise KeyError(models.NOT_FOUND_MSG)
+        rows = self._study_rows("study_name", name)
         return rows[0][0], [row[1] for row in rows if row[1] is not None]
 
     def directions(self, study_id: int) -> list[Any]:
@@ -284,19 +295,7 @@ class RDBReader:
         Raises:
             KeyError: no such study (Optuna's message).
         """
-        sa, models = self._sa, self._models
-        if self._directions is None:
-            studies = models.StudyModel.__table__
-            d = models.StudyDirectionModel.__table__
-            self._directions = (sa.select(d.c.direction)
-                                .select_from(studies.outerjoin(d, d.c.study_id == studies.c.study_id))
-                                .where(studies.c.study_id == sa.bindparam("study"))
-                                .order_by(d.c.objective))
-        with autocommit(self._engine) as conn:
-            rows = conn.execute(self._directions, {"study": study_id}).all()
-        if not rows:
-            raise KeyError(models.NOT_FOUND_MSG)
-        return [row[0] for row in rows if row[0] is not None]
+        return [row[1] for row in self._study_rows("study_id", study_id) if row[1] is not None]
 
     def finished(self, trial_id: int) -> FrozenTrial | None:
         """A finished trial from an earlier read (finished trials never change)."""

@@ -228,7 +228,8 @@ class RDBWriter:
                 # 22012) and the batch goes the checked way, which tells compatible from
                 # incompatible as Optuna does.
                 "dist": (f"SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM {quote(params.name)} "
-                         f"JOIN {quote(t.name)} ON {quote(params.name)}.{tid} = "
+                         f"JOIN {quote(t.name)} ON "
+                         f"{quote(params.name)}.{quote(params.c.trial_id.name)} = "
                          f"{quote(t.name)}.{tid} WHERE {quote(t.name)}.{quote(t.c.study_id.name)}"
                          f" = %(study)s AND {quote(params.c.param_name.name)} = %(name)s AND "
                          f"{quote(params.c.distribution_json.name)} <> %(dist)s) "
